@@ -1,0 +1,41 @@
+# make install : .venv with the requirements (+ Debian graphviz and Fashion-MNIST when root)
+# make test    : install, then the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The PyTorch build the project is tested with; override with `make install TORCH_SPEC=...`.
+ifeq ($(shell uname -m),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+APT_PACKAGES := graphviz dataset-fashion-mnist
+
+.PHONY: install test system-packages clean
+
+install: $(VENV)/.installed system-packages
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH_SPEC)
+	$(PIP) install -r requirements.txt
+	touch $@
+
+# Debian packages: `dot` for cell plots and the offline Fashion-MNIST copy. Only as root with
+# apt; otherwise a note (the project works without them: plots are skipped with a warning).
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES) || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES)); \
+	else \
+	  command -v dot >/dev/null 2>&1 || echo "note: graphviz 'dot' not found; cell plots will be skipped (apt-get install graphviz)"; \
+	fi
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,84 @@
+"""Supernet building blocks: the mixed op over an explicit candidate list, and the search cell.
+
+The candidate list is data handed down per edge, so stage 1 (group representatives), stage 2
+(the members of one group, different on every edge) and the DARTS baseline (8 ops) share the
+same code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models.ops import make_op, preprocessing
+
+
+def edge_key(node: int, source: int) -> str:
+    """Readable edge name: node index counted from 2 (0, 1 are the cell inputs) <- source."""
+    return f"{node + 2}<-{source}"
+
+
+class MixedOp(nn.Module):
+    """sum_i softmax(alpha)_i * op_i(x) over the edge's candidates (DARTS eq. 2).
+
+    `none` is listed among the candidates (it has an alpha) but owns no module: its term is
+    zero, so its weight simply drops out of the sum and no compute is spent on it.
+    """
+
+    def __init__(self, channels: int, stride: int, op_names: list[str]):
+        super().__init__()
+        if not op_names:
+            raise ValueError("an edge needs at least one candidate op")
+        if len(set(op_names)) != len(op_names):
+            raise ValueError(f"duplicate candidate ops on one edge: {op_names}")
+        self.op_names = list(op_names)
+        self.stride = stride
+        self.ops = nn.ModuleDict({name: make_op(name, channels, stride, affine=False)
+                                  for name in op_names if name != "none"})
+        self._index = [i for i, name in enumerate(op_names) if name != "none"]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`weights` holds one value per candidate, in `op_names` order."""
+        out = None
+        for i, op in zip(self._index, self.ops.values()):
+            term = weights[i] * op(x)
+            out = term if out is None else out + term
+        if out is None:  # only `none`: the edge contributes zeros
+            n, c, h, w = x.shape
+            s = self.stride
+            out = x.new_zeros(n, c, -(-h // s), -(-w // s))
+        return out
+
+
+class SearchCell(nn.Module):
+    """A supernet cell: 2 inputs, `num_nodes` intermediate nodes, every earlier state feeds
+    every node through a MixedOp, output = concat of the intermediate nodes.
+
+    `candidates[i][j]` is the op list of the edge from state j into intermediate node i.
+    """
+
+    def __init__(self, candidates: list[list[list[str]]], c_prev_prev: int, c_prev: int,
+                 channels: int, reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.num_nodes = len(candidates)
+        self.preproc0, self.preproc1 = preprocessing(c_prev_prev, c_prev, channels,
+                                                     reduction_prev, affine=False)
+        self.edges = nn.ModuleDict()
+        for i, node_edges in enumerate(candidates):
+            if len(node_edges) != i + 2:
+                raise ValueError(f"node {i} needs {i + 2} incoming edges, got {len(node_edges)}")
+            for j, op_names in enumerate(node_edges):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges[edge_key(i, j)] = MixedOp(channels, stride, op_names)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor,
+                weights: list[list[torch.Tensor]]) -> torch.Tensor:
+        """`weights[i][j]`: softmaxed alphas of edge j into node i."""
+        states = [self.preproc0(s0), self.preproc1(s1)]
+        for i in range(self.num_nodes):
+            node = None
+            for j, h in enumerate(states):
+                term = self.edges[edge_key(i, j)](h, weights[i][j])
+                node = term if node is None else node + term
+            states.append(node)
+        return torch.cat(states[2:], dim=1)
