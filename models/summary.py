@@ -51,7 +51,7 @@ def describe(model: nn.Module, info: DatasetInfo) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m models.summary", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--arch", choices=gt.NAMED_GENOTYPES, help="named final genotype")
     what.add_argument("--genotype", metavar="FILE", help="genotype.json or Genotype(...) repr file")

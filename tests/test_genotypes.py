@@ -1,0 +1,370 @@
+"""Tests for genotypes.py: named cells, I/O round trips, validation messages, derivation,
+stage-1 -> stage-2 candidates, plots and the CLI. Pure CPU, no torch."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import genotypes as G
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def edge(ops, **values):
+    """An alphas edge over ``ops``; unnamed ops get -1.0."""
+    return {"ops": list(ops), "alphas": [float(values.get(op, -1.0)) for op in ops]}
+
+
+def uniform_alphas(keys, ops, num_nodes=G.NUM_NODES):
+    return {k: [[edge(ops) for _ in range(i + 2)] for i in range(num_nodes)] for k in keys}
+
+
+def hand_made_cell(ops=G.PRIMITIVES):
+    """Node-by-node alphas with a known derivation (see EXPECTED_CELL)."""
+    return [
+        # node 0: none is the largest value on edge 0 but never counts
+        [edge(ops, none=9.0, sep_conv_3x3=0.5), edge(ops, skip_connect=0.8)],
+        [edge(ops, max_pool_3x3=0.1), edge(ops, dil_conv_3x3=0.9), edge(ops, sep_conv_5x5=0.7)],
+        [edge(ops, avg_pool_3x3=0.3), edge(ops), edge(ops, none=5.0), edge(ops, dil_conv_5x5=2.0)],
+        [edge(ops, sep_conv_3x3=0.2), edge(ops, sep_conv_3x3=0.6), edge(ops),
+         edge(ops, none=3.0, skip_connect=0.4), edge(ops, max_pool_3x3=0.1)],
+    ]
+
+
+EXPECTED_CELL = [
+    ("skip_connect", 1), ("sep_conv_3x3", 0),
+    ("dil_conv_3x3", 1), ("sep_conv_5x5", 2),
+    ("dil_conv_5x5", 3), ("avg_pool_3x3", 0),
+    ("sep_conv_3x3", 1), ("skip_connect", 3),
+]
+
+
+# ----------------------------------------------------------------------------- constants
+def test_primitives_groups_and_stage1_ops():
+    assert G.PRIMITIVES == ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                            "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    assert G.KNOWN_OPS == G.PRIMITIVES + ["conv_7x1_1x7"]
+    assert list(G.GROUPS) == ["pooling", "identity", "separable", "dilated", "zero"]
+    assert G.GROUPS["identity"]["members"] == ["skip_connect", "none"]
+    assert G.STAGE1_PRIMITIVES == ["max_pool_3x3", "skip_connect", "sep_conv_3x3",
+                                   "dil_conv_3x3", "none"]
+    assert G.stage1_primitives(G.GROUPS) == G.STAGE1_PRIMITIVES
+    assert G.validate_groups(G.GROUPS) == G.GROUPS
+
+
+def test_module_does_not_import_torch():
+    code = "import sys, genotypes; print('torch' in sys.modules, 'graphviz' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("name", G.NAMED_GENOTYPES)
+def test_named_genotypes_validate(name):
+    g = G.get_named_genotype(name)
+    assert G.validate_genotype(g) is g
+    assert g.normal_concat == g.reduce_concat == [2, 3, 4, 5]
+
+
+def test_named_genotype_details_and_unknown_names():
+    assert G.DARTS_V2.normal[-1] == ("dil_conv_3x3", 2)
+    assert G.STACNAS_C10.reduce[2] == ("dil_conv_5x5", 2)
+    assert G.count_ops(G.DARTS_V1) == 6 and G.count_ops(G.DARTS_V2) == 5
+    assert G.count_ops(G.STACNAS_C10, "dil_conv_5x5") == 3
+    for bad in ["DARTS_V3", "Genotype", "PRIMITIVES", "__name__"]:
+        with pytest.raises(ValueError, match="known: DARTS_V1, DARTS_V2, STACNAS_C10"):
+            G.get_named_genotype(bad)
+
+
+def test_reduction_cells_and_set_names():
+    assert G.reduction_cells(20) == {6, 13} and G.reduction_cells(14) == {4, 9}
+    assert G.set_names(3, alpha_share=True) == ["normal", "reduce"]
+    assert G.set_names(3, alpha_share=False) == ["cell_0", "cell_1", "cell_2"]
+    cands = G.uniform_candidates(["a", "b"], ["normal"], num_nodes=2)
+    assert cands == {"normal": [[["a", "b"]] * 2, [["a", "b"]] * 3]}
+
+
+# ----------------------------------------------------------------------------- repr / JSON
+def test_repr_round_trip_including_range():
+    text = G.format_genotype(G.DARTS_V2)
+    assert text.startswith("Genotype(normal=[")
+    assert G.parse_genotype_repr(text) == G.DARTS_V2
+    ranged = text.replace("[2, 3, 4, 5]", "range(2, 6)")
+    assert "range(2, 6)" in ranged
+    assert G.parse_genotype_repr(ranged) == G.DARTS_V2
+
+
+def test_repr_parsing_never_evaluates_code(tmp_path):
+    marker = tmp_path / "pwned"
+    text = G.format_genotype(G.DARTS_V1).replace(
+        "normal_concat=[2, 3, 4, 5]", f"normal_concat=__import__('os').mkdir({str(marker)!r})")
+    with pytest.raises(G.GenotypeError, match="normal_concat: not a literal"):
+        G.parse_genotype_repr(text)
+    assert not marker.exists()
+
+
+def per_cell_genotype(num_cells=5):
+    red = G.reduction_cells(num_cells)
+    return [G.CellGenotype(list(G.STACNAS_C10.reduce if i in red else G.DARTS_V2.normal),
+                           [2, 3, 4, 5], i in red) for i in range(num_cells)]
+
+
+@pytest.mark.parametrize("genotype", [G.STACNAS_C10, per_cell_genotype()],
+                         ids=["shared", "per-cell"])
+def test_json_and_repr_file_round_trip(tmp_path, genotype):
+    path = tmp_path / "genotype.json"
+    G.save_genotype(genotype, path)
+    assert G.load_genotype(path) == genotype
+    assert json.loads(path.read_text()) == G.genotype_to_dict(genotype)
+    assert [p.name for p in tmp_path.iterdir()] == ["genotype.json"]  # no temp file left
+    txt = tmp_path / "genotype.txt"
+    txt.write_text(G.format_genotype(genotype))
+    assert G.load_genotype(txt) == genotype
+
+
+def test_per_cell_dict_shape():
+    d = G.genotype_to_dict(per_cell_genotype(3))
+    assert [c["cell"] for c in d] == [0, 1, 2]
+    assert [c["reduction"] for c in d] == [False, True, True]
+    assert d[0]["ops"][0] == ["sep_conv_3x3", 0]
+
+
+def _with(entry, index, value):
+    d = G.genotype_to_dict(G.DARTS_V2)
+    d[entry][index] = value
+    return json.dumps(d)
+
+
+def _without(key):
+    d = G.genotype_to_dict(G.DARTS_V2)
+    del d[key]
+    return json.dumps(d)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (_with("normal", 3, ["sep_conv_9x9", 1]), "normal[3]: unknown op 'sep_conv_9x9' (known: none"),
+    (_with("reduce", 5, ["max_pool_3x3", 7]),
+     "reduce[5]: input 7 out of range for node 2 (allowed 0..3)"),
+    (json.dumps({**G.genotype_to_dict(G.DARTS_V2), "normal": [["sep_conv_3x3", 0]] * 6}),
+     "normal: 6 entries, expected 8 (2 per node x 4 nodes)"),
+    ("{'normal': [", "not JSON"),
+    (_without("reduce_concat"), "missing key 'reduce_concat'"),
+    (_with("normal", 0, ["none", 0]), "normal[0]: op 'none' is not allowed"),
+    (_with("normal", 1, ["sep_conv_3x3", "1"]), "normal[1]: expected [op, input]"),
+    (_with("normal_concat", 0, 7), "normal_concat: expected a list of distinct node indices"),
+    ("[1, 2]", "cell[0]: expected an object"),
+], ids=["unknown-op", "input-range", "entry-count", "not-json", "missing-key", "none-op",
+        "wrong-type", "concat", "bad-cell-list"])
+def test_malformed_genotype_files_are_rejected(tmp_path, content, expected):
+    path = tmp_path / "genotype.json"
+    path.write_text(content)
+    before = path.stat().st_mtime_ns
+    with pytest.raises(G.GenotypeError) as info:
+        G.load_genotype(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and expected in message
+    assert "\n" not in message
+    assert path.read_text() == content and path.stat().st_mtime_ns == before
+
+
+def test_missing_genotype_file(tmp_path):
+    with pytest.raises(G.GenotypeError, match="nope.json: not found"):
+        G.load_genotype(tmp_path / "nope.json")
+
+
+def test_validate_genotype_rejects_other_objects():
+    with pytest.raises(G.GenotypeError, match="expected a Genotype"):
+        G.validate_genotype(tuple(G.DARTS_V2))
+    with pytest.raises(G.GenotypeError, match=r"cell\[0\].reduction"):
+        G.validate_genotype([G.CellGenotype(G.DARTS_V2.normal, [2, 3, 4, 5], "no")])
+
+
+# ----------------------------------------------------------------------------- derivation
+def test_derive_top2_none_excluded_strongest_first():
+    alphas = {"normal": hand_made_cell(), "reduce": hand_made_cell()}
+    g = G.derive_genotype(alphas)
+    assert g == G.Genotype(EXPECTED_CELL, [2, 3, 4, 5], EXPECTED_CELL, [2, 3, 4, 5])
+    assert G.derive_genotype(alphas, num_nodes=4) == g
+    with pytest.raises(G.GenotypeError, match="4 nodes per cell, expected 5"):
+        G.derive_genotype(alphas, num_nodes=5)
+
+
+def test_derive_per_cell():
+    alphas = uniform_alphas([f"cell_{i}" for i in range(5)], G.PRIMITIVES)
+    alphas["cell_3"] = hand_made_cell()
+    cells = G.derive_genotype(alphas)
+    assert [c.reduction for c in cells] == [False, True, False, True, False]
+    assert cells[3] == G.CellGenotype(EXPECTED_CELL, [2, 3, 4, 5], True)
+    # all-equal alphas: first non-none op, lower inputs win ties
+    assert cells[0].ops[:2] == [("max_pool_3x3", 0), ("max_pool_3x3", 1)]
+
+
+def test_derive_needs_two_edges_with_a_real_op():
+    alphas = uniform_alphas(["normal", "reduce"], G.PRIMITIVES)
+    alphas["reduce"][2][1] = edge(["none"], none=1.0)
+    alphas["reduce"][2][3] = edge(["none"], none=1.0)
+    assert G.derive_genotype(alphas).reduce[4:6] == [("max_pool_3x3", 0), ("max_pool_3x3", 2)]
+    alphas["reduce"][2][0] = edge(["none"], none=1.0)
+    with pytest.raises(G.GenotypeError, match="reduce node 2: 1 edge"):
+        G.derive_genotype(alphas)
+
+
+def test_candidates_from_stage1_gives_winning_group_members():
+    ops = G.STAGE1_PRIMITIVES
+    alphas = {"normal": [
+        [edge(ops, none=5.0, sep_conv_3x3=1.0), edge(ops, max_pool_3x3=0.2)],
+        [edge(ops, skip_connect=0.1), edge(ops, dil_conv_3x3=3.0), edge(ops, sep_conv_3x3=-0.5)],
+    ]}
+    alphas["reduce"] = [alphas["normal"][0], alphas["normal"][1]]
+    cands = G.candidates_from_stage1(alphas)
+    expected = [
+        [["sep_conv_3x3", "sep_conv_5x5", "none"], ["avg_pool_3x3", "max_pool_3x3", "none"]],
+        [["skip_connect", "none"], ["dil_conv_3x3", "dil_conv_5x5", "none"],
+         ["sep_conv_3x3", "sep_conv_5x5", "none"]],
+    ]
+    assert cands == {"normal": expected, "reduce": expected}
+    cands["normal"][0][0].append("x")  # copies, not the GROUPS lists
+    assert G.GROUPS["separable"]["members"] == ["sep_conv_3x3", "sep_conv_5x5", "none"]
+
+
+def test_candidates_from_stage1_rejects_stage2_alphas():
+    alphas = uniform_alphas(["normal", "reduce"], G.PRIMITIVES)
+    with pytest.raises(G.GenotypeError, match=r"stage-2 \(or DARTS\) alphas: op 'avg_pool_3x3' "
+                                              r"on normal node 0 edge 0 .*alphas.json of search1"):
+        G.candidates_from_stage1(alphas)
+
+
+# ----------------------------------------------------------------------------- alphas files
+def test_alphas_round_trip(tmp_path):
+    alphas = {"normal": hand_made_cell(), "reduce": hand_made_cell(G.STAGE1_PRIMITIVES)}
+    path = tmp_path / "alphas.json"
+    G.save_alphas(alphas, path)
+    assert G.load_alphas(path) == alphas
+    assert G.is_shared(alphas)
+    per_cell = uniform_alphas(["cell_0", "cell_1"], ["sep_conv_3x3", "none"], num_nodes=2)
+    G.save_alphas(per_cell, path)
+    assert G.load_alphas(path) == per_cell and not G.is_shared(per_cell)
+
+
+def _alphas_json(mutate):
+    alphas = uniform_alphas(["normal", "reduce"], G.STAGE1_PRIMITIVES)
+    mutate(alphas)
+    return json.dumps(alphas)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "expected a non-empty object"),
+    (_alphas_json(lambda a: a.update(foo=a["normal"])), "unknown alpha set 'foo'"),
+    (_alphas_json(lambda a: a.update(cell_0=a["normal"])), "mixes shared"),
+    (_alphas_json(lambda a: a.pop("reduce")), "expected ['normal', 'reduce']"),
+    (_alphas_json(lambda a: a["reduce"][2].pop()), "reduce node 2: 3 edges, expected 4"),
+    (_alphas_json(lambda a: a["normal"][1][2]["alphas"].pop()),
+     "normal node 1 edge 2: 5 ops but 4 alphas"),
+    (_alphas_json(lambda a: a["normal"][0][1]["ops"].__setitem__(0, "conv_9x9")),
+     "normal node 0 edge 1: unknown op 'conv_9x9'"),
+    (_alphas_json(lambda a: a["normal"][3][4]["alphas"].__setitem__(1, "big")),
+     "normal node 3 edge 4: alpha of 'skip_connect' is 'big'"),
+], ids=["not-json", "not-dict", "unknown-key", "mixed", "missing-set", "edge-count", "length",
+        "unknown-op", "non-numeric"])
+def test_malformed_alphas_are_rejected(tmp_path, content, expected):
+    path = tmp_path / "alphas.json"
+    path.write_text(content)
+    with pytest.raises(G.GenotypeError) as info:
+        G.load_alphas(path)
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+
+
+def test_save_alphas_validates_before_writing(tmp_path):
+    path = tmp_path / "alphas.json"
+    with pytest.raises(G.GenotypeError, match="alphas.json: unknown alpha set"):
+        G.save_alphas({"bogus": []}, path)
+    assert not path.exists()
+
+
+# ----------------------------------------------------------------------------- groups
+def test_groups_round_trip(tmp_path):
+    path = tmp_path / "groups.json"
+    custom = {"conv": {"representative": "sep_conv_3x3",
+                       "members": ["sep_conv_5x5", "sep_conv_3x3"]},
+              "pool": {"representative": "max_pool_3x3", "members": ["none"]}}
+    for groups in (G.GROUPS, custom):
+        path.write_text(json.dumps(groups))
+        assert G.load_groups(path) == groups
+    assert G.stage1_primitives(G.load_groups(path)) == ["sep_conv_3x3", "max_pool_3x3"]
+
+
+@pytest.mark.parametrize("groups, expected", [
+    ({"a": {"representative": "sep_conv_3x3", "members": ["sep_conv_5x5"]}}, "a: representative"),
+    ({"a": {"representative": "sep_conv_3x3", "members": ["sep_conv_3x3", "conv_2x2"]}},
+     "a: unknown op 'conv_2x2'"),
+    ({"a": {"representative": "sep_conv_3x3"}}, "a: missing key 'members'"),
+    ({"a": {"representative": "none", "members": ["none", "none"]}}, "distinct"),
+    ({"a": {"representative": "none", "members": ["none"]},
+      "b": {"representative": "none", "members": ["none"]}}, "b: representative 'none' already"),
+    ([], "expected a non-empty object"),
+])
+def test_bad_groups_rejected(tmp_path, groups, expected):
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps(groups))
+    with pytest.raises(G.GenotypeError) as info:
+        G.load_groups(path)
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+
+
+# ----------------------------------------------------------------------------- plots
+def test_plot_with_dot(tmp_path):
+    import shutil
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz 'dot' is not installed")
+    pytest.importorskip("graphviz")
+    path = G.plot_cell(G.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / "normal", caption="normal")
+    assert path == str(tmp_path / "normal.png")
+    assert Path(path).read_bytes()[:8] == PNG_MAGIC
+    written = G.plot_genotype(per_cell_genotype(3), tmp_path / "cells", prefix="ep1_")
+    assert [Path(p).name for p in written] == ["ep1_cell_0.png", "ep1_cell_1.png", "ep1_cell_2.png"]
+    assert all(Path(p).read_bytes()[:8] == PNG_MAGIC for p in written)
+
+
+def test_plot_without_dot_warns_and_returns_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(G.shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="graphviz 'dot' not found; skipping cell plot .*normal"):
+        assert G.plot_cell(G.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / "normal") is None
+    with pytest.warns(UserWarning, match="install the Debian/Ubuntu package 'graphviz'"):
+        assert G.plot_genotype(G.DARTS_V2, tmp_path / "plots") == []
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_derives_from_alphas(tmp_path, capsys):
+    alphas = {"normal": hand_made_cell(), "reduce": hand_made_cell()}
+    path = tmp_path / "alphas.json"
+    G.save_alphas(alphas, path)
+    assert G.main(["--alphas", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == G.genotype_to_dict(G.derive_genotype(alphas))
+
+
+def test_cli_checks_genotype_file_as_script(tmp_path):
+    path = tmp_path / "genotype.txt"
+    path.write_text(G.format_genotype(G.STACNAS_C10))
+    proc = subprocess.run([sys.executable, str(ROOT / "genotypes.py"), "--genotype", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == G.genotype_to_dict(G.STACNAS_C10)
+
+
+def test_cli_errors(tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    assert G.main(["--alphas", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {missing}: not found\n"
+    for argv in (["--alphas", "a.json", "--genotype", "g.json"], ["--alpha", "a.json"], []):
+        with pytest.raises(SystemExit) as info:
+            G.main(argv)
+        assert info.value.code == 2
