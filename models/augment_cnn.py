@@ -21,7 +21,8 @@ class AuxiliaryHead(nn.Module):
         super().__init__()
         pool = (nn.AvgPool2d(5, size - 5, 0, count_include_pad=False) if size > 5
                 else nn.AdaptiveAvgPool2d(2))
-        layers = [nn.ReLU(inplace=True), pool,
+        # not in place: the cell output it reads also feeds the next cell / the classifier
+        layers = [nn.ReLU(inplace=False), pool,
                   nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128),
                   nn.ReLU(inplace=True), nn.Conv2d(128, 768, 2, bias=False)]
         layers += [nn.BatchNorm2d(768), nn.ReLU(inplace=True)] if bn_768 else [nn.ReLU(inplace=True)]

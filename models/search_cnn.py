@@ -29,6 +29,11 @@ def _shared(candidates: Candidates) -> bool:
     raise ValueError(f"alpha sets must be 'normal'+'reduce' or 'cell_<i>', got {sorted(keys)}")
 
 
+def _upcast(alpha: torch.Tensor) -> torch.Tensor:
+    """Softmax of half-precision alphas in float32; float32/float64 stay as they are."""
+    return alpha.float() if alpha.dtype in (torch.float16, torch.bfloat16) else alpha
+
+
 class SearchNetwork(nn.Module):
     """CIFAR-style supernet for inputs of any size >= 8 and any number of channels.
 
@@ -105,7 +110,7 @@ class SearchNetwork(nn.Module):
     # -- forward ----------------------------------------------------------------------
     def _softmaxed(self, name: str) -> list[list[torch.Tensor]]:
         params = self.arch[name]
-        return [[F.softmax(params[edge_key(i, j)].float(), dim=-1) for j in range(i + 2)]
+        return [[F.softmax(_upcast(params[edge_key(i, j)]), dim=-1) for j in range(i + 2)]
                 for i in range(self.num_nodes)]
 
     def forward(self, x: torch.Tensor):

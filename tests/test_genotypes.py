@@ -1,7 +1,6 @@
 """Tests for genotypes.py: named cells, I/O round trips, validation messages, derivation,
 stage-1 -> stage-2 candidates, plots and the CLI. Pure CPU, no torch."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,25 @@
-"""Datasets: what each one looks like (channels, input size, classes), and their loaders."""
+"""Datasets: what each one looks like (channels, input size, classes), and their loaders.
+
+Nothing is ever downloaded: a dataset that is not on disk is a ``DataError`` naming where it was
+looked for and how to get it. Transforms follow DARTS / pt.darts (see the facts sheet, "Data").
+"""
 from __future__ import annotations
 
-from typing import NamedTuple
+import gzip
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision import datasets
+from torchvision import transforms as T
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 
 class DatasetInfo(NamedTuple):
@@ -20,6 +38,29 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "synthetic": DatasetInfo(3, 32, 10),
 }
 
+DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "imagenet", "imagefolder", "synthetic")
+TRANSFORMS = ("train", "eval")
+
+# Where Debian's dataset-fashion-mnist package puts the gzipped idx files.
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+# Where idx files are unpacked when data_dir is not writable (expanded at call time).
+CACHE_DIR = "~/.cache/stacnas"
+
+MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)),
+    "cifar100": ((0.50707519, 0.48654887, 0.44091785), (0.26733428, 0.25643846, 0.27615049)),
+    "mnist": ((0.13066051707548254,), (0.30810780244715075,)),
+    "fashionmnist": ((0.28604063,), (0.35302426,)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class DataError(RuntimeError):
+    """A dataset is not on disk; the message says what, where it looked and how to get it."""
+
 
 def dataset_info(name: str) -> DatasetInfo:
     """Shape of a built-in dataset; an unknown name is a ValueError listing the known ones."""
@@ -27,3 +68,396 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASET_INFO[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_INFO)}") from None
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------- transforms
+
+class Cutout:
+    """DARTS's cutout: zero one random ``length`` x ``length`` square (clipped at the borders)
+    of a CHW tensor, always (probability 1). The centre comes from torch's RNG."""
+
+    def __init__(self, length: int) -> None:
+        if length < 1:
+            raise ValueError(f"cutout length must be >= 1, got {length}")
+        self.length = length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+        y1, x1 = cy - self.length // 2, cx - self.length // 2
+        out = img.clone()
+        out[..., max(0, y1):max(0, y1 + self.length), max(0, x1):max(0, x1 + self.length)] = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"Cutout(length={self.length})"
+
+
+def _finish(steps: list, mean: Sequence[float], std: Sequence[float], cutout: int) -> T.Compose:
+    """``steps`` (on PIL images), then ToTensor, Normalize and Cutout when ``cutout`` > 0."""
+    steps = steps + [T.ToTensor(), T.Normalize(mean, std)]
+    if cutout > 0:
+        steps.append(Cutout(cutout))
+    return T.Compose(steps)
+
+
+def _augmentation(name: str, auto_aug: bool) -> list:
+    """Training-time augmentation on PIL images (DARTS / pt.darts)."""
+    if name in ("cifar10", "cifar100"):
+        steps: list = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+        if auto_aug:
+            steps.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
+        return steps
+    steps = [T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.1)]
+    if name == "fashionmnist":
+        steps.append(T.RandomVerticalFlip())
+    return steps
+
+
+def build_transform(name: str, transform: str, *, cutout: int = 0, auto_aug: bool = False) -> T.Compose:
+    """The transform for cifar10/cifar100/mnist/fashionmnist/imagenet; ``transform`` is
+    "train" (augmentation, cutout) or "eval" (ToTensor + Normalize; imagenet: resize + crop)."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    if auto_aug and name not in ("cifar10", "cifar100"):
+        raise ValueError(f"auto_aug is for cifar10/cifar100 only, not {name}")
+    mean, std = MEAN_STD[name]
+    if transform == "eval":
+        steps = [T.Resize(256), T.CenterCrop(224)] if name == "imagenet" else []
+        return _finish(steps, mean, std, 0)
+    if name == "imagenet":
+        steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4, 0.2)]
+        return _finish(steps, mean, std, cutout)
+    return _finish(_augmentation(name, auto_aug), mean, std, cutout)
+
+
+# ------------------------------------------------------------------------------------- CIFAR
+
+def _no_md5(files: list) -> list:
+    return [(filename, None) for filename, _ in files]
+
+
+class LocalCIFAR10(datasets.CIFAR10):
+    """torchvision's CIFAR-10 reader; integrity = the files are present (md5 None skips the sums)."""
+    train_list = _no_md5(datasets.CIFAR10.train_list)
+    test_list = _no_md5(datasets.CIFAR10.test_list)
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+class LocalCIFAR100(datasets.CIFAR100):
+    """torchvision's CIFAR-100 reader; integrity = the files are present."""
+    train_list = _no_md5(datasets.CIFAR100.train_list)
+    test_list = _no_md5(datasets.CIFAR100.test_list)
+    meta = {**datasets.CIFAR100.meta, "md5": None}
+
+
+_CIFAR = {"cifar10": (LocalCIFAR10, "CIFAR-10", "data_batch_1..5, test_batch and batches.meta"),
+          "cifar100": (LocalCIFAR100, "CIFAR-100", "train, test and meta")}
+
+
+def _cifar(name: str, data_dir: str, train: bool, transform: Callable) -> Dataset:
+    cls, title, listed = _CIFAR[name]
+    folder = Path(data_dir) / cls.base_folder
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    if not all((folder / f).is_file() for f in files):
+        raise DataError(f"{name} not found: looked for {folder}/{listed}; this machine cannot download it"
+                        f" — put the python version of {title} (https://www.cs.toronto.edu/~kriz/cifar.html) there")
+    return cls(data_dir, train=train, transform=transform, download=False)
+
+
+# -------------------------------------------------------------------------- MNIST / Fashion-MNIST
+
+def _is_writable(path: Path) -> bool:
+    """Whether ``path`` (or its first existing ancestor, where it would be created) is writable."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+def _has_idx(folder: Path, plain_only: bool = False) -> bool:
+    names = [(f,) if plain_only else (f, f + ".gz") for f in _IDX_FILES]
+    return all(any((folder / n).is_file() for n in options) for options in names)
+
+
+def _unpack_idx(source: Path, target: Path) -> None:
+    """Copy or gunzip the four idx files from ``source`` into ``target`` (atomically per file)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _IDX_FILES:
+        if (target / name).is_file():
+            continue
+        plain = (source / name).is_file()
+        tmp = target / f".{name}.{os.getpid()}.tmp"
+        with (open(source / name, "rb") if plain else gzip.open(source / f"{name}.gz", "rb")) as src, \
+                open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, target / name)
+
+
+def _idx_missing(name: str, raw: Path) -> DataError:
+    if name == "mnist":
+        how = f"put the idx files (http://yann.lecun.com/exdb/mnist/) in {raw}"
+        return DataError(f"mnist not found: looked for {raw}/{{train,t10k}}-*-ubyte[.gz]; "
+                         f"this machine cannot download it — {how}")
+    return DataError(f"fashionmnist not found: looked for {raw}/{{train,t10k}}-*-ubyte[.gz] and "
+                     f"{FASHION_MNIST_SYSTEM_DIR}/*-ubyte.gz; this machine cannot download it — run "
+                     f"`apt-get install dataset-fashion-mnist` or put the idx files "
+                     f"(https://github.com/zalandoresearch/fashion-mnist) in {raw}")
+
+
+def _idx_root(name: str, data_dir: str) -> Path:
+    """The root torchvision should read ``<root>/<MNIST|FashionMNIST>/raw`` from, unpacking
+    gzipped files (or Fashion-MNIST's system copy) into data_dir, else into CACHE_DIR."""
+    folder = "MNIST" if name == "mnist" else "FashionMNIST"
+    local, cache = Path(data_dir), Path(CACHE_DIR).expanduser()
+    for root in (local, cache):
+        if _has_idx(root / folder / "raw", plain_only=True):
+            return root
+    sources = [local / folder / "raw"]
+    if name == "fashionmnist":
+        sources.append(Path(FASHION_MNIST_SYSTEM_DIR))
+    for source in sources:
+        if _has_idx(source):
+            root = local if _is_writable(local / folder / "raw") else cache
+            _unpack_idx(source, root / folder / "raw")
+            return root
+    raise _idx_missing(name, local / folder / "raw")
+
+
+def _mnist(name: str, data_dir: str, train: bool, transform: Callable) -> Dataset:
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    return cls(str(_idx_root(name, data_dir)), train=train, transform=transform, download=False)
+
+
+# ------------------------------------------------------------------------- image folders
+
+def _class_dir(root: Path, name: str, how: str) -> tuple[list[str], dict[str, int]]:
+    try:
+        return find_classes(str(root))
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{name} not found: looked for {root}/<class>/<images>; this machine cannot "
+                        f"download it — {how}") from None
+
+
+def _first_image(root: Path, classes: list[str]) -> Path:
+    for cls in classes:
+        for dirpath, _, files in sorted(os.walk(root / cls)):
+            for f in sorted(files):
+                if f.lower().endswith(IMG_EXTENSIONS):
+                    return Path(dirpath) / f
+    raise DataError(f"imagefolder has no images: looked in {root}/<class>/ for {', '.join(IMG_EXTENSIONS)}")
+
+
+class _ModeLoader:
+    """Picklable PIL loader converting images to one mode (for DataLoader workers)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Image.Image:
+        with open(path, "rb") as f:
+            return Image.open(f).convert(self.mode)
+
+
+def _image_folder(split: Path, name: str, how: str, **kwargs: Any) -> datasets.ImageFolder:
+    try:
+        return datasets.ImageFolder(str(split), **kwargs)
+    except FileNotFoundError as err:
+        raise DataError(f"{name} not found: {err} (looked in {split}); {how}") from None
+
+
+_FOLDER_HOW = "put one folder per class of images under {root}/train and {root}/test (or val)"
+
+
+def _folder_split(data_dir: str, train: bool) -> Path:
+    root = Path(data_dir)
+    if train:
+        return root / "train"
+    return root / "test" if (root / "test").is_dir() or not (root / "val").is_dir() else root / "val"
+
+
+def _imagefolder_info(data_dir: str) -> DatasetInfo:
+    train_dir = Path(data_dir) / "train"
+    classes, _ = _class_dir(train_dir, "imagefolder", _FOLDER_HOW.format(root=data_dir))
+    with Image.open(_first_image(train_dir, classes)) as img:
+        return DatasetInfo(1 if img.mode == "L" else 3, img.height, len(classes))
+
+
+def _imagefolder(data_dir: str, train: bool, transform: str, cutout: int) -> tuple[Dataset, DatasetInfo]:
+    info = _imagefolder_info(data_dir)
+    split = _folder_split(data_dir, train)
+    classes, _ = _class_dir(split, "imagefolder", _FOLDER_HOW.format(root=data_dir))
+    train_classes, _ = find_classes(str(Path(data_dir) / "train"))
+    if classes != train_classes:
+        raise DataError(f"imagefolder: {split} has classes {classes}, train has {train_classes}")
+    steps: list = [T.Resize((info.size, info.size))]
+    if transform == "train":
+        steps.append(T.RandomHorizontalFlip())
+    pipeline = _finish(steps, [0.5] * info.channels, [0.5] * info.channels, cutout if transform == "train" else 0)
+    loader = _ModeLoader("L" if info.channels == 1 else "RGB")
+    data = _image_folder(split, "imagefolder", _FOLDER_HOW.format(root=data_dir), transform=pipeline, loader=loader)
+    return data, info
+
+
+_IMAGENET_HOW = "put ILSVRC2012 (https://image-net.org) there as one folder per class under train/ and val/"
+
+
+def _imagenet(data_dir: str, train: bool, transform: Callable) -> tuple[Dataset, DatasetInfo]:
+    split = Path(data_dir) / ("train" if train else "val")
+    _class_dir(split, "imagenet", _IMAGENET_HOW)
+    data = _image_folder(split, "imagenet", _IMAGENET_HOW, transform=transform)
+    return data, DatasetInfo(3, 224, len(data.classes))
+
+
+# ------------------------------------------------------------------------------- synthetic
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    channels: int = 3
+    size: int = 32
+    classes: int = 10
+    train_size: int = 512
+    test_size: int = 256
+
+
+class SyntheticDataset(Dataset):
+    """Random images with a learnable class: a fixed random pattern per class (shared by train
+    and test) plus unit Gaussian noise. Deterministic given (train, spec); built once."""
+    MEANS_SEED, TRAIN_SEED, TEST_SEED = 1000, 1001, 1002
+
+    def __init__(self, spec: SyntheticSpec, train: bool) -> None:
+        shape = (spec.channels, spec.size, spec.size)
+        self.means = torch.randn((spec.classes, *shape), generator=torch.Generator().manual_seed(self.MEANS_SEED))
+        g = torch.Generator().manual_seed(self.TRAIN_SEED if train else self.TEST_SEED)
+        n = spec.train_size if train else spec.test_size
+        self.targets = (torch.arange(n) % spec.classes)[torch.randperm(n, generator=g)]
+        self.data = self.means[self.targets] + torch.randn((n, *shape), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.data[index], int(self.targets[index])
+
+
+# ------------------------------------------------------------------------------ entry points
+
+def get_dataset(name: str, data_dir: str, train: bool, transform: str = "train", *, cutout: int = 0,
+                auto_aug: bool = False, synthetic: SyntheticSpec | None = None) -> tuple[Dataset, DatasetInfo]:
+    """The train (``train=True``) or test split of ``name`` with its shape. ``transform`` is
+    "train" (augmentation, plus Cutout(cutout) when > 0; AutoAugment for CIFAR when auto_aug) or
+    "eval". Synthetic data ignores the transform arguments."""
+    _check_name(name)
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    if name == "synthetic":
+        spec = synthetic or SyntheticSpec()
+        return SyntheticDataset(spec, train), DatasetInfo(spec.channels, spec.size, spec.classes)
+    if name == "imagefolder":
+        return _imagefolder(data_dir, train, transform, cutout)
+    pipeline = build_transform(name, transform, cutout=cutout, auto_aug=auto_aug)
+    if name == "imagenet":
+        return _imagenet(data_dir, train, pipeline)
+    if name in _CIFAR:
+        return _cifar(name, data_dir, train, pipeline), DATASET_INFO[name]
+    return _mnist(name, data_dir, train, pipeline), DATASET_INFO[name]
+
+
+def dataset_info_for(name: str, data_dir: str, synthetic: SyntheticSpec | None = None) -> DatasetInfo:
+    """The shape of ``name`` without loading it: built in, or read from the folders
+    (imagenet: class count; imagefolder: channels, size and classes), or the synthetic spec."""
+    _check_name(name)
+    if name == "synthetic":
+        spec = synthetic or SyntheticSpec()
+        return DatasetInfo(spec.channels, spec.size, spec.classes)
+    if name == "imagefolder":
+        return _imagefolder_info(data_dir)
+    if name == "imagenet":
+        classes, _ = _class_dir(Path(data_dir) / "train", "imagenet", _IMAGENET_HOW)
+        return DatasetInfo(3, 224, len(classes))
+    return DATASET_INFO[name]
+
+
+def split_indices(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split range(n) into round(n * ratio) indices and the rest, shuffled by ``seed``
+    (the DARTS search split: weights train on the first part, alphas on the second)."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"split ratio must be in (0, 1], got {ratio}")
+    if ratio == 1.0:
+        return list(range(n)), []
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = round(n * ratio)
+    return order[:k], order[k:]
+
+
+def first_n(n_total: int, subset: int) -> list[int]:
+    """Indices of the first ``subset`` items (all of them when there are fewer): ``--subset N``."""
+    if subset < 1:
+        raise ValueError(f"subset must be >= 1, got {subset}")
+    return list(range(min(subset, n_total)))
+
+
+# --------------------------------------------------------------------------------- loaders
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (1 << 63)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed."""
+    seed = torch.initial_seed() % (1 << 32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SeededLoader(DataLoader):
+    """A DataLoader whose shuffle generator is seeded from (seed, epoch); ``set_epoch`` reseeds it."""
+
+    def __init__(self, *args: Any, seed: int, epoch: int, **kwargs: Any) -> None:
+        super().__init__(*args, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)), **kwargs)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(_epoch_seed(self.seed, epoch))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int, *, shuffle: bool,
+                num_workers: int = 0, drop_last: bool = False, seed: int = 0, epoch: int = 0,
+                sampler: Sampler | None = None) -> DataLoader:
+    """A loader over ``dataset`` restricted to ``indices`` (None: all). The shuffled order is a
+    function of (seed, epoch), so an epoch replays after a resume: build a new loader per epoch,
+    or call ``set_loader_epoch(loader, epoch)`` before iterating. A ``sampler`` decides the order
+    itself (shuffle must then be False)."""
+    if sampler is not None and shuffle:
+        raise ValueError("pass either shuffle=True or a sampler, not both")
+    data = dataset if indices is None else Subset(dataset, list(indices))
+    return SeededLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                        num_workers=num_workers, drop_last=drop_last, seed=seed, epoch=epoch,
+                        worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=num_workers > 0)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reseed a ``make_loader`` loader's shuffle for ``epoch`` (and its sampler's, if it has one)."""
+    if isinstance(loader, SeededLoader):
+        loader.set_epoch(epoch)
+    elif hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
+def infinite(loader: Iterable) -> Iterator:
+    """Cycle over ``loader`` forever (bilevel search's validation batches); an empty loader is
+    a ValueError rather than a silent hang."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("infinite(): the loader yields no batches")

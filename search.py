@@ -1,0 +1,240 @@
+"""StacNAS search: `--stage search1` (operation groups), `--stage search2` (operations inside
+the groups search1 chose), or `--stage darts` (the DARTS baseline).
+
+    python search.py --stage search1 --name exp --dataset cifar10
+    python search.py --stage search2 --name exp --dataset cifar10   # reads exp/search1/alphas.json
+
+Writes into <save_dir>/<name>/<stage>/: config.json, log.txt, metrics.jsonl, tb/,
+checkpoint.pt (resumable), alphas/epoch_NNN.json, alphas.json, genotype.json, genotype.txt,
+plots/. Rerunning the same command resumes from the last completed epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import config
+import genotypes as gt
+from models.factory import build_supernet, stage_candidates
+from utils.architect import Architect, make_optimizers
+from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.cli import run_guarded, seed_everything
+from utils.data import SyntheticSpec, get_dataset, infinite, make_loader, split_indices
+from utils.engine import evaluate, format_seconds, train_epoch
+from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
+from utils.plots import plot_alpha_history, softmax
+
+CHECKPOINT_FORMAT = "stacnas-search-1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config.parse(config.search_parser(), config.resolve_search, argv)
+    return run_guarded(lambda: run(args), args.debug)
+
+
+def synthetic_spec(args: argparse.Namespace) -> SyntheticSpec:
+    channels, size = args.synthetic_shape
+    return SyntheticSpec(channels=channels, size=size, classes=args.synthetic_classes,
+                         train_size=args.synthetic_samples,
+                         test_size=max(args.synthetic_samples // 2, 1))
+
+
+def stage1_alphas(args: argparse.Namespace) -> dict:
+    path = Path(args.search1_dir) / "alphas.json"
+    if not path.is_file():
+        raise gt.GenotypeError(f"{path}: not found; run `search.py --stage search1` for this run "
+                               "first, or point --search1_dir at a finished search1 folder")
+    alphas = gt.load_alphas(path)
+    if not gt.is_shared(alphas) and len(alphas) != args.num_cells:
+        raise gt.GenotypeError(f"{path}: per-cell alphas of {len(alphas)} cells cannot seed a "
+                               f"{args.num_cells}-cell search2; pass --num_cells {len(alphas)}")
+    return alphas
+
+
+def stage_groups(args: argparse.Namespace) -> dict:
+    """search1: --groups or the paper's; search2: the groups its search1 used (groups.json)."""
+    if args.stage == "search1" and args.groups:
+        return gt.load_groups(args.groups)
+    if args.stage == "search2" and (Path(args.search1_dir) / "groups.json").is_file():
+        return gt.load_groups(Path(args.search1_dir) / "groups.json")
+    return gt.GROUPS
+
+
+def is_finished(stage_dir: Path) -> bool:
+    path = stage_dir / "checkpoint.pt"
+    if not path.is_file() or not (stage_dir / "genotype.json").is_file():
+        return False
+    return bool(load_checkpoint(path).get("finished"))
+
+
+def alpha_entropy(alphas: dict) -> float:
+    """Mean entropy (nats) of softmax(alpha) over all edges: falls as the search decides."""
+    values = [-sum(p * math.log(p) for p in softmax(edge["alphas"]) if p > 0)
+              for nodes in alphas.values() for node in nodes for edge in node]
+    return sum(values) / len(values)
+
+
+class Search:
+    """Everything one search stage holds: data, supernet, optimisers, outputs."""
+
+    def __init__(self, args: argparse.Namespace, log):
+        self.args, self.log = args, log
+        self.dir = Path(args.stage_dir)
+        self.device = resolve_device(args.device)
+        seed_everything(args.seed, args.deterministic)
+        self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
+                                           transform="train", synthetic=synthetic_spec(args))
+        n = len(self.train_set) if args.subset is None else min(args.subset, len(self.train_set))
+        self.train_idx, self.valid_idx = split_indices(n, args.train_ratio, args.seed)
+        groups = stage_groups(args)
+        candidates = stage_candidates(args.stage, args.num_cells, args.alpha_share,
+                                      stage1_alphas(args) if args.stage == "search2" else None,
+                                      groups)
+        self.model = build_supernet(candidates, info, args.init_channels, args.num_cells,
+                                    auxiliary=args.aux_weight > 0).to(self.device)
+        self.w_opt, self.a_opt = make_optimizers(
+            self.model, w_lr=args.w_lr, w_momentum=args.w_momentum,
+            w_weight_decay=args.w_weight_decay, a_lr=args.alpha_lr,
+            a_weight_decay=args.alpha_weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_opt, T_max=args.epochs, eta_min=args.w_lr_min)
+        self.criterion = nn.CrossEntropyLoss()
+        self.architect = Architect(self.model, self.w_opt, self.a_opt, self.criterion,
+                                   mode=args.optimization, unrolled=args.unrolled,
+                                   grad_clip=args.grad_clip, aux_weight=args.aux_weight)
+        if args.stage == "search1":
+            (self.dir / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
+        log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out images, "
+            f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
+            f"{sum(p.numel() for p in self.model.alphas())} alphas, {args.optimization}"
+            f"{' (unrolled)' if args.unrolled else ''}, device {self.device}")
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state(self, epoch: int, finished: bool = False) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "finished": finished,
+                "config": config.config_dict(self.args), "model": self.model.state_dict(),
+                "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
+                "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "genotype": gt.genotype_to_dict(self.model.genotype())}
+
+    def resume(self, path: Path) -> int:
+        state = load_checkpoint(path, self.device)
+        diffs = config.config_differences(state["config"], config.config_dict(self.args))
+        if diffs and not self.args.force:
+            raise ValueError(f"{path} was written with other options ({'; '.join(diffs)}); rerun "
+                             "with the same options, --force to resume anyway, or a new --name")
+        if state["candidates"] != self.model.candidates:
+            raise ValueError(f"{path}: its supernet has other candidate ops than this command "
+                             "builds (changed stage-1 alphas or --groups?); use a new --name")
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_optimizer"])
+        self.a_opt.load_state_dict(state["a_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return state["epoch"]
+
+    # -- one epoch ----------------------------------------------------------------------
+    def loader(self, indices: list[int], epoch: int, offset: int = 0):
+        a = self.args
+        return make_loader(self.train_set, indices, a.batch_size, shuffle=True,
+                           num_workers=a.num_workers, seed=a.seed + offset, epoch=epoch)
+
+    def train(self, epoch: int) -> dict:
+        a = self.args
+        self.model.train()
+        if a.optimization == "bilevel":
+            valid = infinite(self.loader(self.valid_idx, epoch, offset=1))
+
+            def step(x, y):
+                xv, yv = next(valid)
+                return self.architect.step(x, y, xv.to(self.device), yv.to(self.device))
+        else:
+            step = self.architect.step
+        return train_epoch(self.loader(self.train_idx, epoch), step, device=self.device,
+                           epoch=epoch, epochs=a.epochs, log=self.log, print_freq=a.print_freq)
+
+    def held_out(self, epoch: int) -> dict:
+        if not self.valid_idx:
+            return {}
+        loader = make_loader(self.train_set, self.valid_idx, self.args.batch_size, shuffle=False,
+                             num_workers=self.args.num_workers)
+        stats = evaluate(self.model, loader, self.criterion, device=self.device)
+        return {f"valid_{k}": v for k, v in stats.items() if k != "images_per_s"}
+
+    def write_epoch(self, epoch: int, stats: dict, lr: float, metrics: MetricsWriter) -> None:
+        alphas = self.model.alphas_data()
+        (self.dir / "alphas").mkdir(exist_ok=True)
+        gt.save_alphas(alphas, self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json")
+        genotype = self.model.genotype()
+        record = {"epoch": epoch + 1, "lr": lr, **stats,
+                  "alpha_entropy": alpha_entropy(alphas),
+                  "skip_connections": gt.count_ops(genotype, "skip_connect")}
+        metrics.write(record, epoch + 1)
+        if metrics.tb is not None:
+            for name, param in self.model.named_alphas():
+                metrics.tb.add_histogram(f"alphas/{name}", torch.softmax(param.detach(), -1), epoch + 1)
+            metrics.tb.add_text("genotype", gt.format_genotype(genotype), epoch + 1)
+        self.log(f"epoch {epoch + 1}/{self.args.epochs} done: train loss {stats['loss']:.4f} "
+                 f"top1 {stats['top1']:.2f}%"
+                 + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
+                 + f", {stats['seconds']:.0f}s; genotype {gt.format_genotype(genotype)}")
+
+    def finish(self) -> None:
+        alphas = self.model.alphas_data()
+        genotype = self.model.genotype()
+        gt.save_alphas(alphas, self.dir / "alphas.json")
+        gt.save_genotype(genotype, self.dir / "genotype.json")
+        (self.dir / "genotype.txt").write_text(gt.format_genotype(genotype) + "\n", encoding="utf-8")
+        plots = self.dir / "plots"
+        plots.mkdir(exist_ok=True)
+        gt.plot_genotype(genotype, plots)
+        plot_alpha_history(sorted((self.dir / "alphas").glob("epoch_*.json")), plots)
+        self.log(f"final genotype: {gt.format_genotype(genotype)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    stage_dir = Path(args.stage_dir)
+    checkpoint = stage_dir / "checkpoint.pt"
+    if not args.force and is_finished(stage_dir):
+        print(f"{stage_dir} is already finished (genotype.json); pass --force to run it again")
+        return 0
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    log = get_logger(stage_dir, args.stage)
+    try:
+        search = Search(args, log.info)
+        start = 0
+        if checkpoint.is_file() and not (args.force and is_finished(stage_dir)):
+            start = search.resume(checkpoint)
+            log.info(f"resuming from {checkpoint} after epoch {start}")
+        config.save_config(args, stage_dir / "config.json")
+        log.info(f"run info: {run_info(search.device)}")
+        metrics = MetricsWriter(stage_dir)
+        metrics.truncate_after(start)
+        epoch_times = []
+        for epoch in range(start, args.epochs):
+            lr = search.scheduler.get_last_lr()[0]
+            stats = search.train(epoch)
+            stats.update(search.held_out(epoch))
+            search.scheduler.step()
+            search.write_epoch(epoch, stats, lr, metrics)
+            epoch_times.append(stats["seconds"])
+            remaining = sum(epoch_times) / len(epoch_times) * (args.epochs - epoch - 1)
+            save_checkpoint(search.state(epoch + 1), checkpoint)
+            log.info(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
+        search.finish()
+        save_checkpoint(search.state(args.epochs, finished=True), checkpoint, keep_previous=False)
+        metrics.close()
+        log.info(f"done: {stage_dir / 'genotype.json'}")
+    finally:
+        close_logger(log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

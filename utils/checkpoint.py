@@ -1,0 +1,80 @@
+"""Checkpoints hold data, not objects: state_dicts, epoch, RNG states, config as a dict,
+genotype as plain lists. Written to a temp file then `os.replace`d, the previous one kept as
+`<name>.prev.pt`; loaded with `weights_only=True`."""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or does not fit; the message is one line."""
+
+
+def previous_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = True) -> None:
+    """Write `state` atomically; the checkpoint it replaces becomes `<name>.prev.pt`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    if keep_previous and path.exists():
+        os.replace(path, previous_path(path))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load one of our checkpoints safely (weights_only); any damage is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt or not ours: "
+                              f"{first[:160]}); the previous one is {previous_path(path).name}"
+                              ) from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not a StacNAS checkpoint (no 'format' entry)")
+    return state
+
+
+# -- random number generators --------------------------------------------------------------
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as checkpoint-safe data (tensors, lists, ints)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_lists(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value

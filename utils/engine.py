@@ -1,0 +1,101 @@
+"""The one training engine: `train_epoch` runs a caller-supplied step over a loader (search
+passes its architect step, augment its weight step), `evaluate` measures a model."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Meter:
+    """Running average weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.total += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (1, 5)) -> list[float]:
+    """Top-k accuracies in percent (k capped at the number of classes)."""
+    topk = list(topk)
+    maxk = min(max(topk), logits.size(1))
+    pred = logits.topk(maxk, dim=1).indices
+    correct = pred.eq(target.reshape(-1, 1))
+    return [correct[:, :min(k, maxk)].any(dim=1).float().mean().item() * 100.0 for k in topk]
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs: int,
+                log: Callable[[str], None] = print, print_freq: int = 50,
+                check_finite: bool = True) -> dict:
+    """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
+
+    Logs a line every `print_freq` steps with loss, top-1, images/s and the epoch's ETA.
+    Returns loss, top1, top5, seconds and images_per_s of the epoch.
+    """
+    loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
+    n_steps = len(loader)
+    start = time.perf_counter()
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        loss, logits = step(x, y)
+        loss_value = float(loss)
+        if check_finite and not torch.isfinite(torch.tensor(loss_value)):
+            raise FloatingPointError(f"loss became {loss_value} at epoch {epoch + 1}, "
+                                     f"step {i + 1}/{n_steps}")
+        top1, top5 = accuracy(logits.detach(), y)
+        n = y.size(0)
+        seen += n
+        loss_m.update(loss_value, n)
+        top1_m.update(top1, n)
+        top5_m.update(top5, n)
+        if (i + 1) % print_freq == 0 or i + 1 == n_steps:
+            elapsed = time.perf_counter() - start
+            rate = seen / max(elapsed, 1e-9)
+            eta = elapsed / (i + 1) * (n_steps - i - 1)
+            log(f"epoch {epoch + 1}/{epochs} step {i + 1}/{n_steps} loss {loss_m.avg:.4f} "
+                f"top1 {top1_m.avg:.2f}% top5 {top5_m.avg:.2f}% {rate:.1f} img/s "
+                f"epoch ETA {format_seconds(eta)}")
+    seconds = time.perf_counter() - start
+    return {"loss": loss_m.avg, "top1": top1_m.avg, "top5": top5_m.avg,
+            "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.device) -> dict:
+    """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader`."""
+    was_training = model.training
+    model.eval()
+    loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
+    start = time.perf_counter()
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        logits = model(x)
+        n = y.size(0)
+        loss_m.update(criterion(logits, y).item(), n)
+        top1, top5 = accuracy(logits, y)
+        top1_m.update(top1, n)
+        top5_m.update(top5, n)
+    model.train(was_training)
+    seconds = time.perf_counter() - start
+    return {"loss": loss_m.avg, "top1": top1_m.avg, "top5": top5_m.avg,
+            "images_per_s": loss_m.count / max(seconds, 1e-9)}

@@ -1,0 +1,55 @@
+"""Figures drawn from a run's files (matplotlib, headless)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def plot_alpha_history(alpha_files: list[str | Path], out_dir: str | Path) -> list[str]:
+    """One PNG per alpha set: a panel per edge, softmax(alpha) of each candidate over epochs.
+
+    `alpha_files` are the per-epoch alphas.json files in epoch order.
+    """
+    history = [json.loads(Path(f).read_text(encoding="utf-8")) for f in alpha_files]
+    if not history:
+        return []
+    plt = _pyplot()
+    written = []
+    for set_name, nodes in history[0].items():
+        edges = [(i, j) for i, node in enumerate(nodes) for j in range(len(node))]
+        cols = 4
+        rows = math.ceil(len(edges) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False,
+                                 sharex=True, sharey=True)
+        epochs = list(range(1, len(history) + 1))
+        for ax, (i, j) in zip(axes.flat, edges):
+            ops = nodes[i][j]["ops"]
+            probs = [softmax(h[set_name][i][j]["alphas"]) for h in history]
+            for k, op in enumerate(ops):
+                ax.plot(epochs, [p[k] for p in probs], label=op)
+            ax.set_title(f"node {i + 2} <- {j}", fontsize=9)
+            ax.legend(fontsize=6, loc="upper left")
+        for ax in list(axes.flat)[len(edges):]:
+            ax.axis("off")
+        fig.suptitle(f"softmax(alpha), {set_name} cells, per epoch")
+        fig.tight_layout()
+        path = Path(out_dir) / f"alphas_{set_name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(str(path))
+    return written
