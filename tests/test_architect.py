@@ -186,7 +186,7 @@ def _unrolled_loss(net, w_opt, x, y, xv, yv) -> float:
     """f(a) = L_val(w', a) at the current alphas, w' from `_expected_virtual_weights`;
     the weights and buffers are restored afterwards."""
     weights = list(net.weights())
-    w0 = _clone(weights)
+    w0, b0 = _clone(weights), _clone(net.buffers())
     w_virtual = _expected_virtual_weights(net, w_opt, x, y)
     with torch.no_grad():
         for p, w in zip(weights, w_virtual):
