@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from utils.data import DATASETS
+from utils.data import DATASETS, SyntheticSpec
 
 # Per-stage defaults of the search (StacNAS facts sheet; `darts` = DARTS's own settings).
 SEARCH_DEFAULTS = {
@@ -119,6 +119,14 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
                    help="synthetic dataset: training images (test set: half as many)")
 
 
+def synthetic_spec(args: argparse.Namespace) -> SyntheticSpec:
+    """The synthetic dataset the --synthetic_* flags describe."""
+    channels, size = args.synthetic_shape
+    return SyntheticSpec(channels=channels, size=size, classes=args.synthetic_classes,
+                         train_size=args.synthetic_samples,
+                         test_size=max(args.synthetic_samples // 2, 1))
+
+
 def search_parser() -> argparse.ArgumentParser:
     p = new_parser("search.py", "StacNAS search: stage 1 (operation groups), stage 2 (operations "
                    "inside the chosen groups), or the one-stage DARTS baseline.")
@@ -213,3 +221,96 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     keys = (set(saved) | set(current)) - RESUME_NEUTRAL
     return [f"--{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
             if saved.get(k) != current.get(k)]
+
+
+# -- augment.py ----------------------------------------------------------------------------
+# CIFAR-style setting (StacNAS facts sheet) and the ImageNet mobile setting (DARTS).
+AUGMENT_DEFAULTS = {
+    "cifar": dict(num_cells=20, init_channels=36, batch_size=96, epochs=600, lr=0.025,
+                  lr_min=0.0, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4,
+                  drop_path=0.2, label_smooth=0.0),
+    "imagenet": dict(num_cells=14, init_channels=48, batch_size=128, epochs=250, lr=0.1,
+                     lr_min=0.0, weight_decay=3e-5, grad_clip=5.0, cutout=0, aux_weight=0.4,
+                     drop_path=0.0, label_smooth=0.1),
+}
+
+
+def augment_parser() -> argparse.ArgumentParser:
+    p = new_parser("augment.py", "Train a found (or named) genotype from scratch and evaluate it.")
+    add_common_args(p, "batch size (default: 96; imagenet 128)")
+    g = p.add_argument_group("architecture")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--genotype", metavar="FILE",
+                     help="genotype.json or a file with a Genotype(...) repr "
+                          "(default: <save_dir>/<name>/search2/genotype.json)")
+    src.add_argument("--arch", metavar="NAME", help="a named genotype: DARTS_V1, DARTS_V2, STACNAS_C10")
+    g.add_argument("--num_cells", type=num_cells, default=None, help="cells (default: 20; imagenet 14)")
+    g.add_argument("--init_channels", type=positive_int, default=None,
+                   help="initial channels (default: 36; imagenet 48)")
+    g.add_argument("--keep_zero", action="store_true",
+                   help="a learned gate on every kept edge (the authors' unpublished 'keep ZERO')")
+    o = p.add_argument_group("training")
+    o.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: 600; imagenet 250)")
+    o.add_argument("--lr", type=positive_float, default=None, help="initial SGD lr (default: 0.025; imagenet 0.1)")
+    o.add_argument("--lr_min", type=non_negative_float, default=None, help="final lr of the cosine schedules")
+    o.add_argument("--lr_gamma", type=positive_float, default=0.97,
+                   help="imagenet: lr decay per epoch (exponential schedule)")
+    o.add_argument("--power_lr", action="store_true",
+                   help="cosine power annealing (p=2) instead of plain cosine")
+    o.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight_decay", type=non_negative_float, default=None,
+                   help="weight decay (default: 3e-4; imagenet 3e-5)")
+    o.add_argument("--grad_clip", type=positive_float, default=None, help="gradient-norm clip (default 5)")
+    o.add_argument("--aux_weight", type=non_negative_float, default=None,
+                   help="auxiliary head loss weight, head after cell 2*num_cells//3 (default 0.4; 0 = no head)")
+    o.add_argument("--drop_path", type=non_negative_float, default=None,
+                   help="drop-path probability, ramped linearly from 0 (default: 0.2; imagenet 0)")
+    o.add_argument("--cutout", type=non_negative_int, default=None,
+                   help="cutout length in pixels, 0 = off (default: 16; imagenet 0)")
+    o.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
+    o.add_argument("--label_smooth", type=non_negative_float, default=None,
+                   help="label smoothing (default: 0; imagenet 0.1)")
+    o.add_argument("--valid_ratio", type=ratio, default=None,
+                   help="hold out this share of the training set; best.pt is kept by held-out top-1 "
+                        "(default: none, the paper's protocol: train on all, keep the final epoch)")
+    o.add_argument("--test_every", type=positive_int, default=1,
+                   help="evaluate on the test split every N epochs (monitoring only) and at the end")
+    return p
+
+
+def resolve_augment(args: argparse.Namespace) -> argparse.Namespace:
+    setting = "imagenet" if args.dataset == "imagenet" else "cifar"
+    for key, value in AUGMENT_DEFAULTS[setting].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.valid_ratio is not None and args.valid_ratio >= 1:
+        raise argparse.ArgumentTypeError("--valid_ratio must leave training images: use a value below 1")
+    if args.label_smooth >= 1:
+        raise argparse.ArgumentTypeError(f"--label_smooth must be below 1, got {args.label_smooth}")
+    if args.drop_path >= 1:
+        raise argparse.ArgumentTypeError(f"--drop_path must be below 1, got {args.drop_path}")
+    if args.auto_aug and args.dataset not in ("cifar10", "cifar100"):
+        raise argparse.ArgumentTypeError("--auto_aug (AutoAugment's CIFAR-10 policy) is for cifar10/cifar100")
+    set_paths(args, "augment")
+    if args.genotype is None and args.arch is None:
+        args.genotype = os.path.join(args.run_dir, "search2", "genotype.json")
+    return args
+
+
+# -- test.py -------------------------------------------------------------------------------
+def test_parser() -> argparse.ArgumentParser:
+    p = new_parser("test.py", "Evaluate a checkpoint on the test split: ours (augment.py's "
+                   "checkpoint.pt / best.pt) or the authors' released .pth.tar files.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to evaluate")
+    p.add_argument("--export", metavar="PATH", default=None,
+                   help="also write the loaded network as one of our checkpoints (e.g. to convert "
+                        "an authors' file); refuses to overwrite unless --force")
+    add_common_args(p, "batch size (default 256)")
+    return p
+
+
+def resolve_test(args: argparse.Namespace) -> argparse.Namespace:
+    if args.batch_size is None:
+        args.batch_size = 256
+    set_paths(args, "test")
+    return args

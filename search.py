@@ -25,10 +25,11 @@ from models.factory import build_supernet, stage_candidates
 from utils.architect import Architect, make_optimizers
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import run_guarded, seed_everything
-from utils.data import SyntheticSpec, get_dataset, infinite, make_loader, split_indices
+from utils.data import get_dataset, infinite, make_loader, split_indices
 from utils.engine import evaluate, format_seconds, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
 from utils.plots import plot_alpha_history, softmax
+from utils.stage import check_same_config, is_finished
 
 CHECKPOINT_FORMAT = "stacnas-search-1"
 
@@ -36,13 +37,6 @@ CHECKPOINT_FORMAT = "stacnas-search-1"
 def main(argv: list[str] | None = None) -> int:
     args = config.parse(config.search_parser(), config.resolve_search, argv)
     return run_guarded(lambda: run(args), args.debug)
-
-
-def synthetic_spec(args: argparse.Namespace) -> SyntheticSpec:
-    channels, size = args.synthetic_shape
-    return SyntheticSpec(channels=channels, size=size, classes=args.synthetic_classes,
-                         train_size=args.synthetic_samples,
-                         test_size=max(args.synthetic_samples // 2, 1))
 
 
 def stage1_alphas(args: argparse.Namespace) -> dict:
@@ -66,13 +60,6 @@ def stage_groups(args: argparse.Namespace) -> dict:
     return gt.GROUPS
 
 
-def is_finished(stage_dir: Path) -> bool:
-    path = stage_dir / "checkpoint.pt"
-    if not path.is_file() or not (stage_dir / "genotype.json").is_file():
-        return False
-    return bool(load_checkpoint(path).get("finished"))
-
-
 def alpha_entropy(alphas: dict) -> float:
     """Mean entropy (nats) of softmax(alpha) over all edges: falls as the search decides."""
     values = [-sum(p * math.log(p) for p in softmax(edge["alphas"]) if p > 0)
@@ -89,7 +76,7 @@ class Search:
         self.device = resolve_device(args.device)
         seed_everything(args.seed, args.deterministic)
         self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
-                                           transform="train", synthetic=synthetic_spec(args))
+                                           transform="train", synthetic=config.synthetic_spec(args))
         n = len(self.train_set) if args.subset is None else min(args.subset, len(self.train_set))
         self.train_idx, self.valid_idx = split_indices(n, args.train_ratio, args.seed)
         groups = stage_groups(args)
@@ -125,10 +112,7 @@ class Search:
 
     def resume(self, path: Path) -> int:
         state = load_checkpoint(path, self.device)
-        diffs = config.config_differences(state["config"], config.config_dict(self.args))
-        if diffs and not self.args.force:
-            raise ValueError(f"{path} was written with other options ({'; '.join(diffs)}); rerun "
-                             "with the same options, --force to resume anyway, or a new --name")
+        check_same_config(state, self.args, path)
         if state["candidates"] != self.model.candidates:
             raise ValueError(f"{path}: its supernet has other candidate ops than this command "
                              "builds (changed stage-1 alphas or --groups?); use a new --name")
@@ -201,7 +185,7 @@ class Search:
 def run(args: argparse.Namespace) -> int:
     stage_dir = Path(args.stage_dir)
     checkpoint = stage_dir / "checkpoint.pt"
-    if not args.force and is_finished(stage_dir):
+    if not args.force and is_finished(stage_dir, "genotype.json"):
         print(f"{stage_dir} is already finished (genotype.json); pass --force to run it again")
         return 0
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         search = Search(args, log.info)
         start = 0
-        if checkpoint.is_file() and not (args.force and is_finished(stage_dir)):
+        if checkpoint.is_file() and not (args.force and is_finished(stage_dir, "genotype.json")):
             start = search.resume(checkpoint)
             log.info(f"resuming from {checkpoint} after epoch {start}")
         config.save_config(args, stage_dir / "config.json")

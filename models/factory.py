@@ -48,3 +48,22 @@ def build_final_network(genotype, info: DatasetInfo, init_channels: int, num_cel
     return cls(genotype, num_classes=info.classes, init_channels=init_channels,
                num_cells=num_cells, auxiliary=auxiliary, in_channels=info.channels,
                input_size=info.size, keep_zero=keep_zero)
+
+
+def network_spec(genotype, info: DatasetInfo, init_channels: int, num_cells: int,
+                 auxiliary: bool, keep_zero: bool = False, imagenet: bool | None = None) -> dict:
+    """Plain data that rebuilds a final network (stored in checkpoints)."""
+    if imagenet is None:
+        imagenet = info.size >= 128
+    return {"kind": "imagenet" if imagenet else "cifar", "genotype": gt.genotype_to_dict(genotype),
+            "num_classes": info.classes, "in_channels": info.channels, "input_size": info.size,
+            "init_channels": init_channels, "num_cells": num_cells, "auxiliary": auxiliary,
+            "keep_zero": keep_zero}
+
+
+def build_from_spec(spec: dict, source: str = "checkpoint"):
+    """The final network a `network_spec` describes (genotype validated)."""
+    genotype = gt.genotype_from_dict(spec["genotype"], source)
+    info = DatasetInfo(spec["in_channels"], spec["input_size"], spec["num_classes"])
+    return build_final_network(genotype, info, spec["init_channels"], spec["num_cells"],
+                               spec["auxiliary"], spec["keep_zero"], spec["kind"] == "imagenet")

@@ -15,21 +15,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from utils.engine import loss_and_logits  # noqa: F401  (re-exported: the step's loss)
+
 MODES = ("one-level", "bilevel")
-
-
-def loss_and_logits(model: nn.Module, x: Tensor, y: Tensor, criterion: Callable,
-                    aux_weight: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Forward `x`; loss = criterion(logits, y) [+ aux_weight * criterion(aux_logits, y) when
-    the model returns (logits, aux_logits), i.e. in training mode with an auxiliary head]."""
-    out = model(x)
-    if isinstance(out, tuple):
-        logits, aux_logits = out
-        loss = criterion(logits, y)
-        if aux_weight:
-            loss = loss + aux_weight * criterion(aux_logits, y)
-        return loss, logits
-    return criterion(out, y), out
 
 
 def make_optimizers(model: nn.Module, w_lr: float = 0.025, w_momentum: float = 0.9,

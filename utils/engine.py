@@ -11,6 +11,20 @@ import torch.nn as nn
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def loss_and_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: Callable,
+                    aux_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward `x`; loss = criterion(logits, y) [+ aux_weight * criterion(aux_logits, y) when
+    the model returns (logits, aux_logits), i.e. in training mode with an auxiliary head]."""
+    out = model(x)
+    if isinstance(out, tuple):
+        logits, aux_logits = out
+        loss = criterion(logits, y)
+        if aux_weight:
+            loss = loss + aux_weight * criterion(aux_logits, y)
+        return loss, logits
+    return criterion(out, y), out
+
+
 class Meter:
     """Running average weighted by batch size."""
 

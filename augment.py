@@ -1,0 +1,220 @@
+"""Train a genotype from scratch (StacNAS / DARTS evaluation protocol) and evaluate it.
+
+    python augment.py --name exp --dataset cifar10                 # exp/search2/genotype.json
+    python augment.py --name darts_v2 --arch DARTS_V2 --dataset cifar10
+    python augment.py --name mine --genotype genotype.json --dataset fashionmnist --epochs 10
+
+Never selects on the test set: by default it trains on the whole training set and keeps the
+final epoch (the test accuracy of each epoch is logged for monitoring, labelled test_*);
+with --valid_ratio R a held-out part of the training set picks best.pt.
+Writes into <save_dir>/<name>/augment/: config.json, log.txt, metrics.jsonl, tb/,
+checkpoint.pt (last, resumable), best.pt (with --valid_ratio), results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import config
+import genotypes as gt
+from models.factory import build_from_spec, network_spec
+from models.summary import count_macs, count_params
+from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.cli import run_guarded, seed_everything
+from utils.data import get_dataset, make_loader, split_indices
+from utils.engine import evaluate, loss_and_logits, train_epoch
+from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
+from utils.stage import check_same_config, is_finished
+
+CHECKPOINT_FORMAT = "stacnas-final-1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config.parse(config.augment_parser(), config.resolve_augment, argv)
+    return run_guarded(lambda: run(args), args.debug)
+
+
+def load_genotype(args: argparse.Namespace):
+    if args.arch:
+        return gt.get_named_genotype(args.arch)
+    if not Path(args.genotype).is_file():
+        raise gt.GenotypeError(f"{args.genotype}: not found; pass --genotype FILE or --arch NAME, "
+                               "or run search.py --stage search2 for this --name first")
+    return gt.load_genotype(args.genotype)
+
+
+def power_cosine(epoch: int, epochs: int, lr: float, lr_min: float, p: float = 2.0) -> float:
+    """Cosine power annealing (sharpDARTS; the authors' --power_lr, p = 2): lr at `epoch`."""
+    cos = (1 + math.cos(math.pi * epoch / epochs)) / 2
+    return lr_min + (lr - lr_min) * (p ** cos - 1) / (p - 1)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
+    if args.power_lr:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: power_cosine(e, args.epochs, args.lr, args.lr_min) / args.lr)
+    if args.dataset == "imagenet":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr_min)
+
+
+class Augment:
+    """Data, network, optimiser and outputs of one training run."""
+
+    def __init__(self, args: argparse.Namespace, log):
+        self.args, self.log = args, log
+        self.dir = Path(args.stage_dir)
+        self.device = resolve_device(args.device)
+        seed_everything(args.seed, args.deterministic)
+        genotype = load_genotype(args)
+        spec_kwargs = dict(synthetic=config.synthetic_spec(args))
+        self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True, transform="train",
+                                           cutout=args.cutout, auto_aug=args.auto_aug, **spec_kwargs)
+        self.eval_train_set, _ = get_dataset(args.dataset, args.data_dir, train=True,
+                                             transform="eval", **spec_kwargs)
+        self.test_set, _ = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
+                                       **spec_kwargs)
+        n = len(self.train_set) if args.subset is None else min(args.subset, len(self.train_set))
+        if args.valid_ratio is None:
+            self.train_idx, self.valid_idx = list(range(n)), []
+        else:
+            self.train_idx, self.valid_idx = split_indices(n, 1 - args.valid_ratio, args.seed)
+        self.info = info
+        self.spec = network_spec(genotype, info, args.init_channels, args.num_cells,
+                                 auxiliary=args.aux_weight > 0, keep_zero=args.keep_zero)
+        self.model = build_from_spec(self.spec).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
+                                         weight_decay=args.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, args)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
+        self.eval_criterion = nn.CrossEntropyLoss()
+        self.best = {"valid_top1": None, "epoch": None}
+        self.elapsed = 0.0
+        log(f"augment: {gt.format_genotype(genotype)}")
+        log(f"{len(self.train_idx)} training / {len(self.valid_idx)} held-out / "
+            f"{len(self.test_set)} test images; {args.num_cells} cells, {args.init_channels} "
+            f"channels, {self.params_without_aux() / 1e6:.3f}M parameters without the auxiliary "
+            f"head; device {self.device}")
+
+    def params_without_aux(self) -> int:
+        return count_params(self.model) - count_params(getattr(self.model, "aux_head", None))
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state(self, epoch: int, finished: bool = False) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "finished": finished,
+                "config": config.config_dict(self.args), "network": self.spec,
+                "dataset": self.args.dataset, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "best": dict(self.best), "elapsed": self.elapsed}
+
+    def resume(self, path: Path) -> int:
+        state = load_checkpoint(path, self.device)
+        check_same_config(state, self.args, path)
+        if state.get("network") != self.spec:
+            raise ValueError(f"{path}: its network differs from the one this command builds "
+                             "(changed genotype file?); use a new --name")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.best, self.elapsed = state["best"], state["elapsed"]
+        return state["epoch"]
+
+    # -- one epoch ----------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = loss_and_logits(self.model, x, y, self.criterion, self.args.aux_weight)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def train(self, epoch: int) -> dict:
+        a = self.args
+        self.model.drop_path_prob = a.drop_path * epoch / a.epochs
+        self.model.train()
+        loader = make_loader(self.train_set, self.train_idx, a.batch_size, shuffle=True,
+                             num_workers=a.num_workers, seed=a.seed, epoch=epoch)
+        return train_epoch(loader, self.step, device=self.device, epoch=epoch, epochs=a.epochs,
+                           log=self.log, print_freq=a.print_freq)
+
+    def evaluate(self, dataset, indices) -> dict:
+        loader = make_loader(dataset, indices, self.args.batch_size, shuffle=False,
+                             num_workers=self.args.num_workers)
+        return evaluate(self.model, loader, self.eval_criterion, device=self.device)
+
+    def epoch_record(self, epoch: int) -> dict:
+        """Held-out (keeps best.pt) and test (monitoring only) figures after `epoch`."""
+        a, record = self.args, {}
+        if self.valid_idx:
+            valid = self.evaluate(self.eval_train_set, self.valid_idx)
+            record.update({f"valid_{k}": v for k, v in valid.items() if k != "images_per_s"})
+            if self.best["valid_top1"] is None or valid["top1"] > self.best["valid_top1"]:
+                self.best = {"valid_top1": valid["top1"], "epoch": epoch + 1}
+                save_checkpoint(self.state(epoch + 1), self.dir / "best.pt", keep_previous=False)
+        if (epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs:
+            test = self.evaluate(self.test_set, None)
+            record.update({f"test_{k}": v for k, v in test.items() if k != "images_per_s"})
+        return record
+
+    def results(self, test: dict) -> dict:
+        return {"best_valid_top1": self.best["valid_top1"], "best_epoch": self.best["epoch"],
+                "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+                "params_millions": round(self.params_without_aux() / 1e6, 4),
+                "macs": count_macs(self.model, self.info), "epochs": self.args.epochs,
+                "wall_seconds": round(self.elapsed, 1), "device": run_info(self.device)["device"],
+                "genotype": self.spec["genotype"], "dataset": self.args.dataset}
+
+
+def run(args: argparse.Namespace) -> int:
+    stage_dir = Path(args.stage_dir)
+    checkpoint = stage_dir / "checkpoint.pt"
+    if not args.force and is_finished(stage_dir, "results.json"):
+        print(f"{stage_dir} is already finished (results.json); pass --force to run it again")
+        return 0
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    log = get_logger(stage_dir, "augment")
+    try:
+        job = Augment(args, log.info)
+        start = 0
+        if checkpoint.is_file() and not (args.force and is_finished(stage_dir, "results.json")):
+            start = job.resume(checkpoint)
+            log.info(f"resuming from {checkpoint} after epoch {start}")
+        config.save_config(args, stage_dir / "config.json")
+        log.info(f"run info: {run_info(job.device)}")
+        metrics = MetricsWriter(stage_dir)
+        metrics.truncate_after(start)
+        for epoch in range(start, args.epochs):
+            began = time.perf_counter()
+            lr = job.scheduler.get_last_lr()[0]
+            stats = job.train(epoch)
+            stats.update(job.epoch_record(epoch))
+            job.scheduler.step()
+            job.elapsed += time.perf_counter() - began
+            metrics.write({"epoch": epoch + 1, "lr": lr, "drop_path_prob": job.model.drop_path_prob,
+                           **stats}, epoch + 1)
+            log.info(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
+                     + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
+                     + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
+            save_checkpoint(job.state(epoch + 1), checkpoint)
+        test = job.evaluate(job.test_set, None)
+        results = job.results(test)
+        (stage_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        save_checkpoint(job.state(args.epochs, finished=True), checkpoint, keep_previous=False)
+        metrics.close()
+        log.info(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
+                 f"({results['params_millions']}M parameters); {stage_dir / 'results.json'}")
+    finally:
+        close_logger(log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
