@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from genotypes import NAMED_GENOTYPES
 from utils.data import DATASETS, SyntheticSpec
 
 # Per-stage defaults of the search (StacNAS facts sheet; `darts` = DARTS's own settings).
@@ -243,7 +244,7 @@ def augment_parser() -> argparse.ArgumentParser:
     src.add_argument("--genotype", metavar="FILE",
                      help="genotype.json or a file with a Genotype(...) repr "
                           "(default: <save_dir>/<name>/search2/genotype.json)")
-    src.add_argument("--arch", metavar="NAME", help="a named genotype: DARTS_V1, DARTS_V2, STACNAS_C10")
+    src.add_argument("--arch", choices=NAMED_GENOTYPES, help="a named genotype")
     g.add_argument("--num_cells", type=num_cells, default=None, help="cells (default: 20; imagenet 14)")
     g.add_argument("--init_channels", type=positive_int, default=None,
                    help="initial channels (default: 36; imagenet 48)")

@@ -1,0 +1,120 @@
+"""Evaluate a trained network on a dataset's test split.
+
+    python test.py --name exp --checkpoint runs/exp/augment/checkpoint.pt --dataset cifar10
+    python test.py --name released --checkpoint cifar10.pth.tar --dataset cifar10 --export stacnas_c10.pt
+
+Our checkpoints (augment.py's checkpoint.pt / best.pt, or an --export) rebuild their network
+from their own contents. The authors' released .pth.tar files (whole pickled modules) are read
+by models.legacy without their code and without running anything from the file.
+Prints top-1, top-5, loss, parameters and images/s; writes <save_dir>/<name>/test/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import config
+from models.factory import build_from_spec
+from models.summary import count_params
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.cli import run_guarded, seed_everything
+from utils.data import get_dataset, make_loader
+from utils.engine import evaluate
+from utils.logging import resolve_device, run_info
+
+FINAL_FORMAT = "stacnas-final-1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config.parse(config.test_parser(), config.resolve_test, argv)
+    return run_guarded(lambda: run(args), args.debug)
+
+
+def load_ours(path: Path, state: dict) -> tuple[nn.Module, dict]:
+    if state.get("format") != FINAL_FORMAT:
+        raise CheckpointError(f"{path}: a {state.get('format')} checkpoint, not a trained final "
+                              "network; train its genotype with augment.py and test that")
+    model = build_from_spec(state["network"], str(path))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the network it describes "
+                              f"({str(err).splitlines()[0][:160]})") from None
+    return model, state["network"]
+
+
+def load_network(path: str | Path) -> tuple[nn.Module, dict, str]:
+    """(network in eval mode, its spec, "ours" | "authors") from any supported checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if zipfile.is_zipfile(path):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            state = None  # not ours: perhaps an authors' file re-saved in the zip format
+        if state is not None:
+            model, spec = load_ours(path, state)
+            return model.eval(), spec, "ours"
+    from models import legacy  # only needed for the authors' files
+    model, spec = legacy.load_authors_network(path)
+    return model.eval(), spec, "authors"
+
+
+def check_fits(spec: dict, info, dataset: str, path: Path) -> None:
+    want = (spec["in_channels"], spec["input_size"], spec["num_classes"])
+    have = (info.channels, info.size, info.classes)
+    if want != have:
+        raise ValueError(f"{path} expects {want[0]}x{want[1]}x{want[1]} inputs and {want[2]} "
+                         f"classes, but --dataset {dataset} gives {have[0]}x{have[1]}x{have[1]} "
+                         f"and {have[2]}; pass the dataset it was trained on")
+
+
+def export(model: nn.Module, spec: dict, source: Path, path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; choose another --export path or pass --force")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"format": FINAL_FORMAT, "network": spec, "model": model.state_dict(),
+                     "epoch": None, "finished": True, "source": str(source), "config": {}},
+                    path, keep_previous=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    seed_everything(args.seed, args.deterministic)
+    checkpoint = Path(args.checkpoint)
+    model, spec, source = load_network(checkpoint)
+    test_set, info = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
+                                 synthetic=config.synthetic_spec(args))
+    check_fits(spec, info, args.dataset, checkpoint)
+    if args.export:
+        export(model, spec, checkpoint, Path(args.export), args.force)
+        print(f"exported {checkpoint} ({source}) to {args.export}")
+    indices = None if args.subset is None else list(range(min(args.subset, len(test_set))))
+    loader = make_loader(test_set, indices, args.batch_size, shuffle=False,
+                         num_workers=args.num_workers)
+    stats = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), device=device)
+    params = count_params(model) - count_params(getattr(model, "aux_head", None))
+    results = {"checkpoint": str(checkpoint), "source": source, "dataset": args.dataset,
+               "images": len(indices) if indices is not None else len(test_set),
+               "test_top1": stats["top1"], "test_top5": stats["top5"], "test_loss": stats["loss"],
+               "params_millions": round(params / 1e6, 4),
+               "images_per_s": round(stats["images_per_s"], 1), **run_info(device)}
+    out = Path(args.stage_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"{checkpoint} ({source}): test top1 {stats['top1']:.2f}% top5 {stats['top5']:.2f}% "
+          f"loss {stats['loss']:.4f}, {params / 1e6:.3f}M parameters, "
+          f"{stats['images_per_s']:.1f} images/s; {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
