@@ -97,6 +97,7 @@ class Augment:
         self.eval_criterion = nn.CrossEntropyLoss()
         self.best = {"valid_top1": None, "epoch": None}
         self.elapsed = 0.0
+        self.last_test: tuple[int, dict] | None = None  # (epoch, figures) of the last test run
         log(f"augment: {gt.format_genotype(genotype)}")
         log(f"{len(self.train_idx)} training / {len(self.valid_idx)} held-out / "
             f"{len(self.test_set)} test images; {args.num_cells} cells, {args.init_channels} "
@@ -160,8 +161,8 @@ class Augment:
                 self.best = {"valid_top1": valid["top1"], "epoch": epoch + 1}
                 save_checkpoint(self.state(epoch + 1), self.dir / "best.pt", keep_previous=False)
         if (epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs:
-            test = self.evaluate(self.test_set, None)
-            record.update({f"test_{k}": v for k, v in test.items() if k != "images_per_s"})
+            self.last_test = (epoch + 1, self.evaluate(self.test_set, None))
+            record.update({f"test_{k}": v for k, v in self.last_test[1].items() if k != "images_per_s"})
         return record
 
     def results(self, test: dict) -> dict:
@@ -204,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
                      + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
                      + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
             save_checkpoint(job.state(epoch + 1), checkpoint)
-        test = job.evaluate(job.test_set, None)
+        if job.last_test is not None and job.last_test[0] == args.epochs:
+            test = job.last_test[1]
+        else:
+            test = job.evaluate(job.test_set, None)
         results = job.results(test)
         (stage_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         save_checkpoint(job.state(args.epochs, finished=True), checkpoint, keep_previous=False)

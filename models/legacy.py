@@ -1,0 +1,634 @@
+"""Read the StacNAS authors' released checkpoints (cifar10.pth.tar, ...) without their code and
+without running anything from the file, and rebuild them as our `FinalNetwork`.
+
+Those files are whole `nn.Module` objects pickled by `torch.save(model)` of PyTorch 1.x in the
+legacy (non-zip) format; /work/shared/reference/authors-checkpoint-format.md describes them.
+This module parses that format itself: a restricted unpickler turns every class it may meet
+into an inert placeholder that only records its pickled state, tensors into references filled
+from the raw storage bytes, and refuses anything else before it is used. `torch.load` is never
+called on these files. The zip format (a re-saved file) is read with the same unpickler.
+
+Legacy layout: pickle(magic number), pickle(protocol version), pickle(sys info), the main
+pickle (persistent ids `('storage', type, key, location, numel[, view])` and `('module', cls,
+source file, source)`; the source text is ignored), pickle(sorted storage keys), then per key
+an int64 little-endian element count and the raw bytes.
+"""
+from __future__ import annotations
+
+import _compat_pickle  # pickle's own Python 2 -> 3 name table
+import io
+import pickle
+import re
+import struct
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+
+import genotypes as gt
+from models.augment_cnn import FinalNetwork
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+
+# The classes of the format doc's "Classes pickled" list; each becomes a placeholder.
+_MODULE_CLASSES = frozenset({
+    "augment_cnn.AugmentCNN", "augment_cnn.AuxiliaryHead", "cells.AugmentCell",
+    "operators.DilConv", "operators.DropPath", "operators.FactorizedReduce",
+    "operators.Identity", "operators.PoolBN", "operators.SepConv", "operators.StdConv",
+    "torch.nn.modules.activation.ReLU", "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.container.ModuleList", "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.conv.Conv2d", "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.pooling.AdaptiveAvgPool2d", "torch.nn.modules.pooling.AvgPool2d",
+    "torch.nn.modules.pooling.MaxPool2d"})
+# Typed storages name a tensor's dtype; they become dtype markers. A model saved from the GPU
+# names torch.cuda.*Storage: only the bytes are read, CUDA is never touched.
+_STORAGE_NAMES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16,
+                  "BFloat16": torch.bfloat16, "Long": torch.int64, "Int": torch.int32,
+                  "Short": torch.int16, "Char": torch.int8, "Byte": torch.uint8,
+                  "Bool": torch.bool}
+_STORAGES = {f"{mod}.{kind}Storage": dtype for kind, dtype in _STORAGE_NAMES.items()
+             for mod in ("torch", "torch.cuda")}
+# What pickled tensors and modules call: _rebuild_tensor_v2 (every tensor), _rebuild_parameter
+# (_with_state) (nn.Parameter), OrderedDict (a tensor's hooks, a module's _parameters/_modules),
+# set (a module's _non_persistent_buffers_set), torch.Size (a size kept as an attribute).
+_FUNCTIONS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+              "torch._utils._rebuild_parameter_with_state", "collections.OrderedDict",
+              "builtins.set", "torch.Size")
+ALLOWED_GLOBALS = frozenset(_MODULE_CLASSES | set(_STORAGES) | set(_FUNCTIONS))
+
+
+class LegacyCheckpointError(RuntimeError):
+    """An authors' checkpoint is refused, damaged or does not fit; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- inert objects
+class _Inert:
+    """Our own objects handed to the unpickler: pickle may not modify them (BUILD)."""
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"the file tries to set state on {type(self).__name__}")
+
+
+class _Function(_Inert):
+    __slots__ = ("name", "func")
+
+    def __init__(self, name, func):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "func", func)
+
+    def __call__(self, *args):
+        return self.func(*args)
+
+
+class _StorageType(_Inert):
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name, dtype):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
+
+
+class _StorageRef(_Inert):
+    """Elements [offset, offset + numel) of the storage `key`, filled in after the pickle."""
+    __slots__ = ("key", "dtype", "offset", "numel")
+
+    def __init__(self, key, dtype, offset, numel):
+        for name, value in zip(self.__slots__, (key, dtype, offset, numel)):
+            object.__setattr__(self, name, value)
+
+
+class _TensorRef(_Inert):
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride):
+        for name, value in zip(self.__slots__, (storage, offset, size, stride)):
+            object.__setattr__(self, name, value)
+
+
+class _Pickled:
+    """Stands in for an instance of an allowed module class: records the pickled state
+    (`__dict__`) and constructor arguments; nothing of the real class runs."""
+    qualified = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, {}
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = state[0]
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"{self.qualified} has a {type(state).__name__} state")
+        self.state = state
+
+
+def _is_ints(value, n=None) -> bool:
+    return (isinstance(value, (tuple, list)) and (n is None or len(value) == n)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    if not (isinstance(storage, _StorageRef) and isinstance(offset, int) and offset >= 0
+            and _is_ints(size) and _is_ints(stride, len(size))
+            and all(s >= 0 for s in tuple(size) + tuple(stride))):
+        raise pickle.UnpicklingError("malformed tensor record")
+    return _TensorRef(storage, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, *_ignored):
+    if not isinstance(data, _TensorRef):
+        raise pickle.UnpicklingError("malformed parameter record")
+    return data
+
+
+_SAFE = {"torch._utils._rebuild_tensor_v2": _rebuild_tensor,
+         "torch._utils._rebuild_parameter": _rebuild_parameter,
+         "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+         "collections.OrderedDict": lambda items=(): dict(items),
+         "builtins.set": lambda items=(): set(items),
+         "torch.Size": lambda items=(): tuple(int(i) for i in items)}
+
+
+# ----------------------------------------------------------------------------- unpickling
+class _RestrictedUnpickler(pickle.Unpickler):
+    """find_class hands out placeholders, safe functions and dtype markers, never the real
+    objects; anything outside ALLOWED_GLOBALS (or an unknown persistent id) is refused."""
+
+    def __init__(self, file, source: str, storages: Optional[dict] = None):
+        super().__init__(file)
+        self.source, self.storages, self.classes = source, storages, {}
+
+    def _refuse(self, what: str) -> LegacyCheckpointError:
+        return LegacyCheckpointError(f"{self.source}: refusing to load: the file asks for {what}, "
+                                     "which is not one of the classes an authors' checkpoint may "
+                                     "contain (see models/legacy.py ALLOWED_GLOBALS); nothing "
+                                     "from it was run")
+
+    def find_class(self, module, name):
+        written = f"{module}.{name}"
+        # protocol-2 pickles written by Python 3 name things as Python 2 did (fix_imports)
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        dotted = f"{module}.{name}"
+        if dotted not in ALLOWED_GLOBALS:
+            alias = f" (os.{name})" if module in ("posix", "nt") else ""
+            alias += f" (written as {written!r})" if written != dotted else ""
+            raise self._refuse(f"{dotted!r}{alias}")
+        if dotted in _SAFE:
+            return _Function(dotted, _SAFE[dotted])
+        if dotted in _STORAGES:
+            return _StorageType(dotted, _STORAGES[dotted])
+        if dotted not in self.classes:
+            self.classes[dotted] = type(name, (_Pickled,), {"qualified": dotted})
+        return self.classes[dotted]
+
+    def persistent_load(self, pid):
+        kind = pid[0] if isinstance(pid, tuple) and pid else None
+        kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
+        if self.storages is not None and kind == "module" and len(pid) == 4:
+            if isinstance(pid[1], type) and issubclass(pid[1], _Pickled):
+                return pid[1]  # the class; its recorded source text is ignored
+        if self.storages is not None and kind == "storage" and len(pid) in (5, 6):
+            return self._storage(*pid[1:])
+        raise self._refuse(f"the persistent id {str(pid)[:60]!r}")
+
+    def _storage(self, stype, key, location, numel, view=None):
+        if not (isinstance(stype, _StorageType) and isinstance(key, str)
+                and isinstance(location, str) and _is_ints([numel]) and numel >= 0):
+            raise pickle.UnpicklingError("malformed storage record")
+        if self.storages.setdefault(key, (stype.dtype, numel)) != (stype.dtype, numel):
+            raise pickle.UnpicklingError(f"storage {key} recorded with two types or sizes")
+        if view is None:
+            return _StorageRef(key, stype.dtype, 0, numel)
+        if not (_is_ints(view[1:], 2) and 0 <= view[1] and view[1] + view[2] <= numel):
+            raise pickle.UnpicklingError(f"malformed view of storage {key}")
+        return _StorageRef(key, stype.dtype, view[1], view[2])
+
+
+def _element_bytes(data: bytes, start: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A 1-D tensor of `numel` elements from data[start:], in memory of its own."""
+    if numel == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(bytearray(data[start:start + numel * dtype.itemsize]), dtype=dtype)
+
+
+def _read_legacy(data: bytes, source: str) -> tuple[Any, dict]:
+    f = io.BytesIO(data)
+    try:
+        magic = _RestrictedUnpickler(f, source).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError, OverflowError, UnicodeDecodeError, MemoryError):
+        magic = None
+    if magic != MAGIC_NUMBER or isinstance(magic, bool):
+        raise LegacyCheckpointError(f"{source}: not a PyTorch checkpoint (bad magic number; "
+                                    "neither the legacy torch.save format nor a zip archive)")
+    version = _RestrictedUnpickler(f, source).load()
+    info = _RestrictedUnpickler(f, source).load()
+    if version != PROTOCOL_VERSION or not isinstance(info, dict):
+        raise LegacyCheckpointError(f"{source}: unsupported legacy protocol version {version!r}")
+    if info.get("little_endian") is not True:
+        raise LegacyCheckpointError(f"{source}: written on a big-endian machine; not supported")
+    storages: dict = {}
+    obj = _RestrictedUnpickler(f, source, storages).load()
+    keys = _RestrictedUnpickler(f, source).load()
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise LegacyCheckpointError(f"{source}: corrupt file: the storage key list is malformed")
+    missing = sorted(set(storages) - set(keys))
+    if missing or not set(keys) <= set(storages):
+        raise LegacyCheckpointError(f"{source}: corrupt file: storage keys do not match the "
+                                    f"tensors (e.g. {(missing or sorted(set(keys) - set(storages)))[0]})")
+    pos, tensors = f.tell(), {}
+    for key in keys:
+        dtype, numel = storages[key]
+        if pos + 8 > len(data):
+            raise LegacyCheckpointError(f"{source}: truncated file: storage {key} is missing")
+        (count,) = struct.unpack_from("<q", data, pos)
+        end = pos + 8 + count * dtype.itemsize
+        if count != numel:
+            raise LegacyCheckpointError(f"{source}: corrupt file: storage {key} holds {count} "
+                                        f"elements, the pickle says {numel}")
+        if end > len(data):
+            raise LegacyCheckpointError(f"{source}: truncated file: storage {key} needs bytes "
+                                        f"up to {end}, the file has {len(data)}")
+        tensors[key] = _element_bytes(data, pos + 8, count, dtype)
+        pos = end
+    return obj, tensors
+
+
+def _read_zip(data: bytes, source: str) -> tuple[Any, dict]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise LegacyCheckpointError(f"{source}: a zip archive without one data.pkl; not a "
+                                        "torch.save file")
+        prefix = pkl[0][:-len("data.pkl")]
+        if prefix + "byteorder" in names and archive.read(prefix + "byteorder") != b"little":
+            raise LegacyCheckpointError(f"{source}: written on a big-endian machine; not supported")
+        storages: dict = {}
+        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), source, storages).load()
+        tensors = {}
+        for key, (dtype, numel) in storages.items():
+            name = prefix + "data/" + key
+            size = archive.getinfo(name).file_size if name in names else None
+            if size != numel * dtype.itemsize:
+                raise LegacyCheckpointError(f"{source}: corrupt archive: storage {key} has "
+                                            f"{size} bytes, expected {numel * dtype.itemsize}")
+            tensors[key] = _element_bytes(archive.read(name), 0, numel, dtype)
+    return obj, tensors
+
+
+def _read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
+    """(unpickled object of placeholders, {storage key: 1-D tensor}, source name)."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise LegacyCheckpointError(f"{source}: cannot read the file ({exc.strerror or exc})"
+                                    ) from None
+    try:
+        if data[:4] == b"PK\x03\x04":
+            return (*_read_zip(data, source), source)
+        return (*_read_legacy(data, source), source)
+    except LegacyCheckpointError:
+        raise
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise LegacyCheckpointError(f"{source}: truncated or corrupt file ({str(exc)[:120]})"
+                                    ) from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+            UnicodeDecodeError, MemoryError, RecursionError) as exc:
+        raise LegacyCheckpointError(f"{source}: corrupt file ({type(exc).__name__}: "
+                                    f"{str(exc)[:120]})") from None
+
+
+# ----------------------------------------------------------------------------- structure
+def _fail(source: str, problem: str) -> LegacyCheckpointError:
+    return LegacyCheckpointError(f"{source}: unexpected structure: {problem}")
+
+
+def _expect(obj: Any, qualified: str, source: str, where: str) -> "_Pickled":
+    if not isinstance(obj, _Pickled) or obj.qualified != qualified:
+        found = obj.qualified if isinstance(obj, _Pickled) else type(obj).__name__
+        raise _fail(source, f"{where} is a {found}, expected a pickled {qualified} (only the "
+                            "authors' CIFAR-style AugmentCNN is supported)")
+    return obj
+
+
+def _attr(obj: "_Pickled", name: str, kind: type, source: str) -> Any:
+    if name not in obj.state:
+        raise _fail(source, f"the {obj.qualified} has no attribute {name!r}")
+    value = obj.state[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _fail(source, f"{obj.qualified}.{name} is {str(value)[:40]!r}, expected {kind.__name__}")
+    return value
+
+
+def _children(obj: "_Pickled", source: str) -> dict:
+    children = obj.state.get("_modules", {})
+    if not isinstance(children, dict) or not all(
+            c is None or isinstance(c, _Pickled) for c in children.values()):
+        raise _fail(source, f"the {obj.qualified} has malformed submodules")
+    return {k: c for k, c in children.items() if c is not None}
+
+
+def _plain(value: Any, source: str, where: str) -> Any:
+    """Lists/tuples of str/int/bool only (genotypes): nothing of ours leaks out."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, source, where) for v in value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise _fail(source, f"{where} holds a {type(value).__name__}")
+
+
+_DAG_EDGE = re.compile(r"_cells\.\d+\._dag\.\d+\.\d+")
+_RENAMES = {"_stem": "stem", "_cells": "cells", "_preproc0": "preproc0", "_preproc1": "preproc1",
+            "_dag": "nodes", "_ops": "net", "_aux_head": "aux_head", "_features": "features",
+            "_classifier": "classifier"}
+
+
+def _join(prefix: Optional[str], key: str) -> Optional[str]:
+    return None if prefix is None else (f"{prefix}.{key}" if prefix else key)
+
+
+def _is_wrapper(name: str, node: "_Pickled", source: str) -> bool:
+    """`_cells.K._dag.I.J` = Sequential(op, DropPath): the op is ours at `cells.K.nodes.I.J`."""
+    if not (_DAG_EDGE.fullmatch(name) and node.qualified.endswith(".Sequential")):
+        return False
+    kids = _children(node, source)
+    if sorted(kids) != ["0", "1"] or kids["1"].qualified != "operators.DropPath":
+        raise _fail(source, f"{name} is a Sequential but not (op, DropPath)")
+    return True
+
+
+def _walk(node, a_name: str, o_name: Optional[str], source: str,
+          seen: set) -> Iterator[tuple[str, Optional[str], "_Pickled"]]:
+    """(authors' name, our name or None, placeholder) for every module, pre-order."""
+    if id(node) in seen:
+        raise _fail(source, f"module {a_name} occurs twice")
+    seen.add(id(node))
+    yield a_name, o_name, node
+    for key, child in _children(node, source).items():
+        a = _join(a_name, key)
+        if o_name is not None and _is_wrapper(a, child, source):
+            seen.add(id(child))
+            yield a, None, child
+            kids = _children(child, source)
+            yield from _walk(kids["1"], a + ".1", None, source, seen)
+            yield from _walk(kids["0"], a + ".0", _join(o_name, key), source, seen)
+        else:
+            yield from _walk(child, a, _join(o_name, _RENAMES.get(key, key)), source, seen)
+
+
+def _tensors(node: "_Pickled", source: str, name: str) -> Iterator[tuple[str, _TensorRef]]:
+    skip = node.state.get("_non_persistent_buffers_set", set())
+    if not isinstance(skip, (set, list, tuple)):
+        raise _fail(source, f"{name or 'the network'} has a malformed buffer set")
+    for group in ("_parameters", "_buffers"):
+        entries = node.state.get(group, {})
+        if not isinstance(entries, dict):
+            raise _fail(source, f"{name or 'the network'} has a malformed {group}")
+        for key, ref in entries.items():
+            if ref is None or (group == "_buffers" and key in skip):
+                continue
+            if not isinstance(ref, _TensorRef):
+                raise _fail(source, f"{_join(name, key)} is not a tensor")
+            yield key, ref
+
+
+def _materialise(ref: _TensorRef, storages: dict, source: str, name: str) -> torch.Tensor:
+    base, s = storages[ref.storage.key], ref.storage
+    if 0 in ref.size:
+        return torch.empty(ref.size, dtype=s.dtype)
+    last = ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride))
+    if last >= s.numel:
+        raise LegacyCheckpointError(f"{source}: corrupt file: tensor {name} reaches past its "
+                                    "storage")
+    return base.as_strided(ref.size, ref.stride, s.offset + ref.offset).clone()
+
+
+def _cell_info(cell: "_Pickled", index: int, source: str) -> dict:
+    children = _children(cell, source)
+    if "_dag" not in children:
+        raise _fail(source, f"_cells.{index} has no _dag")
+    dag = [_children(node, source) for node in _children(children["_dag"], source).values()]
+    edge_ids = []
+    for i, node in enumerate(dag):
+        ids = []
+        for j, edge in node.items():
+            inner = _children(edge, source).get("0")
+            eid = edge.state.get("edge_id", inner.state.get("edge_id") if inner else None)
+            if not isinstance(eid, int) or isinstance(eid, bool):
+                raise _fail(source, f"_cells.{index}._dag.{i}.{j} has no integer edge_id")
+            ids.append(eid)
+        edge_ids.append(ids)
+    return {"genotype": _plain(_attr(cell, "_genotype", list, source), source, "_genotype"),
+            "reduction": _attr(cell, "_reduction", bool, source),
+            "reduction_prev": _attr(cell, "_reduction_prev", bool, source),
+            "channels": _attr(cell, "_channels", int, source), "edge_ids": edge_ids}
+
+
+_NET_ATTRS = {"input_size": int, "channels_in": int, "channels_init": int, "num_cells": int,
+              "num_nodes": int, "num_classes": int, "stem_multiplier": int, "auxiliary": bool,
+              "aux_pos": int, "alpha_share": bool}
+
+
+def _read(path) -> tuple[dict, list]:
+    obj, storages, source = _read_objects(path)
+    try:
+        return _structure(obj, storages, source)
+    except RecursionError:
+        raise _fail(source, "modules nested too deeply") from None
+
+
+def _structure(obj: Any, storages: dict, source: str) -> tuple[dict, list]:
+    net = _expect(obj, "augment_cnn.AugmentCNN", source, "the top-level object")
+    info = {key: _attr(net, "_" + key, kind, source) for key, kind in _NET_ATTRS.items()}
+    info["genotypes"] = _plain(_attr(net, "_genotypes", list, source), source, "_genotypes")
+    cells = _children(net, source).get("_cells")
+    if cells is None:
+        raise _fail(source, "the AugmentCNN has no _cells")
+    info["cells"] = [_cell_info(_expect(c, "cells.AugmentCell", source, f"_cells.{i}"), i, source)
+                     for i, c in _children(cells, source).items()]
+    entries = list(_walk(net, "", "", source, set()))
+    info["class_counts"] = dict(sorted(Counter(n.qualified for _, _, n in entries).items()))
+    info["state_dict"] = {_join(a, k): _materialise(ref, storages, source, _join(a, k))
+                          for a, _, node in entries for k, ref in _tensors(node, source, a)}
+    info["source"] = source
+    return info, entries
+
+
+def read_authors_checkpoint(path: Union[str, Path]) -> dict:
+    """Plain data of an authors' checkpoint: the AugmentCNN's attributes (`input_size`,
+    `channels_in`, `channels_init`, `num_cells`, `num_nodes`, `num_classes`, `stem_multiplier`,
+    `auxiliary`, `aux_pos`, `genotypes`, `alpha_share`), `cells` (per cell: genotype,
+    reduction, reduction_prev, channels, edge_ids), `class_counts`, `state_dict` (the authors'
+    names) and `source`."""
+    return _read(path)[0]
+
+
+# ----------------------------------------------------------------------------- our network
+def _flat(nested: Any, source: str, where: str) -> list:
+    """The authors' per-node pairs -> our flat [(op, input), ...] (2 ops per node)."""
+    if not isinstance(nested, (list, tuple)) or not all(isinstance(n, (list, tuple))
+                                                        for n in nested):
+        raise _fail(source, f"{where} is not a list of nodes")
+    for i, node in enumerate(nested):
+        if len(node) != 2:
+            raise LegacyCheckpointError(f"{source}: {where} node {i} has {len(node)} ops; our "
+                                        "final cells take 2 per node")
+    return [tuple(e) if isinstance(e, (list, tuple)) else e for node in nested for e in node]
+
+
+def _check_edge_ids(ops: list, edge_ids: list, source: str, cell: int) -> None:
+    if len(edge_ids) != len(ops) // 2:
+        raise _fail(source, f"_cells.{cell}._dag has {len(edge_ids)} nodes, its genotype "
+                            f"{len(ops) // 2}")
+    for i, ids in enumerate(edge_ids):
+        for j, eid in enumerate(ids):
+            if j >= 2 or eid != ops[2 * i + j][1]:
+                want = ops[2 * i + j][1] if j < 2 else "no op"
+                raise LegacyCheckpointError(
+                    f"{source}: _cells.{cell}._dag.{i}.{j}.edge_id = {eid} but the cell's "
+                    f"genotype has {want} there; the file disagrees with itself")
+
+
+def authors_genotype(info: dict) -> gt.AnyGenotype:
+    """Our validated Genotype (shared alphas) or list of CellGenotype (one per cell) from
+    `read_authors_checkpoint` data; concat is every node, 2..num_nodes+1."""
+    source, cells, num_cells = info.get("source", "authors' checkpoint"), info["cells"], \
+        info["num_cells"]
+    concat = list(range(2, info["num_nodes"] + 2))
+    reductions = gt.reduction_cells(num_cells)
+    if len(cells) != num_cells:
+        raise _fail(source, f"_num_cells = {num_cells} but _cells holds {len(cells)}")
+    flats = []
+    for i, cell in enumerate(cells):
+        if cell["reduction"] != (i in reductions):
+            raise _fail(source, f"_cells.{i}._reduction = {cell['reduction']} but a "
+                                f"{num_cells}-cell network reduces at {sorted(reductions)}")
+        flats.append(_flat(cell["genotype"], source, f"_cells.{i}._genotype"))
+    if info["alpha_share"]:
+        shared = info["genotypes"]
+        if len(shared) != 2:
+            raise _fail(source, f"_alpha_share with {len(shared)} _genotypes (expected normal, "
+                                "reduce)")
+        normal, reduce = (_flat(g, source, f"_genotypes[{k}]") for k, g in enumerate(shared))
+        for i, (ops, cell) in enumerate(zip(flats, cells)):
+            if ops != (reduce if cell["reduction"] else normal):
+                raise _fail(source, f"_cells.{i}._genotype differs from the shared "
+                                    f"{'reduce' if cell['reduction'] else 'normal'} genotype")
+        genotype = gt.Genotype(normal, concat, reduce, list(concat))
+    else:
+        genotype = [gt.CellGenotype(ops, list(concat), cell["reduction"])
+                    for ops, cell in zip(flats, cells)]
+    try:
+        gt.validate_genotype(genotype, info["num_nodes"], source)
+    except gt.GenotypeError as exc:
+        raise LegacyCheckpointError(str(exc)) from None
+    for i, (ops, cell) in enumerate(zip(flats, cells)):  # validated ops from here on
+        _check_edge_ids(ops, cell["edge_ids"], source, i)
+    return genotype
+
+
+def authors_network_spec(info: dict) -> dict:
+    """Keyword arguments of `FinalNetwork` rebuilding the authors' network."""
+    if info["auxiliary"] and info["aux_pos"] != 2 * info["num_cells"] // 3:
+        raise LegacyCheckpointError(
+            f"{info.get('source')}: auxiliary head after cell {info['aux_pos']}; ours sits "
+            f"after cell {2 * info['num_cells'] // 3} of {info['num_cells']}")
+    return {"genotype": authors_genotype(info), "num_classes": info["num_classes"],
+            "init_channels": info["channels_init"], "num_cells": info["num_cells"],
+            "auxiliary": info["auxiliary"], "in_channels": info["channels_in"],
+            "input_size": info["input_size"], "stem_multiplier": info["stem_multiplier"]}
+
+
+_HYPER = {"Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "dilation", "groups", "padding_mode"),
+          "BatchNorm2d": ("num_features", "eps", "affine", "track_running_stats"),
+          "MaxPool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+          "AvgPool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                        "divisor_override"),
+          "AdaptiveAvgPool2d": ("output_size",), "Linear": ("in_features", "out_features")}
+_SAME_ROLE = {"AugmentCNN": "FinalNetwork", "AugmentCell": "FinalCell"}
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_modules(model: FinalNetwork, entries: list, source: str) -> None:
+    """Every authors' module with a counterpart of ours has its class and hyperparameters
+    (stride, padding, dilation, groups, pooling kind, BN eps, ...): same weights are not enough."""
+    ours = dict(model.named_modules())
+    for a_name, o_name, node in entries:
+        mine = ours.get(o_name) if o_name is not None else None
+        if mine is None:
+            continue
+        theirs = node.qualified.rsplit(".", 1)[-1]
+        if _SAME_ROLE.get(theirs, theirs) != type(mine).__name__:
+            raise LegacyCheckpointError(f"{source}: the authors' {a_name or 'network'} is a "
+                                        f"{theirs}, our {o_name} a {type(mine).__name__}")
+        for attr in _HYPER.get(theirs, ()):
+            if attr in node.state and _norm(node.state[attr]) != _norm(getattr(mine, attr)):
+                raise LegacyCheckpointError(
+                    f"{source}: the authors' {a_name}.{attr} is {node.state[attr]!r}, our "
+                    f"{o_name}.{attr} {getattr(mine, attr)!r}")
+
+
+def _load_weights(model: FinalNetwork, info: dict, entries: list, source: str) -> None:
+    theirs, names = {}, {}
+    for a_name, o_name, node in entries:
+        for key, _ in _tensors(node, source, a_name):
+            if o_name is None:
+                raise _fail(source, f"{_join(a_name, key)} sits in a DropPath wrapper")
+            theirs[_join(o_name, key)] = info["state_dict"][_join(a_name, key)]
+            names[_join(o_name, key)] = _join(a_name, key)
+    ours = model.state_dict()
+    problems = ([f"ours has {k} but the file nothing for it" for k in ours if k not in theirs][:2]
+                + [f"the file's {names[k]} has no place in ours" for k in theirs
+                   if k not in ours][:2]
+                + [f"the file's {names[k]} is {tuple(v.shape)}, our {k} {tuple(ours[k].shape)}"
+                   for k, v in theirs.items() if k in ours and v.shape != ours[k].shape][:2])
+    if problems:
+        raise LegacyCheckpointError(f"{source}: the authors' weights do not fit the rebuilt "
+                                    f"network: {'; '.join(problems)}")
+    try:
+        model.load_state_dict(theirs, strict=True)
+    except RuntimeError as exc:
+        raise LegacyCheckpointError(f"{source}: the authors' weights do not load "
+                                    f"({str(exc).strip().splitlines()[0][:160]})") from None
+
+
+def load_authors_network(path: Union[str, Path]) -> tuple[FinalNetwork, dict]:
+    """(our FinalNetwork with the authors' weights, in eval mode, and its plain spec in the
+    shape of `models.factory.network_spec`, plus `stem_multiplier`)."""
+    info, entries = _read(path)
+    source, kwargs = info["source"], authors_network_spec(info)
+    try:
+        model = FinalNetwork(**kwargs)
+    except ValueError as exc:
+        raise LegacyCheckpointError(f"{source}: cannot rebuild the network ({exc})") from None
+    _check_modules(model, entries, source)
+    _load_weights(model, info, entries, source)
+    spec = {"kind": "cifar", "genotype": gt.genotype_to_dict(kwargs["genotype"]),
+            "num_classes": kwargs["num_classes"], "in_channels": kwargs["in_channels"],
+            "input_size": kwargs["input_size"], "init_channels": kwargs["init_channels"],
+            "num_cells": kwargs["num_cells"], "auxiliary": kwargs["auxiliary"],
+            "keep_zero": False, "stem_multiplier": kwargs["stem_multiplier"]}
+    return model.eval(), spec
+
+
+def load_authors_checkpoint(path: Union[str, Path]) -> FinalNetwork:
+    """Our FinalNetwork, in eval mode, computing what the authors' pickled model computes."""
+    return load_authors_network(path)[0]
