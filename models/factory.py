@@ -40,14 +40,17 @@ def build_supernet(candidates: dict, info: DatasetInfo, init_channels: int, num_
 
 
 def build_final_network(genotype, info: DatasetInfo, init_channels: int, num_cells: int,
-                        auxiliary: bool = False, keep_zero: bool = False, imagenet: bool | None = None):
+                        auxiliary: bool = False, keep_zero: bool = False, imagenet: bool | None = None,
+                        stem_multiplier: int = 3):
     """ImageNet mobile network for large inputs (or when `imagenet` is True), else CIFAR-style."""
     if imagenet is None:
         imagenet = info.size >= 128
-    cls = ImageNetNetwork if imagenet else FinalNetwork
-    return cls(genotype, num_classes=info.classes, init_channels=init_channels,
-               num_cells=num_cells, auxiliary=auxiliary, in_channels=info.channels,
-               input_size=info.size, keep_zero=keep_zero)
+    kwargs = dict(num_classes=info.classes, init_channels=init_channels, num_cells=num_cells,
+                  auxiliary=auxiliary, in_channels=info.channels, input_size=info.size,
+                  keep_zero=keep_zero)
+    if imagenet:
+        return ImageNetNetwork(genotype, **kwargs)
+    return FinalNetwork(genotype, stem_multiplier=stem_multiplier, **kwargs)
 
 
 def network_spec(genotype, info: DatasetInfo, init_channels: int, num_cells: int,
@@ -66,4 +69,5 @@ def build_from_spec(spec: dict, source: str = "checkpoint"):
     genotype = gt.genotype_from_dict(spec["genotype"], source)
     info = DatasetInfo(spec["in_channels"], spec["input_size"], spec["num_classes"])
     return build_final_network(genotype, info, spec["init_channels"], spec["num_cells"],
-                               spec["auxiliary"], spec["keep_zero"], spec["kind"] == "imagenet")
+                               spec["auxiliary"], spec["keep_zero"], spec["kind"] == "imagenet",
+                               spec.get("stem_multiplier", 3))

@@ -7,20 +7,10 @@ This module parses that format itself: a restricted unpickler turns every class 
 into an inert placeholder that only records its pickled state, tensors into references filled
 from the raw storage bytes, and refuses anything else before it is used. `torch.load` is never
 called on these files. The zip format (a re-saved file) is read with the same unpickler.
-
-Legacy layout: pickle(magic number), pickle(protocol version), pickle(sys info), the main
-pickle (persistent ids `('storage', type, key, location, numel[, view])` and `('module', cls,
-source file, source)`; the source text is ignored), pickle(sorted storage keys), then per key
-an int64 little-endian element count and the raw bytes.
 """
 from __future__ import annotations
 
-import _compat_pickle  # pickle's own Python 2 -> 3 name table
-import io
-import pickle
 import re
-import struct
-import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -29,285 +19,8 @@ import torch
 
 import genotypes as gt
 from models.augment_cnn import FinalNetwork
-
-MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
-PROTOCOL_VERSION = 1001
-
-# The classes of the format doc's "Classes pickled" list; each becomes a placeholder.
-_MODULE_CLASSES = frozenset({
-    "augment_cnn.AugmentCNN", "augment_cnn.AuxiliaryHead", "cells.AugmentCell",
-    "operators.DilConv", "operators.DropPath", "operators.FactorizedReduce",
-    "operators.Identity", "operators.PoolBN", "operators.SepConv", "operators.StdConv",
-    "torch.nn.modules.activation.ReLU", "torch.nn.modules.batchnorm.BatchNorm2d",
-    "torch.nn.modules.container.ModuleList", "torch.nn.modules.container.Sequential",
-    "torch.nn.modules.conv.Conv2d", "torch.nn.modules.linear.Linear",
-    "torch.nn.modules.pooling.AdaptiveAvgPool2d", "torch.nn.modules.pooling.AvgPool2d",
-    "torch.nn.modules.pooling.MaxPool2d"})
-# Typed storages name a tensor's dtype; they become dtype markers. A model saved from the GPU
-# names torch.cuda.*Storage: only the bytes are read, CUDA is never touched.
-_STORAGE_NAMES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16,
-                  "BFloat16": torch.bfloat16, "Long": torch.int64, "Int": torch.int32,
-                  "Short": torch.int16, "Char": torch.int8, "Byte": torch.uint8,
-                  "Bool": torch.bool}
-_STORAGES = {f"{mod}.{kind}Storage": dtype for kind, dtype in _STORAGE_NAMES.items()
-             for mod in ("torch", "torch.cuda")}
-# What pickled tensors and modules call: _rebuild_tensor_v2 (every tensor), _rebuild_parameter
-# (_with_state) (nn.Parameter), OrderedDict (a tensor's hooks, a module's _parameters/_modules),
-# set (a module's _non_persistent_buffers_set), torch.Size (a size kept as an attribute).
-_FUNCTIONS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-              "torch._utils._rebuild_parameter_with_state", "collections.OrderedDict",
-              "builtins.set", "torch.Size")
-ALLOWED_GLOBALS = frozenset(_MODULE_CLASSES | set(_STORAGES) | set(_FUNCTIONS))
-
-
-class LegacyCheckpointError(RuntimeError):
-    """An authors' checkpoint is refused, damaged or does not fit; the message is one line."""
-
-
-# ----------------------------------------------------------------------------- inert objects
-class _Inert:
-    """Our own objects handed to the unpickler: pickle may not modify them (BUILD)."""
-    __slots__ = ()
-
-    def __setstate__(self, state):
-        raise pickle.UnpicklingError(f"the file tries to set state on {type(self).__name__}")
-
-
-class _Function(_Inert):
-    __slots__ = ("name", "func")
-
-    def __init__(self, name, func):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "func", func)
-
-    def __call__(self, *args):
-        return self.func(*args)
-
-
-class _StorageType(_Inert):
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name, dtype):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "dtype", dtype)
-
-
-class _StorageRef(_Inert):
-    """Elements [offset, offset + numel) of the storage `key`, filled in after the pickle."""
-    __slots__ = ("key", "dtype", "offset", "numel")
-
-    def __init__(self, key, dtype, offset, numel):
-        for name, value in zip(self.__slots__, (key, dtype, offset, numel)):
-            object.__setattr__(self, name, value)
-
-
-class _TensorRef(_Inert):
-    __slots__ = ("storage", "offset", "size", "stride")
-
-    def __init__(self, storage, offset, size, stride):
-        for name, value in zip(self.__slots__, (storage, offset, size, stride)):
-            object.__setattr__(self, name, value)
-
-
-class _Pickled:
-    """Stands in for an instance of an allowed module class: records the pickled state
-    (`__dict__`) and constructor arguments; nothing of the real class runs."""
-    qualified = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, {}
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = state[0]
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError(f"{self.qualified} has a {type(state).__name__} state")
-        self.state = state
-
-
-def _is_ints(value, n=None) -> bool:
-    return (isinstance(value, (tuple, list)) and (n is None or len(value) == n)
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    if not (isinstance(storage, _StorageRef) and isinstance(offset, int) and offset >= 0
-            and _is_ints(size) and _is_ints(stride, len(size))
-            and all(s >= 0 for s in tuple(size) + tuple(stride))):
-        raise pickle.UnpicklingError("malformed tensor record")
-    return _TensorRef(storage, offset, tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data, *_ignored):
-    if not isinstance(data, _TensorRef):
-        raise pickle.UnpicklingError("malformed parameter record")
-    return data
-
-
-_SAFE = {"torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-         "torch._utils._rebuild_parameter": _rebuild_parameter,
-         "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-         "collections.OrderedDict": lambda items=(): dict(items),
-         "builtins.set": lambda items=(): set(items),
-         "torch.Size": lambda items=(): tuple(int(i) for i in items)}
-
-
-# ----------------------------------------------------------------------------- unpickling
-class _RestrictedUnpickler(pickle.Unpickler):
-    """find_class hands out placeholders, safe functions and dtype markers, never the real
-    objects; anything outside ALLOWED_GLOBALS (or an unknown persistent id) is refused."""
-
-    def __init__(self, file, source: str, storages: Optional[dict] = None):
-        super().__init__(file)
-        self.source, self.storages, self.classes = source, storages, {}
-
-    def _refuse(self, what: str) -> LegacyCheckpointError:
-        return LegacyCheckpointError(f"{self.source}: refusing to load: the file asks for {what}, "
-                                     "which is not one of the classes an authors' checkpoint may "
-                                     "contain (see models/legacy.py ALLOWED_GLOBALS); nothing "
-                                     "from it was run")
-
-    def find_class(self, module, name):
-        written = f"{module}.{name}"
-        # protocol-2 pickles written by Python 3 name things as Python 2 did (fix_imports)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        dotted = f"{module}.{name}"
-        if dotted not in ALLOWED_GLOBALS:
-            alias = f" (os.{name})" if module in ("posix", "nt") else ""
-            alias += f" (written as {written!r})" if written != dotted else ""
-            raise self._refuse(f"{dotted!r}{alias}")
-        if dotted in _SAFE:
-            return _Function(dotted, _SAFE[dotted])
-        if dotted in _STORAGES:
-            return _StorageType(dotted, _STORAGES[dotted])
-        if dotted not in self.classes:
-            self.classes[dotted] = type(name, (_Pickled,), {"qualified": dotted})
-        return self.classes[dotted]
-
-    def persistent_load(self, pid):
-        kind = pid[0] if isinstance(pid, tuple) and pid else None
-        kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
-        if self.storages is not None and kind == "module" and len(pid) == 4:
-            if isinstance(pid[1], type) and issubclass(pid[1], _Pickled):
-                return pid[1]  # the class; its recorded source text is ignored
-        if self.storages is not None and kind == "storage" and len(pid) in (5, 6):
-            return self._storage(*pid[1:])
-        raise self._refuse(f"the persistent id {str(pid)[:60]!r}")
-
-    def _storage(self, stype, key, location, numel, view=None):
-        if not (isinstance(stype, _StorageType) and isinstance(key, str)
-                and isinstance(location, str) and _is_ints([numel]) and numel >= 0):
-            raise pickle.UnpicklingError("malformed storage record")
-        if self.storages.setdefault(key, (stype.dtype, numel)) != (stype.dtype, numel):
-            raise pickle.UnpicklingError(f"storage {key} recorded with two types or sizes")
-        if view is None:
-            return _StorageRef(key, stype.dtype, 0, numel)
-        if not (_is_ints(view[1:], 2) and 0 <= view[1] and view[1] + view[2] <= numel):
-            raise pickle.UnpicklingError(f"malformed view of storage {key}")
-        return _StorageRef(key, stype.dtype, view[1], view[2])
-
-
-def _element_bytes(data: bytes, start: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A 1-D tensor of `numel` elements from data[start:], in memory of its own."""
-    if numel == 0:
-        return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(bytearray(data[start:start + numel * dtype.itemsize]), dtype=dtype)
-
-
-def _read_legacy(data: bytes, source: str) -> tuple[Any, dict]:
-    f = io.BytesIO(data)
-    try:
-        magic = _RestrictedUnpickler(f, source).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-            AttributeError, OverflowError, UnicodeDecodeError, MemoryError):
-        magic = None
-    if magic != MAGIC_NUMBER or isinstance(magic, bool):
-        raise LegacyCheckpointError(f"{source}: not a PyTorch checkpoint (bad magic number; "
-                                    "neither the legacy torch.save format nor a zip archive)")
-    version = _RestrictedUnpickler(f, source).load()
-    info = _RestrictedUnpickler(f, source).load()
-    if version != PROTOCOL_VERSION or not isinstance(info, dict):
-        raise LegacyCheckpointError(f"{source}: unsupported legacy protocol version {version!r}")
-    if info.get("little_endian") is not True:
-        raise LegacyCheckpointError(f"{source}: written on a big-endian machine; not supported")
-    storages: dict = {}
-    obj = _RestrictedUnpickler(f, source, storages).load()
-    keys = _RestrictedUnpickler(f, source).load()
-    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-        raise LegacyCheckpointError(f"{source}: corrupt file: the storage key list is malformed")
-    missing = sorted(set(storages) - set(keys))
-    if missing or not set(keys) <= set(storages):
-        raise LegacyCheckpointError(f"{source}: corrupt file: storage keys do not match the "
-                                    f"tensors (e.g. {(missing or sorted(set(keys) - set(storages)))[0]})")
-    pos, tensors = f.tell(), {}
-    for key in keys:
-        dtype, numel = storages[key]
-        if pos + 8 > len(data):
-            raise LegacyCheckpointError(f"{source}: truncated file: storage {key} is missing")
-        (count,) = struct.unpack_from("<q", data, pos)
-        end = pos + 8 + count * dtype.itemsize
-        if count != numel:
-            raise LegacyCheckpointError(f"{source}: corrupt file: storage {key} holds {count} "
-                                        f"elements, the pickle says {numel}")
-        if end > len(data):
-            raise LegacyCheckpointError(f"{source}: truncated file: storage {key} needs bytes "
-                                        f"up to {end}, the file has {len(data)}")
-        tensors[key] = _element_bytes(data, pos + 8, count, dtype)
-        pos = end
-    return obj, tensors
-
-
-def _read_zip(data: bytes, source: str) -> tuple[Any, dict]:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = archive.namelist()
-        pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
-        if len(pkl) != 1:
-            raise LegacyCheckpointError(f"{source}: a zip archive without one data.pkl; not a "
-                                        "torch.save file")
-        prefix = pkl[0][:-len("data.pkl")]
-        if prefix + "byteorder" in names and archive.read(prefix + "byteorder") != b"little":
-            raise LegacyCheckpointError(f"{source}: written on a big-endian machine; not supported")
-        storages: dict = {}
-        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), source, storages).load()
-        tensors = {}
-        for key, (dtype, numel) in storages.items():
-            name = prefix + "data/" + key
-            size = archive.getinfo(name).file_size if name in names else None
-            if size != numel * dtype.itemsize:
-                raise LegacyCheckpointError(f"{source}: corrupt archive: storage {key} has "
-                                            f"{size} bytes, expected {numel * dtype.itemsize}")
-            tensors[key] = _element_bytes(archive.read(name), 0, numel, dtype)
-    return obj, tensors
-
-
-def _read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
-    """(unpickled object of placeholders, {storage key: 1-D tensor}, source name)."""
-    source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise LegacyCheckpointError(f"{source}: cannot read the file ({exc.strerror or exc})"
-                                    ) from None
-    try:
-        if data[:4] == b"PK\x03\x04":
-            return (*_read_zip(data, source), source)
-        return (*_read_legacy(data, source), source)
-    except LegacyCheckpointError:
-        raise
-    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise LegacyCheckpointError(f"{source}: truncated or corrupt file ({str(exc)[:120]})"
-                                    ) from None
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
-            UnicodeDecodeError, MemoryError, RecursionError) as exc:
-        raise LegacyCheckpointError(f"{source}: corrupt file ({type(exc).__name__}: "
-                                    f"{str(exc)[:120]})") from None
+from models.legacy_pickle import (_DAMAGE, LegacyCheckpointError, _Pickled, _read_objects,
+                                  _TensorRef)
 
 
 # ----------------------------------------------------------------------------- structure
@@ -328,7 +41,8 @@ def _attr(obj: "_Pickled", name: str, kind: type, source: str) -> Any:
         raise _fail(source, f"the {obj.qualified} has no attribute {name!r}")
     value = obj.state[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(source, f"{obj.qualified}.{name} is {str(value)[:40]!r}, expected {kind.__name__}")
+        raise _fail(source, f"{obj.qualified}.{name} is {str(value)[:40]!r}, "
+                            f"expected {kind.__name__}")
     return value
 
 
@@ -341,7 +55,7 @@ def _children(obj: "_Pickled", source: str) -> dict:
 
 
 def _plain(value: Any, source: str, where: str) -> Any:
-    """Lists/tuples of str/int/bool only (genotypes): nothing of ours leaks out."""
+    """Lists/tuples of plain scalars only (genotypes): no placeholder leaks out."""
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v, source, where) for v in value)
     if value is None or isinstance(value, (str, int, float)):
@@ -445,8 +159,8 @@ def _read(path) -> tuple[dict, list]:
     obj, storages, source = _read_objects(path)
     try:
         return _structure(obj, storages, source)
-    except RecursionError:
-        raise _fail(source, "modules nested too deeply") from None
+    except _DAMAGE as exc:  # a hostile object graph (cycles, odd keys) that slipped past checks
+        raise _fail(source, f"{type(exc).__name__}: {str(exc)[:120]}") from None
 
 
 def _structure(obj: Any, storages: dict, source: str) -> tuple[dict, list]:
@@ -493,12 +207,13 @@ def _check_edge_ids(ops: list, edge_ids: list, source: str, cell: int) -> None:
         raise _fail(source, f"_cells.{cell}._dag has {len(edge_ids)} nodes, its genotype "
                             f"{len(ops) // 2}")
     for i, ids in enumerate(edge_ids):
+        if len(ids) != 2:
+            raise _fail(source, f"_cells.{cell}._dag.{i} holds {len(ids)} ops, its genotype 2")
         for j, eid in enumerate(ids):
-            if j >= 2 or eid != ops[2 * i + j][1]:
-                want = ops[2 * i + j][1] if j < 2 else "no op"
+            if eid != ops[2 * i + j][1]:
                 raise LegacyCheckpointError(
                     f"{source}: _cells.{cell}._dag.{i}.{j}.edge_id = {eid} but the cell's "
-                    f"genotype has {want} there; the file disagrees with itself")
+                    f"genotype has {ops[2 * i + j][1]} there; the file disagrees with itself")
 
 
 def authors_genotype(info: dict) -> gt.AnyGenotype:

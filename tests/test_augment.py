@@ -148,3 +148,31 @@ def test_power_cosine_schedule():
     assert augment.power_cosine(0, 10, 0.025, 0.0) == pytest.approx(0.025)
     assert augment.power_cosine(10, 10, 0.025, 0.001) == pytest.approx(0.001)
     assert augment.power_cosine(5, 10, 1.0, 0.0) == pytest.approx(2 ** 0.5 - 1)
+
+
+def test_test_py_on_an_authors_file_and_its_export(tmp_path):
+    from tests.authors_format import make_authors_model, save_like_authors, to_nested
+
+    original = make_authors_model(to_nested(gt.STACNAS_C10.normal), to_nested(gt.STACNAS_C10.reduce),
+                                  channels_init=4, num_cells=3, num_classes=4, input_size=8,
+                                  auxiliary=False)
+    path = tmp_path / "cifar10.pth.tar"
+    save_like_authors(original, path)
+    data = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_classes", "4",
+            "--synthetic_samples", "32"]
+    assert _test(tmp_path, "--checkpoint", str(path), "--export", str(tmp_path / "ours.pt"), *data) == 0
+    authors = json.loads((tmp_path / "t" / "test" / "results.json").read_text())
+    assert authors["source"] == "authors" and authors["images"] == 16
+    # the original module gives the same loss on the same test images
+    from utils.data import SyntheticSpec, get_dataset
+    test_set, _ = get_dataset("synthetic", "data", train=False, synthetic=SyntheticSpec(3, 8, 4, 32, 16))
+    x = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    y = torch.tensor([test_set[i][1] for i in range(len(test_set))])
+    with torch.no_grad():
+        out = original.eval()(x)  # the authors' forward returns (logits, aux_logits)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = torch.nn.functional.cross_entropy(logits, y).item()
+    assert authors["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert _test(tmp_path, "--checkpoint", str(tmp_path / "ours.pt"), *data) == 0
+    ours = json.loads((tmp_path / "t" / "test" / "results.json").read_text())
+    assert ours["source"] == "ours" and ours["test_loss"] == pytest.approx(authors["test_loss"], rel=1e-6)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import genotypes as gt
-from models import legacy
+from models import legacy, legacy_pickle
 from models.legacy import LegacyCheckpointError, load_authors_checkpoint, read_authors_checkpoint
 from tests import authors_format as af
 
@@ -246,7 +246,7 @@ def test_unknown_persistent_id_is_refused(tmp_path):
 
     path = tmp_path / "pid.pth.tar"
     with open(path, "wb") as f:
-        for header in (legacy.MAGIC_NUMBER, legacy.PROTOCOL_VERSION, {"little_endian": True}):
+        for header in (legacy_pickle.MAGIC_NUMBER, legacy_pickle.PROTOCOL_VERSION, {"little_endian": True}):
             pickle.dump(header, f, protocol=2)
         Pickler(f, protocol=2).dump({"x": "hook"})
     with pytest.raises(LegacyCheckpointError, match="refusing to load: .*persistent id"):
@@ -254,7 +254,7 @@ def test_unknown_persistent_id_is_refused(tmp_path):
 
 
 def test_allowed_globals_are_the_documented_classes_and_tensor_internals():
-    allowed = legacy.ALLOWED_GLOBALS
+    allowed = legacy_pickle.ALLOWED_GLOBALS
     assert set(DOC_CLASS_COUNTS) <= allowed
     assert {"torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "torch.LongStorage",
             "collections.OrderedDict"} <= allowed
@@ -284,7 +284,7 @@ def _write_legacy(path, obj, storages):
             return o.pid if isinstance(o, _Storage) else None
 
     with open(path, "wb") as f:
-        for header in (legacy.MAGIC_NUMBER, legacy.PROTOCOL_VERSION,
+        for header in (legacy_pickle.MAGIC_NUMBER, legacy_pickle.PROTOCOL_VERSION,
                        {"protocol_version": 1001, "little_endian": True,
                         "type_sizes": {"short": 2, "int": 4, "long": 8}}):
             pickle.dump(header, f, protocol=2)
@@ -303,14 +303,14 @@ def test_storage_views_gpu_storages_and_strides(tmp_path):
            "n": _Tensor(longs, 0, (), ())}
     path = tmp_path / "v1.pth.tar"
     _write_legacy(path, obj, {"7": data, "9": torch.tensor([42])})
-    refs, storages, source = legacy._read_objects(path)
+    refs, storages, source = legacy_pickle._read_objects(path)
     got = {k: legacy._materialise(r, storages, source, k) for k, r in refs.items()}
     assert torch.equal(got["view"], data[4:10].view(2, 3))
     assert torch.equal(got["t"], data.as_strided((3, 2), (1, 3), 1))
     assert got["n"].dtype == torch.int64 and got["n"].item() == 42
     obj["bad"] = _Tensor(view, 4, (2, 3), (3, 1))
     _write_legacy(path, obj, {"7": data, "9": torch.tensor([42])})
-    refs, storages, source = legacy._read_objects(path)
+    refs, storages, source = legacy_pickle._read_objects(path)
     with pytest.raises(LegacyCheckpointError, match="tensor bad reaches past its storage"):
         legacy._materialise(refs["bad"], storages, source, "bad")
 

@@ -53,3 +53,27 @@ def plot_alpha_history(alpha_files: list[str | Path], out_dir: str | Path) -> li
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+def plot_curves(stage_metrics: dict[str, list[dict]], path: str | Path) -> str | None:
+    """Top-1 per epoch of each stage (train, held-out, test where logged) from metrics.jsonl
+    records, one panel per stage."""
+    stages = [(name, records) for name, records in stage_metrics.items() if records]
+    if not stages:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3), squeeze=False)
+    for ax, (name, records) in zip(axes[0], stages):
+        epochs = [r["epoch"] for r in records]
+        for key, label in (("top1", "train"), ("valid_top1", "held-out"), ("test_top1", "test")):
+            points = [(e, r[key]) for e, r in zip(epochs, records) if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,212 @@
+"""Correlation and clustering of the candidate operations' feature maps in a trained supernet:
+the analysis behind StacNAS's operation groups, closed into the groups.json stage 1 reads.
+
+    python feature.py --name exp --stage darts --dataset cifar10              # the 7 DARTS ops
+    python search.py --stage search1 --name exp2 --groups runs/exp/darts/feature/groups.json
+
+Reads <save_dir>/<name>/<stage>/checkpoint.pt (or --checkpoint PATH), runs --num_samples
+training images (eval transform, eval mode) through the supernet, and accumulates per chosen
+edge the mean and covariance of every candidate op's output. Writes into
+<save_dir>/<name>/<stage>/feature/: correlation_<edge>.csv, correlation_mean.csv,
+heatmap_mean.png (+ heatmap_<edge>.png with --plots all), clusters_mean.png,
+dendrogram_mean.png, groups.json, summary.json, config.json, log.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config
+import genotypes as gt
+from models.factory import build_supernet
+from search import CHECKPOINT_FORMAT
+from utils import features as ft
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.cli import run_guarded, seed_everything
+from utils.data import get_dataset, make_loader
+from utils.logging import close_logger, get_logger, resolve_device
+
+STAGES = ("darts", "search1")
+KMEANS_KS = (2, 3, 4)
+
+
+class UsageError(Exception):
+    """A flag that only the checkpoint shows to be wrong: reported like argparse's errors (exit 2)."""
+
+
+def at_least_two(text: str) -> int:
+    value = config.positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (one group is no clustering), got {text}")
+    return value
+
+
+def feature_parser() -> argparse.ArgumentParser:
+    p = config.new_parser("feature.py", "Correlation of the candidate ops' feature maps in a "
+                          "trained supernet, their clusters, and the groups stage 1 can search.")
+    p.add_argument("--stage", required=True, choices=STAGES,
+                   help="the run's stage to analyse: darts (the 7 DARTS ops: discovers the groups) "
+                        "or search1 (the group representatives)")
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="supernet checkpoint (default <save_dir>/<name>/<stage>/checkpoint.pt)")
+    config.add_common_args(p, "batch size (default 64)")
+    f = p.add_argument_group("features")
+    f.add_argument("--num_samples", type=config.positive_int, default=10000,
+                   help="training images run through the supernet")
+    f.add_argument("--edges", choices=["first_last", "all"], default="first_last",
+                   help="first_last: the first and last edge of every cell (the authors' choice); "
+                        "all: every edge")
+    f.add_argument("--num_groups", type=at_least_two, default=4,
+                   help="groups of non-zero ops in groups.json (the paper has 4, plus zero)")
+    f.add_argument("--plots", choices=["mean", "all"], default="mean",
+                   help="heatmaps of the mean correlation only, or also one per edge")
+    return p
+
+
+def resolve_feature(args: argparse.Namespace) -> argparse.Namespace:
+    if args.batch_size is None:
+        args.batch_size = 64
+    config.set_paths(args, args.stage)
+    if args.checkpoint is None:
+        args.checkpoint = os.path.join(args.stage_dir, "checkpoint.pt")
+    args.feature_dir = os.path.join(args.stage_dir, "feature")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = feature_parser()
+    args = config.parse(parser, resolve_feature, argv)
+    try:
+        return run_guarded(lambda: run(args), args.debug)
+    except UsageError as err:
+        parser.error(str(err))
+
+
+def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The checkpoint and its measured ops (the same on every edge); wrong ones are errors."""
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; run `search.py --stage {args.stage} "
+                              f"--name {args.name}` first, or pass --checkpoint PATH")
+    state = load_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: a {state.get('format')} checkpoint, not a search supernet")
+    stage = state["config"].get("stage")
+    if stage != args.stage:
+        raise CheckpointError(f"{path}: a {stage} supernet, but --stage is {args.stage} "
+                              f"(feature.py analyses {' or '.join(STAGES)} supernets)")
+    lists = {tuple(op for op in e if op != "none") for nodes in state["candidates"].values()
+             for node in nodes for e in node}
+    if len(lists) != 1:
+        raise CheckpointError(f"{path}: its edges have different candidate ops; the mean over "
+                              "edges needs the same ops everywhere")
+    ops = list(lists.pop())
+    if len(ops) < 2:
+        raise CheckpointError(f"{path}: only {ops} besides none; nothing to correlate")
+    if args.num_groups > len(ops):
+        raise UsageError(f"argument --num_groups: {args.num_groups} groups of {len(ops)} ops "
+                         f"({', '.join(ops)}): use at most {len(ops)}")
+    return state, ops
+
+
+def rebuild(state: dict, info, args: argparse.Namespace) -> torch.nn.Module:
+    cfg = state["config"]
+    model = build_supernet(state["candidates"], info, cfg["init_channels"], cfg["num_cells"],
+                           auxiliary=cfg.get("aux_weight", 0) > 0)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{args.checkpoint}: weights do not fit a supernet for --dataset "
+                              f"{args.dataset} ({info.channels}x{info.size}x{info.size}, {info.classes} "
+                              f"classes); it was searched on {cfg.get('dataset')} "
+                              f"({str(err).splitlines()[0][:100]})") from None
+    return model
+
+
+def already_done(args: argparse.Namespace) -> bool:
+    out = Path(args.feature_dir)
+    if args.force or not (out / "summary.json").is_file() or not (out / "config.json").is_file():
+        return False
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    return not config.config_differences(saved, config.config_dict(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    state, ops = read_supernet(args)
+    if already_done(args):
+        print(f"{args.feature_dir} is already finished with these options (summary.json); "
+              "pass --force to measure again")
+        return 0
+    out = Path(args.feature_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = get_logger(out, "feature")
+    try:
+        device = resolve_device(args.device)
+        seed_everything(args.seed, args.deterministic)
+        data, info = get_dataset(args.dataset, args.data_dir, train=True, transform="eval",
+                                 synthetic=config.synthetic_spec(args))
+        model = rebuild(state, info, args).to(device)
+        n = len(data) if args.subset is None else min(args.subset, len(data))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
+        indices = sorted(order[:args.num_samples])
+        loader = make_loader(data, indices, args.batch_size, shuffle=False,
+                             num_workers=args.num_workers)
+        edges = ft.select_edges(model, args.edges)
+        log.info(f"{args.checkpoint} (epoch {state.get('epoch')}): {len(edges)} edges, ops "
+                 f"{', '.join(ops)}; {len(indices)} training images on {device}")
+        stats = ft.collect(model, loader, edges, device, log.info, args.print_freq)
+        corrs = {name: s.correlation() for name, s in stats.items()}
+        analyse(args, state, ops, corrs, len(indices), log.info)
+        config.save_config(args, out / "config.json")
+    finally:
+        close_logger(log)
+    return 0
+
+
+def analyse(args: argparse.Namespace, state: dict, ops: list[str], corrs: dict,
+            num_images: int, log) -> None:
+    """Mean correlation, groups, KMeans views; CSVs, figures, groups.json, summary.json."""
+    out = Path(args.feature_dir)
+    mean = np.mean(np.stack(list(corrs.values())), axis=0)
+    for name, corr in corrs.items():
+        ft.write_csv(corr, ops, out / f"correlation_{ft.file_stem(name)}.csv")
+        if args.plots == "all":
+            ft.plot_heatmap(corr, ops, f"correlation, {name}", out / f"heatmap_{ft.file_stem(name)}.png")
+    ft.write_csv(mean, ops, out / "correlation_mean.csv")
+    title = f"{args.stage}: correlation of op outputs, mean of {len(corrs)} edges, {num_images} images"
+    ft.plot_heatmap(mean, ops, title, out / "heatmap_mean.png")
+    with_none = any("none" in e for nodes in state["candidates"].values() for node in nodes for e in node)
+    groups = ft.find_groups(mean, ops, args.num_groups, with_none)
+    (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
+    ks = [k for k in KMEANS_KS if k <= len(ops)]
+    points, explained, labels = ft.kmeans_views(mean, ks, args.seed)
+    ft.plot_clusters(points, explained, labels, ops, out / "clusters_mean.png")
+    ft.plot_dendrogram(mean, ops, args.num_groups, out / "dendrogram_mean.png")
+    matches = ft.same_partition(groups) if sorted(ops) == sorted(gt.PRIMITIVES[1:]) else None
+    summary = {"checkpoint": str(args.checkpoint), "stage": args.stage, "epoch": state.get("epoch"),
+               "num_images": num_images, "edges": list(corrs), "ops": ops,
+               "mean_correlation": mean.round(6).tolist(),
+               "clustering": "average linkage on 1 - |corr| of the mean correlation",
+               "groups": groups, "matches_paper_groups": matches,
+               "kmeans": {str(k): dict(zip(ops, lab)) for k, lab in labels.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log(f"correlation of the candidate ops' outputs, mean over {len(corrs)} edges:")
+    for line in ft.format_table(mean, ops):
+        log("  " + line)
+    log(f"groups (--num_groups {args.num_groups}):")
+    for name, g in groups.items():
+        log(f"  {name}: representative {g['representative']}, members {', '.join(g['members'])}")
+    if matches is not None:
+        log(f"the paper's groups (pooling, identity, separable, dilated): "
+            f"{'matched' if matches else 'not matched'}")
+    log(f"written: {out}/ (groups.json: search.py --stage search1 --groups {out / 'groups.json'})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

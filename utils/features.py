@@ -1,0 +1,345 @@
+"""How strongly the candidate operations of a supernet edge agree: streaming feature-map
+statistics, clustering of the ops into groups, and the figures (StacNAS sec. 3.1).
+
+Per edge the variables are the edge's candidate ops (`none` excluded: it outputs zeros) and
+every element of an op's output over a batch (image, channel, row, column) is one observation
+of that op's feature. Correlation = covariance / (std_i * std_j). StacNAS's observation: ops of
+one family (max/avg pooling, sep_conv 3x3/5x5, dil_conv 3x3/5x5) are highly correlated, which
+makes DARTS's alphas unstable (multicollinearity), so stage 1 searches over groups of them.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import genotypes as gt
+
+# Short op names for tables and scatter labels.
+SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip",
+         "sep_conv_3x3": "sep3", "sep_conv_5x5": "sep5", "dil_conv_3x3": "dil3",
+         "dil_conv_5x5": "dil5", "conv_7x1_1x7": "c7x1"}
+
+
+def short(op: str) -> str:
+    return SHORT.get(op, op)
+
+
+# ------------------------------------------------------------------------ statistics
+class StreamingCovariance:
+    """Mean and covariance of `dim` variables from batches of observations (rows).
+
+    Each batch is reduced to (count, mean, co-moment M2 = sum (x - mean)(x - mean)^T) around
+    its own mean and merged with Chan, Golub & LeVeque's pairwise update, in float64 on the
+    device of the first batch: no sum of squares of raw values, so no cancellation.
+    """
+
+    def __init__(self, dim: int):
+        self.dim, self.count = dim, 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Absorb `x` of shape (n, dim): n observations of the `dim` variables."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected observations of shape (n, {self.dim}), got {tuple(x.shape)}")
+        n = x.shape[0]
+        if n == 0:
+            return
+        x = x.detach().to(torch.float64)
+        mean_b = x.mean(dim=0)
+        centred = x - mean_b
+        m2_b = centred.T @ centred
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean_b, m2_b
+            return
+        total = self.count + n
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (self.count * n / total)
+        self.count = total
+
+    def covariance(self, ddof: int = 1) -> np.ndarray:
+        if self.count <= ddof:
+            raise ValueError(f"covariance needs more than {ddof} observations, got {self.count}")
+        return (self.m2 / (self.count - ddof)).cpu().numpy()
+
+    def correlation(self) -> np.ndarray:
+        """Pearson correlation; a variable with zero variance correlates 0 with the others."""
+        cov = self.covariance()
+        std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        denom = np.outer(std, std)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.where(denom > 0, cov / denom, 0.0)
+        corr = np.clip((corr + corr.T) / 2, -1.0, 1.0)
+        np.fill_diagonal(corr, 1.0)
+        return corr
+
+
+# ------------------------------------------------------------------------ supernet edges
+def edge_name(cell: int, key: str) -> str:
+    """A supernet edge: alphas are shared, but edge "5<-4" of cell 3 is its own edge."""
+    return f"cell{cell:02d}_{key}"
+
+
+def file_stem(name: str) -> str:
+    """`cell03_5<-4` -> `cell03_5from4` (no shell-hostile characters in file names)."""
+    return name.replace("<-", "from")
+
+
+def select_edges(model: nn.Module, which: str = "first_last") -> dict[str, nn.Module]:
+    """The MixedOps to measure: the first and last edge of every cell (the authors' choice)
+    or every edge ("all"), keyed by `edge_name`."""
+    if which not in ("first_last", "all"):
+        raise ValueError(f"edges must be 'first_last' or 'all', got {which!r}")
+    chosen = {}
+    for i, cell in enumerate(model.cells):
+        keys = list(cell.edges)
+        for key in keys if which == "all" else [keys[0], keys[-1]]:
+            chosen[edge_name(i, key)] = cell.edges[key]
+    return chosen
+
+
+def measured_ops(mixed: nn.Module) -> list[str]:
+    """The candidates of a MixedOp that produce features (all but `none`)."""
+    return [op for op in mixed.op_names if op != "none"]
+
+
+class OpFeatureRecorder:
+    """Forward hooks on the chosen edges: each candidate op's output is held until its MixedOp
+    returns, then the edge's StreamingCovariance absorbs them as one (elements, ops) matrix.
+    Use as a context manager; the hooks are removed on exit."""
+
+    def __init__(self, edges: dict[str, nn.Module]):
+        self.ops = {name: measured_ops(m) for name, m in edges.items()}
+        self.stats = {name: StreamingCovariance(len(ops)) for name, ops in self.ops.items()}
+        self._edges, self._pending, self._handles = edges, {}, []
+
+    def __enter__(self) -> "OpFeatureRecorder":
+        for name, mixed in self._edges.items():
+            for op in self.ops[name]:
+                self._handles.append(mixed.ops[op].register_forward_hook(self._keep(name, op)))
+            self._handles.append(mixed.register_forward_hook(self._flush(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._pending = [], {}
+
+    def _keep(self, name: str, op: str):
+        def hook(module, inputs, output):
+            self._pending.setdefault(name, {})[op] = output.detach()
+        return hook
+
+    def _flush(self, name: str):
+        def hook(module, inputs, output):
+            outs = self._pending.pop(name, {})
+            if len(outs) != len(self.ops[name]):
+                raise RuntimeError(f"edge {name}: got outputs of {sorted(outs)}, expected {self.ops[name]}")
+            self.stats[name].update(torch.stack([outs[op].reshape(-1) for op in self.ops[name]], 1))
+        return hook
+
+
+def collect(model: nn.Module, batches: Iterable, edges: dict[str, nn.Module],
+            device: torch.device, log=None, print_freq: int = 50) -> dict[str, StreamingCovariance]:
+    """Run `batches` ((x, y) or x) through `model` in eval mode without gradients and return
+    the per-edge statistics of the candidate ops' outputs."""
+    model.eval()
+    seen = 0
+    with OpFeatureRecorder(edges) as rec, torch.no_grad():
+        for step, batch in enumerate(batches):
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            model(x.to(device, non_blocking=True))
+            seen += x.shape[0]
+            if log is not None and (step % print_freq == 0):
+                log(f"features: batch {step + 1}, {seen} images")
+    return rec.stats
+
+
+# ------------------------------------------------------------------------ clustering
+def distance(corr: np.ndarray) -> np.ndarray:
+    """1 - |corr|: anti-correlated ops are as collinear (as bad for alphas) as correlated ones."""
+    d = np.clip(1.0 - np.abs(corr), 0.0, 2.0)
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def linkage(corr: np.ndarray) -> np.ndarray:
+    """scipy average-linkage hierarchy on the 1 - |corr| distance."""
+    from scipy.cluster.hierarchy import linkage as scipy_linkage
+    from scipy.spatial.distance import squareform
+    return scipy_linkage(squareform(distance(corr), checks=False), method="average")
+
+
+def cut(corr: np.ndarray, num_groups: int) -> list[int]:
+    """A cluster label per op: the hierarchy cut into exactly `num_groups` clusters."""
+    from scipy.cluster.hierarchy import cut_tree
+    n = corr.shape[0]
+    if not 1 <= num_groups <= n:
+        raise ValueError(f"cannot cut {n} ops into {num_groups} groups")
+    if n == 1:
+        return [0]
+    return [int(v) for v in cut_tree(linkage(corr), n_clusters=num_groups).ravel()]
+
+
+def representative(members: list[str], corr: np.ndarray, ops: list[str]) -> str:
+    """The member with the highest mean |corr| with the rest of its group; ties (always, in a
+    pair) go to the paper's stage-1 representatives, then to the earlier op in `ops`."""
+    idx = [ops.index(m) for m in members]
+
+    def score(m: str) -> float:
+        i = ops.index(m)
+        others = [abs(corr[i, j]) for j in idx if j != i]
+        return round(float(np.mean(others)), 9) if others else 0.0
+    return max(members, key=lambda m: (score(m), m in gt.STAGE1_PRIMITIVES, -ops.index(m)))
+
+
+def group_name(members: list[str], index: int) -> str:
+    """The paper's name when the members are exactly one of its groups (`none` aside)."""
+    for name, group in gt.GROUPS.items():
+        if sorted(m for m in group["members"] if m != "none") == sorted(members):
+            return name
+    return f"group_{index}"
+
+
+def find_groups(corr: np.ndarray, ops: list[str], num_groups: int, with_none: bool = True) -> dict:
+    """Groups of correlated ops in the format `search.py --groups` reads.
+
+    Average-linkage hierarchical clustering on 1 - |corr| cut into `num_groups` groups; each
+    group gets a representative (see `representative`). With `with_none` (stage 1 always
+    searches `none` too) every group also lists `none`, as the paper's stage-2 candidates do,
+    and a zero group {"representative": "none", "members": ["none"]} comes last.
+    """
+    labels = cut(corr, num_groups)
+    clusters: dict[int, list[str]] = {}
+    for op, label in zip(ops, labels):
+        clusters.setdefault(label, []).append(op)
+    groups = {}
+    for i, members in enumerate(clusters.values()):  # in order of each group's first op
+        name = group_name(members, i)
+        groups[name if name not in groups else f"group_{i}"] = {
+            "representative": representative(members, corr, ops),
+            "members": members + (["none"] if with_none else [])}
+    if with_none:
+        groups["zero"] = {"representative": "none", "members": ["none"]}
+    return gt.validate_groups(groups, "feature groups")
+
+
+def same_partition(groups: dict, reference: dict = gt.GROUPS) -> bool:
+    """Do `groups` split the ops as `reference` does (`none` and group names ignored)?"""
+    def partition(g: dict) -> set[frozenset]:
+        return {frozenset(m for m in v["members"] if m != "none") for v in g.values()} - {frozenset()}
+    return partition(groups) == partition(reference)
+
+
+def kmeans_views(corr: np.ndarray, ks: Iterable[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The authors' view: each op's feature is its row of |corr| (how it correlates with every
+    op); PCA projects the rows onto 2 components and KMeans clusters the projected points.
+    Returns (points (ops, 2), explained variance ratios, {k: labels})."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.exceptions import ConvergenceWarning
+    features = np.abs(corr)
+    pca = PCA(n_components=min(2, *features.shape), random_state=seed)
+    points = pca.fit_transform(features)
+    if points.shape[1] == 1:
+        points = np.hstack([points, np.zeros_like(points)])
+    labels = {}
+    for k in ks:
+        with warnings.catch_warnings():  # identical ops give fewer distinct points than k
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            km = KMeans(n_clusters=k, n_init=10, random_state=seed)
+            labels[k] = [int(v) for v in km.fit_predict(points)]
+    return points, pca.explained_variance_ratio_, labels
+
+
+# ------------------------------------------------------------------------ tables and figures
+def format_table(corr: np.ndarray, ops: list[str]) -> list[str]:
+    """An aligned text table: full op names down, short names across."""
+    width = max(len(op) for op in ops)
+    lines = [" " * width + "".join(f"{short(op):>7}" for op in ops)]
+    for op, row in zip(ops, corr):
+        lines.append(f"{op:<{width}}" + "".join(f"{v:7.3f}" for v in row))
+    return lines
+
+
+def write_csv(corr: np.ndarray, ops: list[str], path: str | Path) -> None:
+    lines = [",".join(["op"] + ops)]
+    lines += [",".join([op] + [f"{v:.8f}" for v in row]) for op, row in zip(ops, corr)]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
+    rows = [line.split(",") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return rows[0][1:], np.array([[float(v) for v in row[1:]] for row in rows[1:]])
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_heatmap(corr: np.ndarray, ops: list[str], title: str, path: str | Path) -> None:
+    plt = _pyplot()
+    n = len(ops)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.6 + 0.7 * n))
+    im = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(n), ops, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), ops, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(corr[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: list[str],
+                  path: str | Path) -> None:
+    """One scatter panel per k: the ops in the PCA plane, coloured by their KMeans cluster."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.4), squeeze=False)
+    pcs = [f"PC{i + 1} ({100 * v:.0f}%)" for i, v in enumerate(list(explained) + [0.0])][:2]
+    for ax, (k, lab) in zip(axes.flat, labels.items()):
+        ax.scatter(points[:, 0], points[:, 1], c=lab, cmap="tab10", vmin=0, vmax=9, s=60)
+        for (x, y), op in zip(points, ops):
+            ax.annotate(short(op), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_title(f"KMeans k={k}", fontsize=9)
+        ax.set_xlabel(pcs[0], fontsize=8)
+        ax.set_ylabel(pcs[1], fontsize=8)
+        ax.margins(0.2)
+    fig.suptitle("ops by their |correlation| rows, PCA plane", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_dendrogram(corr: np.ndarray, ops: list[str], num_groups: int, path: str | Path) -> None:
+    """Average-linkage dendrogram on 1 - |corr|, with the cut that gives `num_groups` groups."""
+    from scipy.cluster.hierarchy import dendrogram
+    plt = _pyplot()
+    z = linkage(corr)
+    n = len(ops)
+    heights = z[:, 2]
+    below = heights[n - num_groups - 1] if num_groups < n else 0.0
+    above = heights[n - num_groups] if num_groups > 1 else heights[-1] * 1.1
+    threshold = (below + above) / 2
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * n))
+    dendrogram(z, labels=ops, orientation="left", color_threshold=threshold, ax=ax)
+    ax.axvline(threshold, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("1 - |correlation| (average linkage)", fontsize=8)
+    ax.set_title(f"hierarchical clustering; dashed: cut into {num_groups} groups", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
