@@ -1,5 +1,6 @@
 # make install : .venv with the requirements (+ Debian graphviz and Fashion-MNIST when root)
 # make test    : install, then the test suite
+# make demo    : install, then the quick pipeline offline on Fashion-MNIST (~15 min on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 APT_PACKAGES := graphviz dataset-fashion-mnist
 
-.PHONY: install test system-packages clean
+.PHONY: install test demo system-packages clean
 
 install: $(VENV)/.installed system-packages
 
@@ -36,6 +37,10 @@ system-packages:
 
 test: install
 	$(PY) -m pytest -q
+
+demo: install
+	$(PY) run_all.py --preset quick --name demo --device auto
+	@echo "demo finished: see runs/demo/summary.md"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

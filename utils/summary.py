@@ -101,7 +101,8 @@ def _markdown(data: dict) -> str:
     lines += ["", f"Test error over {len([s for s in data['seeds'] if s['test_top1'] is not None])} "
               f"seed(s): {_fmt(data['test_error_mean'])} +- {_fmt(data['test_error_std'])} %.", ""]
     if agree["pairs"]:
-        lines.append(f"Stability across seeds ({agree['pairs']} pairs): {agree['edges']:.0%} of kept "
+        pairs = f"{agree['pairs']} pair{'s' if agree['pairs'] != 1 else ''}"
+        lines.append(f"Stability across seeds ({pairs} of seeds): {agree['edges']:.0%} of kept "
                      f"edges and {agree['ops']:.0%} of their ops agree.")
     else:
         lines.append("Stability across seeds: needs two or more seeds.")
