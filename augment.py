@@ -31,7 +31,9 @@ from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader, split_indices
 from utils.engine import evaluate, loss_and_logits, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
-from utils.stage import check_same_config, is_finished
+from utils import distributed
+from utils.distributed import Dist
+from utils.stage import NullMetrics, check_same_config, is_finished, silent
 
 CHECKPOINT_FORMAT = "stacnas-final-1"
 
@@ -68,10 +70,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
 class Augment:
     """Data, network, optimiser and outputs of one training run."""
 
-    def __init__(self, args: argparse.Namespace, log):
+    def __init__(self, args: argparse.Namespace, log, device: torch.device, ranks: Dist):
         self.args, self.log = args, log
         self.dir = Path(args.stage_dir)
-        self.device = resolve_device(args.device)
+        self.device, self.ranks = device, ranks
+        self.dist = ranks if ranks.enabled else None
         seed_everything(args.seed, args.deterministic)
         genotype = load_genotype(args)
         spec_kwargs = dict(synthetic=config.synthetic_spec(args))
@@ -90,6 +93,12 @@ class Augment:
         self.spec = network_spec(genotype, info, args.init_channels, args.num_cells,
                                  auxiliary=args.aux_weight > 0, keep_zero=args.keep_zero)
         self.model = build_from_spec(self.spec).to(self.device)
+        if args.sync_bn and device.type != "cuda":
+            raise ValueError("--sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); "
+                             "drop it on CPU")
+        if args.sync_bn and ranks.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.forward_model = distributed.wrap(self.model, ranks, device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, args)
@@ -102,7 +111,7 @@ class Augment:
         log(f"{len(self.train_idx)} training / {len(self.valid_idx)} held-out / "
             f"{len(self.test_set)} test images; {args.num_cells} cells, {args.init_channels} "
             f"channels, {self.params_without_aux() / 1e6:.3f}M parameters without the auxiliary "
-            f"head; device {self.device}")
+            f"head; device {self.device}" + (f", {ranks.world_size} processes" if ranks.enabled else ""))
 
     def params_without_aux(self) -> int:
         return count_params(self.model) - count_params(getattr(self.model, "aux_head", None))
@@ -131,7 +140,7 @@ class Augment:
     # -- one epoch ----------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor):
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = loss_and_logits(self.model, x, y, self.criterion, self.args.aux_weight)
+        loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion, self.args.aux_weight)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
         self.optimizer.step()
@@ -142,14 +151,17 @@ class Augment:
         self.model.drop_path_prob = a.drop_path * epoch / a.epochs
         self.model.train()
         loader = make_loader(self.train_set, self.train_idx, a.batch_size, shuffle=True,
-                             num_workers=a.num_workers, seed=a.seed, epoch=epoch)
+                             num_workers=a.num_workers, seed=a.seed, epoch=epoch,
+                             replicas=(self.ranks.rank, self.ranks.world_size))
         return train_epoch(loader, self.step, device=self.device, epoch=epoch, epochs=a.epochs,
-                           log=self.log, print_freq=a.print_freq)
+                           log=self.log, print_freq=a.print_freq, dist_info=self.dist)
 
     def evaluate(self, dataset, indices) -> dict:
-        loader = make_loader(dataset, indices, self.args.batch_size, shuffle=False,
-                             num_workers=self.args.num_workers)
-        return evaluate(self.model, loader, self.eval_criterion, device=self.device)
+        indices = list(range(len(dataset))) if indices is None else indices
+        loader = make_loader(dataset, distributed.shard(indices, self.ranks), self.args.batch_size,
+                             shuffle=False, num_workers=self.args.num_workers)
+        return evaluate(self.model, loader, self.eval_criterion, device=self.device,
+                        dist_info=self.dist)
 
     def epoch_record(self, epoch: int) -> dict:
         """Held-out (keeps best.pt) and test (monitoring only) figures after `epoch`."""
@@ -159,7 +171,8 @@ class Augment:
             record.update({f"valid_{k}": v for k, v in valid.items() if k != "images_per_s"})
             if self.best["valid_top1"] is None or valid["top1"] > self.best["valid_top1"]:
                 self.best = {"valid_top1": valid["top1"], "epoch": epoch + 1}
-                save_checkpoint(self.state(epoch + 1), self.dir / "best.pt", keep_previous=False)
+                if self.ranks.is_main:
+                    save_checkpoint(self.state(epoch + 1), self.dir / "best.pt", keep_previous=False)
         if (epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs:
             self.last_test = (epoch + 1, self.evaluate(self.test_set, None))
             record.update({f"test_{k}": v for k, v in self.last_test[1].items() if k != "images_per_s"})
@@ -180,18 +193,24 @@ def run(args: argparse.Namespace) -> int:
     if not args.force and is_finished(stage_dir, "results.json"):
         print(f"{stage_dir} is already finished (results.json); pass --force to run it again")
         return 0
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    log = get_logger(stage_dir, "augment")
+    ranks, device = distributed.setup(resolve_device(args.device))
+    main_rank = ranks.is_main
+    if main_rank:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ranks)
+    logger = get_logger(stage_dir, "augment") if main_rank else None
+    log = logger.info if logger else silent
     try:
-        job = Augment(args, log.info)
+        job = Augment(args, log, device, ranks)
         start = 0
         if checkpoint.is_file() and not (args.force and is_finished(stage_dir, "results.json")):
             start = job.resume(checkpoint)
-            log.info(f"resuming from {checkpoint} after epoch {start}")
-        config.save_config(args, stage_dir / "config.json")
-        log.info(f"run info: {run_info(job.device)}")
-        metrics = MetricsWriter(stage_dir)
-        metrics.truncate_after(start)
+            log(f"resuming from {checkpoint} after epoch {start}")
+        metrics = MetricsWriter(stage_dir) if main_rank else NullMetrics()
+        if main_rank:
+            config.save_config(args, stage_dir / "config.json")
+            metrics.truncate_after(start)
+        log(f"run info: {run_info(device)}")
         for epoch in range(start, args.epochs):
             began = time.perf_counter()
             lr = job.scheduler.get_last_lr()[0]
@@ -201,22 +220,27 @@ def run(args: argparse.Namespace) -> int:
             job.elapsed += time.perf_counter() - began
             metrics.write({"epoch": epoch + 1, "lr": lr, "drop_path_prob": job.model.drop_path_prob,
                            **stats}, epoch + 1)
-            log.info(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
-                     + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
-                     + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
-            save_checkpoint(job.state(epoch + 1), checkpoint)
+            log(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
+                + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
+                + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
+            if main_rank:
+                save_checkpoint(job.state(epoch + 1), checkpoint)
         if job.last_test is not None and job.last_test[0] == args.epochs:
             test = job.last_test[1]
         else:
             test = job.evaluate(job.test_set, None)
         results = job.results(test)
-        (stage_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        save_checkpoint(job.state(args.epochs, finished=True), checkpoint, keep_previous=False)
+        if main_rank:
+            (stage_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            save_checkpoint(job.state(args.epochs, finished=True), checkpoint, keep_previous=False)
         metrics.close()
-        log.info(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
-                 f"({results['params_millions']}M parameters); {stage_dir / 'results.json'}")
+        log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
+            f"({results['params_millions']}M parameters); {stage_dir / 'results.json'}")
+        distributed.barrier(ranks)
     finally:
-        close_logger(log)
+        if logger:
+            close_logger(logger)
+        distributed.cleanup()
     return 0
 
 

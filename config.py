@@ -20,7 +20,9 @@ SEARCH_DEFAULTS = {
                   optimization="bilevel", train_ratio=0.5),
 }
 # Options that may differ when a run is resumed (they do not change its result).
-RESUME_NEUTRAL = {"device", "num_workers", "print_freq", "force", "debug", "data_dir"}
+# (paths may change when a run folder moves; stage inputs are checked by content instead)
+RESUME_NEUTRAL = {"device", "num_workers", "print_freq", "force", "debug", "data_dir", "save_dir",
+                  "run_dir", "stage_dir", "search1_dir", "genotype"}
 
 
 # -- argparse value types: each bad value gets a message naming the problem ---------------
@@ -274,6 +276,8 @@ def augment_parser() -> argparse.ArgumentParser:
     o.add_argument("--valid_ratio", type=ratio, default=None,
                    help="hold out this share of the training set; best.pt is kept by held-out top-1 "
                         "(default: none, the paper's protocol: train on all, keep the final epoch)")
+    o.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun: SyncBatchNorm (batch statistics over all processes)")
     o.add_argument("--test_every", type=positive_int, default=1,
                    help="evaluate on the test split every N epochs (monitoring only) and at the end")
     return p

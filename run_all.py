@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run feature.py on each seed's search1 supernet")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--gpus", type=config.positive_int, default=1,
-                   help="GPUs per stage; > 1 launches each stage with torchrun")
+                   help="processes (GPUs) per stage; > 1 launches search, augment and test with "
+                        "torchrun --standalone --nproc_per_node N (DDP)")
     p.add_argument("--num_workers", type=config.non_negative_int, default=2, help="data-loading processes")
     p.add_argument("--subset", type=config.positive_int, default=None,
                    help="search on the first N training images (default: the preset's)")
@@ -192,9 +193,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.gpus > 1:
-        parser.error("--gpus > 1 needs the distributed launch (torchrun), which is not available "
-                     "yet; run with --gpus 1")
     return run_guarded(lambda: run(args))
 
 

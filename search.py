@@ -29,7 +29,9 @@ from utils.data import get_dataset, infinite, make_loader, split_indices
 from utils.engine import evaluate, format_seconds, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
 from utils.plots import plot_alpha_history, softmax
-from utils.stage import check_same_config, is_finished
+from utils import distributed
+from utils.distributed import Dist
+from utils.stage import NullMetrics, check_same_config, is_finished, silent
 
 CHECKPOINT_FORMAT = "stacnas-search-1"
 
@@ -70,10 +72,11 @@ def alpha_entropy(alphas: dict) -> float:
 class Search:
     """Everything one search stage holds: data, supernet, optimisers, outputs."""
 
-    def __init__(self, args: argparse.Namespace, log):
+    def __init__(self, args: argparse.Namespace, log, device: torch.device, ranks: Dist):
         self.args, self.log = args, log
         self.dir = Path(args.stage_dir)
-        self.device = resolve_device(args.device)
+        self.device, self.ranks = device, ranks
+        self.dist = ranks if ranks.enabled else None  # handed to the engine and architect
         seed_everything(args.seed, args.deterministic)
         self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
                                            transform="train", synthetic=config.synthetic_spec(args))
@@ -94,13 +97,16 @@ class Search:
         self.criterion = nn.CrossEntropyLoss()
         self.architect = Architect(self.model, self.w_opt, self.a_opt, self.criterion,
                                    mode=args.optimization, unrolled=args.unrolled,
-                                   grad_clip=args.grad_clip, aux_weight=args.aux_weight)
-        if args.stage == "search1":
+                                   grad_clip=args.grad_clip, aux_weight=args.aux_weight,
+                                   forward_model=distributed.wrap(self.model, ranks, device),
+                                   dist_info=self.dist)
+        if args.stage == "search1" and ranks.is_main:
             (self.dir / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
         log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out images, "
             f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
             f"{sum(p.numel() for p in self.model.alphas())} alphas, {args.optimization}"
-            f"{' (unrolled)' if args.unrolled else ''}, device {self.device}")
+            f"{' (unrolled)' if args.unrolled else ''}, device {self.device}"
+            + (f", {ranks.world_size} processes" if ranks.enabled else ""))
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self, epoch: int, finished: bool = False) -> dict:
@@ -127,7 +133,8 @@ class Search:
     def loader(self, indices: list[int], epoch: int, offset: int = 0):
         a = self.args
         return make_loader(self.train_set, indices, a.batch_size, shuffle=True,
-                           num_workers=a.num_workers, seed=a.seed + offset, epoch=epoch)
+                           num_workers=a.num_workers, seed=a.seed + offset, epoch=epoch,
+                           replicas=(self.ranks.rank, self.ranks.world_size))
 
     def train(self, epoch: int) -> dict:
         a = self.args
@@ -140,18 +147,25 @@ class Search:
                 return self.architect.step(x, y, xv.to(self.device), yv.to(self.device))
         else:
             step = self.architect.step
-        return train_epoch(self.loader(self.train_idx, epoch), step, device=self.device,
-                           epoch=epoch, epochs=a.epochs, log=self.log, print_freq=a.print_freq)
+        stats = train_epoch(self.loader(self.train_idx, epoch), step, device=self.device,
+                            epoch=epoch, epochs=a.epochs, log=self.log, print_freq=a.print_freq,
+                            dist_info=self.dist)
+        if self.dist:
+            stats["alpha_rank_divergence"] = distributed.max_divergence(list(self.model.alphas()),
+                                                                        self.ranks)
+        return stats
 
     def held_out(self, epoch: int) -> dict:
         if not self.valid_idx:
             return {}
-        loader = make_loader(self.train_set, self.valid_idx, self.args.batch_size, shuffle=False,
-                             num_workers=self.args.num_workers)
-        stats = evaluate(self.model, loader, self.criterion, device=self.device)
+        loader = make_loader(self.train_set, distributed.shard(self.valid_idx, self.ranks),
+                             self.args.batch_size, shuffle=False, num_workers=self.args.num_workers)
+        stats = evaluate(self.model, loader, self.criterion, device=self.device, dist_info=self.dist)
         return {f"valid_{k}": v for k, v in stats.items() if k != "images_per_s"}
 
     def write_epoch(self, epoch: int, stats: dict, lr: float, metrics: MetricsWriter) -> None:
+        if not self.ranks.is_main:
+            return
         alphas = self.model.alphas_data()
         (self.dir / "alphas").mkdir(exist_ok=True)
         gt.save_alphas(alphas, self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json")
@@ -170,6 +184,8 @@ class Search:
                  + f", {stats['seconds']:.0f}s; genotype {gt.format_genotype(genotype)}")
 
     def finish(self) -> None:
+        if not self.ranks.is_main:
+            return
         alphas = self.model.alphas_data()
         genotype = self.model.genotype()
         gt.save_alphas(alphas, self.dir / "alphas.json")
@@ -188,18 +204,24 @@ def run(args: argparse.Namespace) -> int:
     if not args.force and is_finished(stage_dir, "genotype.json"):
         print(f"{stage_dir} is already finished (genotype.json); pass --force to run it again")
         return 0
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    log = get_logger(stage_dir, args.stage)
+    ranks, device = distributed.setup(resolve_device(args.device))
+    main_rank = ranks.is_main
+    if main_rank:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ranks)
+    logger = get_logger(stage_dir, args.stage) if main_rank else None
+    log = logger.info if logger else silent
     try:
-        search = Search(args, log.info)
+        search = Search(args, log, device, ranks)
         start = 0
         if checkpoint.is_file() and not (args.force and is_finished(stage_dir, "genotype.json")):
             start = search.resume(checkpoint)
-            log.info(f"resuming from {checkpoint} after epoch {start}")
-        config.save_config(args, stage_dir / "config.json")
-        log.info(f"run info: {run_info(search.device)}")
-        metrics = MetricsWriter(stage_dir)
-        metrics.truncate_after(start)
+            log(f"resuming from {checkpoint} after epoch {start}")
+        metrics = MetricsWriter(stage_dir) if main_rank else NullMetrics()
+        if main_rank:
+            config.save_config(args, stage_dir / "config.json")
+            metrics.truncate_after(start)
+        log(f"run info: {run_info(device)}")
         epoch_times = []
         for epoch in range(start, args.epochs):
             lr = search.scheduler.get_last_lr()[0]
@@ -209,14 +231,19 @@ def run(args: argparse.Namespace) -> int:
             search.write_epoch(epoch, stats, lr, metrics)
             epoch_times.append(stats["seconds"])
             remaining = sum(epoch_times) / len(epoch_times) * (args.epochs - epoch - 1)
-            save_checkpoint(search.state(epoch + 1), checkpoint)
-            log.info(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
+            if main_rank:
+                save_checkpoint(search.state(epoch + 1), checkpoint)
+            log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
         search.finish()
-        save_checkpoint(search.state(args.epochs, finished=True), checkpoint, keep_previous=False)
+        if main_rank:
+            save_checkpoint(search.state(args.epochs, finished=True), checkpoint, keep_previous=False)
         metrics.close()
-        log.info(f"done: {stage_dir / 'genotype.json'}")
+        log(f"done: {stage_dir / 'genotype.json'}")
+        distributed.barrier(ranks)
     finally:
-        close_logger(log)
+        if logger:
+            close_logger(logger)
+        distributed.cleanup()
     return 0
 
 

@@ -26,6 +26,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader
 from utils.engine import evaluate
+from utils import distributed
 from utils.logging import resolve_device, run_info
 
 FINAL_FORMAT = "stacnas-final-1"
@@ -86,23 +87,33 @@ def export(model: nn.Module, spec: dict, source: Path, path: Path, force: bool) 
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    ranks, device = distributed.setup(resolve_device(args.device))
+    try:
+        return evaluate_checkpoint(args, ranks, device)
+    finally:
+        distributed.cleanup()
+
+
+def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, device: torch.device) -> int:
     seed_everything(args.seed, args.deterministic)
     checkpoint = Path(args.checkpoint)
     model, spec, source = load_network(checkpoint)
     test_set, info = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
                                  synthetic=config.synthetic_spec(args))
     check_fits(spec, info, args.dataset, checkpoint)
-    if args.export:
+    if args.export and ranks.is_main:
         export(model, spec, checkpoint, Path(args.export), args.force)
         print(f"exported {checkpoint} ({source}) to {args.export}")
-    indices = None if args.subset is None else list(range(min(args.subset, len(test_set))))
-    loader = make_loader(test_set, indices, args.batch_size, shuffle=False,
-                         num_workers=args.num_workers)
-    stats = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), device=device)
+    count = len(test_set) if args.subset is None else min(args.subset, len(test_set))
+    loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
+                         shuffle=False, num_workers=args.num_workers)
+    stats = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), device=device,
+                     dist_info=ranks if ranks.enabled else None)
+    if not ranks.is_main:
+        return 0
     params = count_params(model) - count_params(getattr(model, "aux_head", None))
     results = {"checkpoint": str(checkpoint), "source": source, "dataset": args.dataset,
-               "images": len(indices) if indices is not None else len(test_set),
+               "images": count,
                "test_top1": stats["top1"], "test_top5": stats["top5"], "test_loss": stats["loss"],
                "params_millions": round(params / 1e6, 4),
                "images_per_s": round(stats["images_per_s"], 1), **run_info(device)}

@@ -68,6 +68,15 @@ def test_dry_run_prints_commands_only(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_gpus_launch_stages_with_torchrun(tmp_path, capsys):
+    assert run_all.main(["--name", "g", "--save_dir", str(tmp_path), "--gpus", "4", "--feature",
+                         "--dry_run", *SMOKE]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[run_all]")]
+    launched = {l.split()[3].rstrip(":"): "torch.distributed.run --standalone --nproc_per_node=4" in l
+                for l in lines}
+    assert launched == {"search1": True, "search2": True, "augment": True, "test": True, "feature": False}
+
+
 def test_paper_preset_uses_the_stage_defaults(tmp_path):
     args = run_all.build_parser().parse_args(["--name", "c", "--preset", "paper", "--save_dir", str(tmp_path)])
     commands = dict(run_all.stage_commands(args, 1))
@@ -79,7 +88,7 @@ def test_paper_preset_uses_the_stage_defaults(tmp_path):
     (["--seeds", "1,x"], "comma-separated integers"),
     (["--seeds", "1,1"], "distinct"),
     (["--preset", "huge"], "invalid choice"),
-    (["--gpus", "2"], "torchrun"),
+    (["--gpus", "0"], "must be a positive integer"),
 ])
 def test_bad_flags(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

@@ -52,7 +52,8 @@ class Architect:
                  a_optimizer: torch.optim.Optimizer, criterion: Callable, *,
                  mode: str = "one-level", unrolled: bool = False,
                  grad_clip: float | None = 5.0, aux_weight: float = 0.0,
-                 hessian_eps: float = 0.01):
+                 hessian_eps: float = 0.01, forward_model: nn.Module | None = None,
+                 dist_info=None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if unrolled and mode != "bilevel":
@@ -66,6 +67,11 @@ class Architect:
         self.grad_clip = grad_clip
         self.aux_weight = aux_weight
         self.hessian_eps = hessian_eps
+        # Weight steps run through `forward_model` (a DDP wrapper all-reduces the gradients of
+        # weights and alphas in backward); alpha gradients taken with autograd.grad bypass DDP
+        # and are averaged over ranks explicitly, so every rank holds the same alphas.
+        self.forward_model = forward_model if forward_model is not None else model
+        self.dist_info = dist_info
 
     # -- parameters ---------------------------------------------------------------------
     def _weights(self) -> list[nn.Parameter]:
@@ -74,8 +80,8 @@ class Architect:
     def _alphas(self) -> list[nn.Parameter]:
         return list(self.model.alphas())
 
-    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return loss_and_logits(self.model, x, y, self.criterion, self.aux_weight)
+    def _loss(self, x: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        return loss_and_logits(model or self.model, x, y, self.criterion, self.aux_weight)
 
     # -- the step -----------------------------------------------------------------------
     def step(self, x: Tensor, y: Tensor, x_valid: Tensor | None = None,
@@ -87,7 +93,7 @@ class Architect:
                                  "batch only; do not pass x_valid/y_valid")
             self.a_optimizer.zero_grad()
             self.w_optimizer.zero_grad()
-            loss, logits = self._loss(x, y)
+            loss, logits = self._loss(x, y, self.forward_model)
             loss.backward()
             self._clip_weight_grads()
             self.a_optimizer.step()
@@ -99,7 +105,7 @@ class Architect:
                              "for the alpha step")
         self._alpha_step(x, y, x_valid, y_valid)
         self.w_optimizer.zero_grad()
-        loss, logits = self._loss(x, y)
+        loss, logits = self._loss(x, y, self.forward_model)
         loss.backward()
         self._clip_weight_grads()
         self.w_optimizer.step()
@@ -117,6 +123,9 @@ class Architect:
         else:
             loss, _ = self._loss(x_valid, y_valid)
             grads = _grads(loss, alphas)
+        if self.dist_info is not None:
+            from utils.distributed import average_
+            average_(grads, self.dist_info)
         self.a_optimizer.zero_grad()
         for a, g in zip(alphas, grads):
             a.grad = g.detach().clone()

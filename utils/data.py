@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data.distributed import DistributedSampler
 from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
@@ -429,14 +430,20 @@ class SeededLoader(DataLoader):
 
 def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int, *, shuffle: bool,
                 num_workers: int = 0, drop_last: bool = False, seed: int = 0, epoch: int = 0,
-                sampler: Sampler | None = None) -> DataLoader:
+                sampler: Sampler | None = None, replicas: tuple[int, int] | None = None) -> DataLoader:
     """A loader over ``dataset`` restricted to ``indices`` (None: all). The shuffled order is a
     function of (seed, epoch), so an epoch replays after a resume: build a new loader per epoch,
     or call ``set_loader_epoch(loader, epoch)`` before iterating. A ``sampler`` decides the order
-    itself (shuffle must then be False)."""
+    itself (shuffle must then be False). ``replicas=(rank, world_size)`` shards a shuffled
+    training set with a DistributedSampler (every rank the same number of batches)."""
     if sampler is not None and shuffle:
         raise ValueError("pass either shuffle=True or a sampler, not both")
     data = dataset if indices is None else Subset(dataset, list(indices))
+    if replicas is not None and replicas[1] > 1 and shuffle:
+        sampler = DistributedSampler(data, num_replicas=replicas[1], rank=replicas[0],
+                                     shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        shuffle = False
     return SeededLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                         num_workers=num_workers, drop_last=drop_last, seed=seed, epoch=epoch,
                         worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available(),

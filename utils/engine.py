@@ -55,13 +55,25 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
+def _totals(loss_m: "Meter", top1_m: "Meter", top5_m: "Meter", dist_info, device) -> dict:
+    """Epoch averages, summed over ranks when distributed."""
+    sums = {"loss": loss_m.total, "top1": top1_m.total, "top5": top5_m.total, "n": loss_m.count}
+    if dist_info is not None:
+        from utils.distributed import reduce_sums
+        sums = reduce_sums(sums, dist_info, device)
+    n = max(sums["n"], 1)
+    return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
+            "n": int(sums["n"])}
+
+
 def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs: int,
                 log: Callable[[str], None] = print, print_freq: int = 50,
-                check_finite: bool = True) -> dict:
+                check_finite: bool = True, dist_info=None) -> dict:
     """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
 
     Logs a line every `print_freq` steps with loss, top-1, images/s and the epoch's ETA.
-    Returns loss, top1, top5, seconds and images_per_s of the epoch.
+    Returns loss, top1, top5, seconds and images_per_s of the epoch (over all ranks when
+    `dist_info` describes a distributed run).
     """
     loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
     n_steps = len(loader)
@@ -89,13 +101,19 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
                 f"top1 {top1_m.avg:.2f}% top5 {top5_m.avg:.2f}% {rate:.1f} img/s "
                 f"epoch ETA {format_seconds(eta)}")
     seconds = time.perf_counter() - start
-    return {"loss": loss_m.avg, "top1": top1_m.avg, "top5": top5_m.avg,
-            "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+    totals = _totals(loss_m, top1_m, top5_m, dist_info, device)
+    return {"loss": totals["loss"], "top1": totals["top1"], "top5": totals["top5"],
+            "seconds": seconds, "images_per_s": totals["n"] / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.device) -> dict:
-    """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader`."""
+def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.device,
+             dist_info=None) -> dict:
+    """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader` (each rank
+    evaluating its shard when `dist_info` is distributed; totals summed over ranks)."""
+    if dist_info is not None:
+        from utils.distributed import sync_buffers
+        sync_buffers(model, dist_info)
     was_training = model.training
     model.eval()
     loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
@@ -111,5 +129,6 @@ def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.de
         top5_m.update(top5, n)
     model.train(was_training)
     seconds = time.perf_counter() - start
-    return {"loss": loss_m.avg, "top1": top1_m.avg, "top5": top5_m.avg,
-            "images_per_s": loss_m.count / max(seconds, 1e-9)}
+    totals = _totals(loss_m, top1_m, top5_m, dist_info, device)
+    return {"loss": totals["loss"], "top1": totals["top1"], "top5": totals["top5"],
+            "images_per_s": totals["n"] / max(seconds, 1e-9)}

@@ -24,3 +24,22 @@ def check_same_config(state: dict, args: argparse.Namespace, path: str | Path) -
     if diffs and not args.force:
         raise ValueError(f"{path} was written with other options ({'; '.join(diffs)}); rerun "
                          "with the same options, --force to resume anyway, or a new --name")
+
+
+class NullMetrics:
+    """What ranks other than 0 get instead of a MetricsWriter: nothing is written."""
+
+    tb = None
+
+    def write(self, record: dict, step: int) -> None:
+        pass
+
+    def truncate_after(self, epoch: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def silent(message: str) -> None:
+    """The log of ranks other than 0."""
