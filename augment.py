@@ -31,7 +31,7 @@ from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader, split_indices
 from utils.engine import evaluate, loss_and_logits, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
-from utils import distributed
+from utils import distributed, speed
 from utils.distributed import Dist
 from utils.stage import NullMetrics, check_same_config, is_finished, silent
 
@@ -98,7 +98,11 @@ class Augment:
                              "drop it on CPU")
         if args.sync_bn and ranks.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.forward_model = distributed.wrap(self.model, ranks, device)
+        speed.prepare(self.model, args, device)
+        self.memory_format = speed.memory_format(args, device)
+        self.autocast = speed.autocast(args, device)
+        self.scaler = speed.grad_scaler(args, device)
+        self.forward_model = speed.maybe_compile(distributed.wrap(self.model, ranks, device), args)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, args)
@@ -140,10 +144,18 @@ class Augment:
     # -- one epoch ----------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor):
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion, self.args.aux_weight)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
-        self.optimizer.step()
+        with self.autocast():
+            loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion, self.args.aux_weight)
+        if self.scaler is None:
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return loss.detach(), logits.detach()
 
     def train(self, epoch: int) -> dict:
@@ -154,14 +166,16 @@ class Augment:
                              num_workers=a.num_workers, seed=a.seed, epoch=epoch,
                              replicas=(self.ranks.rank, self.ranks.world_size))
         return train_epoch(loader, self.step, device=self.device, epoch=epoch, epochs=a.epochs,
-                           log=self.log, print_freq=a.print_freq, dist_info=self.dist)
+                           log=self.log, print_freq=a.print_freq, dist_info=self.dist,
+                           memory_format=self.memory_format)
 
     def evaluate(self, dataset, indices) -> dict:
         indices = list(range(len(dataset))) if indices is None else indices
         loader = make_loader(dataset, distributed.shard(indices, self.ranks), self.args.batch_size,
                              shuffle=False, num_workers=self.args.num_workers)
         return evaluate(self.model, loader, self.eval_criterion, device=self.device,
-                        dist_info=self.dist)
+                        dist_info=self.dist, memory_format=self.memory_format,
+                        autocast=self.autocast)
 
     def epoch_record(self, epoch: int) -> dict:
         """Held-out (keeps best.pt) and test (monitoring only) figures after `epoch`."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from genotypes import NAMED_GENOTYPES
 from utils.data import DATASETS, SyntheticSpec
+from utils.speed import add_speed_args
 
 # Per-stage defaults of the search (StacNAS facts sheet; `darts` = DARTS's own settings).
 SEARCH_DEFAULTS = {
@@ -169,6 +170,7 @@ def search_parser() -> argparse.ArgumentParser:
     o.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3, help="alpha weight decay")
     o.add_argument("--aux_weight", type=non_negative_float, default=0.0,
                    help="weight of an auxiliary head's loss (0 = no auxiliary head)")
+    add_speed_args(p)
     return p
 
 
@@ -182,6 +184,9 @@ def resolve_search(args: argparse.Namespace) -> argparse.Namespace:
             "--optimization bilevel needs a held-out split: pass --train_ratio below 1 (e.g. 0.5)")
     if args.unrolled and args.optimization != "bilevel":
         raise argparse.ArgumentTypeError("--unrolled needs --optimization bilevel")
+    if args.amp == "fp16" and args.optimization == "bilevel":
+        raise argparse.ArgumentTypeError("--amp fp16 (gradient scaling) works with one-level search; "
+                                         "use --amp bf16 with bilevel")
     if args.groups and args.stage != "search1":
         raise argparse.ArgumentTypeError("--groups applies to --stage search1 only")
     if args.search1_dir and args.stage != "search2":
@@ -280,6 +285,7 @@ def augment_parser() -> argparse.ArgumentParser:
                    help="under torchrun: SyncBatchNorm (batch statistics over all processes)")
     o.add_argument("--test_every", type=positive_int, default=1,
                    help="evaluate on the test split every N epochs (monitoring only) and at the end")
+    add_speed_args(p)
     return p
 
 
@@ -311,6 +317,7 @@ def test_parser() -> argparse.ArgumentParser:
                    help="also write the loaded network as one of our checkpoints (e.g. to convert "
                         "an authors' file); refuses to overwrite unless --force")
     add_common_args(p, "batch size (default 256)")
+    add_speed_args(p, training=False)
     return p
 
 

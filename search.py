@@ -29,7 +29,7 @@ from utils.data import get_dataset, infinite, make_loader, split_indices
 from utils.engine import evaluate, format_seconds, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
 from utils.plots import plot_alpha_history, softmax
-from utils import distributed
+from utils import distributed, speed
 from utils.distributed import Dist
 from utils.stage import NullMetrics, check_same_config, is_finished, silent
 
@@ -86,8 +86,11 @@ class Search:
         candidates = stage_candidates(args.stage, args.num_cells, args.alpha_share,
                                       stage1_alphas(args) if args.stage == "search2" else None,
                                       groups)
-        self.model = build_supernet(candidates, info, args.init_channels, args.num_cells,
-                                    auxiliary=args.aux_weight > 0).to(self.device)
+        self.model = speed.prepare(build_supernet(candidates, info, args.init_channels, args.num_cells,
+                                                  auxiliary=args.aux_weight > 0).to(self.device),
+                                   args, device)
+        self.memory_format = speed.memory_format(args, device)
+        self.autocast = speed.autocast(args, device)
         self.w_opt, self.a_opt = make_optimizers(
             self.model, w_lr=args.w_lr, w_momentum=args.w_momentum,
             w_weight_decay=args.w_weight_decay, a_lr=args.alpha_lr,
@@ -98,8 +101,10 @@ class Search:
         self.architect = Architect(self.model, self.w_opt, self.a_opt, self.criterion,
                                    mode=args.optimization, unrolled=args.unrolled,
                                    grad_clip=args.grad_clip, aux_weight=args.aux_weight,
-                                   forward_model=distributed.wrap(self.model, ranks, device),
-                                   dist_info=self.dist)
+                                   forward_model=speed.maybe_compile(
+                                       distributed.wrap(self.model, ranks, device), args),
+                                   dist_info=self.dist, autocast=self.autocast,
+                                   scaler=speed.grad_scaler(args, device))
         if args.stage == "search1" and ranks.is_main:
             (self.dir / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
         log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out images, "
@@ -144,12 +149,13 @@ class Search:
 
             def step(x, y):
                 xv, yv = next(valid)
-                return self.architect.step(x, y, xv.to(self.device), yv.to(self.device))
+                return self.architect.step(x, y, xv.to(self.device, memory_format=self.memory_format),
+                                           yv.to(self.device))
         else:
             step = self.architect.step
         stats = train_epoch(self.loader(self.train_idx, epoch), step, device=self.device,
                             epoch=epoch, epochs=a.epochs, log=self.log, print_freq=a.print_freq,
-                            dist_info=self.dist)
+                            dist_info=self.dist, memory_format=self.memory_format)
         if self.dist:
             stats["alpha_rank_divergence"] = distributed.max_divergence(list(self.model.alphas()),
                                                                         self.ranks)
@@ -160,7 +166,8 @@ class Search:
             return {}
         loader = make_loader(self.train_set, distributed.shard(self.valid_idx, self.ranks),
                              self.args.batch_size, shuffle=False, num_workers=self.args.num_workers)
-        stats = evaluate(self.model, loader, self.criterion, device=self.device, dist_info=self.dist)
+        stats = evaluate(self.model, loader, self.criterion, device=self.device, dist_info=self.dist,
+                         memory_format=self.memory_format, autocast=self.autocast)
         return {f"valid_{k}": v for k, v in stats.items() if k != "images_per_s"}
 
     def write_epoch(self, epoch: int, stats: dict, lr: float, metrics: MetricsWriter) -> None:

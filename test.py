@@ -26,7 +26,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader
 from utils.engine import evaluate
-from utils import distributed
+from utils import distributed, speed
 from utils.logging import resolve_device, run_info
 
 FINAL_FORMAT = "stacnas-final-1"
@@ -107,8 +107,11 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
     count = len(test_set) if args.subset is None else min(args.subset, len(test_set))
     loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
                          shuffle=False, num_workers=args.num_workers)
-    stats = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), device=device,
-                     dist_info=ranks if ranks.enabled else None)
+    model = speed.prepare(model.to(device), args, device)
+    stats = evaluate(model, loader, nn.CrossEntropyLoss(), device=device,
+                     dist_info=ranks if ranks.enabled else None,
+                     memory_format=speed.memory_format(args, device),
+                     autocast=speed.autocast(args, device))
     if not ranks.is_main:
         return 0
     params = count_params(model) - count_params(getattr(model, "aux_head", None))

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from genotypes import reduction_cells
 from models.augment_cells import FinalCell
+from models.search_cells import run_cell
 
 
 class AuxiliaryHead(nn.Module):
@@ -59,6 +60,7 @@ class _FinalBase(nn.Module):
     def _build_cells(self, genotype, c_pp: int, c_p: int, channels: int, num_cells: int,
                      size: int, reduction_prev: bool, keep_zero: bool) -> tuple[int, int, int]:
         self.cells = nn.ModuleList()
+        self.grad_checkpoint = False  # recompute each cell in backward (saves memory)
         self.aux_pos = 2 * num_cells // 3
         aux = (c_p, size)
         for i, (ops, concat, reduction) in enumerate(cell_specs(genotype, num_cells)):
@@ -76,7 +78,8 @@ class _FinalBase(nn.Module):
     def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
         aux_logits = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, run_cell(cell, self.grad_checkpoint and self.training, s0, s1,
+                                  self.drop_path_prob)
             if i == self.aux_pos and self.aux_head is not None and self.training:
                 aux_logits = self.aux_head(s1)
         logits = self.classifier(torch.flatten(self.pool(s1), 1))

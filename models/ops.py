@@ -22,7 +22,20 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     return x * mask / keep
 
 
-class StdConv(nn.Module):
+class _ReLUFirst(nn.Module):
+    """An op whose `net` starts with a ReLU: `forward_after_relu` skips it, so a mixed op can
+    share one ReLU among all such candidates of an edge (same function, less work)."""
+
+    starts_with_relu = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[1:](x)
+
+
+class StdConv(_ReLUFirst):
     """ReLU - Conv - BN (the cells' input preprocessing)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
@@ -34,11 +47,8 @@ class StdConv(nn.Module):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
-
-class DilConv(nn.Module):
+class DilConv(_ReLUFirst):
     """ReLU - depthwise Conv (dilated) - pointwise Conv - BN."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
@@ -52,9 +62,6 @@ class DilConv(nn.Module):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
 
 class SepConv(nn.Module):
     """Two DilConv blocks with dilation 1: ReLU-dwConv-pwConv-BN twice, stride on the first."""
@@ -67,11 +74,16 @@ class SepConv(nn.Module):
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
 
+    starts_with_relu = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[1](self.net[0].forward_after_relu(x))
 
-class FacConv(nn.Module):
+
+class FacConv(_ReLUFirst):
     """ReLU - Conv(1 x k) - Conv(k x 1) - BN (the `conv_7x1_1x7` op)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, affine: bool = True):
@@ -83,9 +95,6 @@ class FacConv(nn.Module):
             nn.Conv2d(c_in, c_out, (kernel, 1), (stride, 1), (pad, 0), bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class PoolBN(nn.Module):
@@ -141,8 +150,12 @@ class FactorizedReduce(nn.Module):
         self.conv2 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
+    starts_with_relu = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.forward_after_relu(self.relu(x))
+
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
         return self.bn(torch.cat([self.conv1(x), self.conv2(shifted)], dim=1))
 

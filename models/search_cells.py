@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from models.ops import make_op, preprocessing
+
+
+def run_cell(cell: nn.Module, checkpointed: bool, *inputs):
+    """cell(*inputs), optionally under activation checkpointing: only the cell's inputs are kept
+    for backward and its inside is recomputed (torch.utils.checkpoint; RNG state replayed, so
+    drop path draws the same masks)."""
+    if checkpointed:
+        return checkpoint(cell, *inputs, use_reentrant=False)
+    return cell(*inputs)
 
 
 def edge_key(node: int, source: int) -> str:
@@ -35,13 +45,21 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleDict({name: make_op(name, channels, stride, affine=False)
                                   for name in op_names if name != "none"})
         self._index = [i for i, name in enumerate(op_names) if name != "none"]
+        # Candidates that start with a ReLU share one ReLU of the edge input.
+        self._share_relu = sum(getattr(op, "starts_with_relu", False) for op in self.ops.values()) > 1
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """`weights` holds one value per candidate, in `op_names` order."""
+        relu_x = torch.relu(x) if self._share_relu else None
         out = None
         for i, op in zip(self._index, self.ops.values()):
-            term = weights[i] * op(x)
-            out = term if out is None else out + term
+            if relu_x is not None and getattr(op, "starts_with_relu", False):
+                y = op.forward_after_relu(relu_x)
+            else:
+                y = op(x)
+            term = weights[i] * y
+            # every term is a fresh product that backward does not need: accumulate in place
+            out = term if out is None else out.add_(term)
         if out is None:  # only `none`: the edge contributes zeros
             n, c, h, w = x.shape
             s = self.stride
@@ -79,6 +97,6 @@ class SearchCell(nn.Module):
             node = None
             for j, h in enumerate(states):
                 term = self.edges[edge_key(i, j)](h, weights[i][j])
-                node = term if node is None else node + term
+                node = term if node is None else node.add_(term)  # mixed-op outputs are fresh
             states.append(node)
         return torch.cat(states[2:], dim=1)

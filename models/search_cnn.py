@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from genotypes import derive_genotype, reduction_cells
 from models.augment_cnn import AuxiliaryHead
-from models.search_cells import SearchCell, edge_key
+from models.search_cells import SearchCell, edge_key, run_cell
 
 Candidates = dict[str, list[list[list[str]]]]
 
@@ -53,6 +53,7 @@ class SearchNetwork(nn.Module):
                              f"{num_cells - 1}', got {len(candidates)}")
         self.candidates = candidates
         self.num_cells = num_cells
+        self.grad_checkpoint = False  # recompute each cell in backward (saves memory)
         self.num_nodes = len(next(iter(candidates.values())))
         reductions = reduction_cells(num_cells)
 
@@ -119,7 +120,7 @@ class SearchNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         aux_logits = None
         for i, (cell, name) in enumerate(zip(self.cells, self.cell_sets)):
-            s0, s1 = s1, cell(s0, s1, weights[name])
+            s0, s1 = s1, run_cell(cell, self.grad_checkpoint and self.training, s0, s1, weights[name])
             if i == self.aux_pos and self.aux_head is not None and self.training:
                 aux_logits = self.aux_head(s1)
         logits = self.classifier(torch.flatten(self.pool(s1), 1))

@@ -8,6 +8,7 @@ training batch; its second-order variant differentiates through one virtual SGD 
 """
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -53,7 +54,7 @@ class Architect:
                  mode: str = "one-level", unrolled: bool = False,
                  grad_clip: float | None = 5.0, aux_weight: float = 0.0,
                  hessian_eps: float = 0.01, forward_model: nn.Module | None = None,
-                 dist_info=None):
+                 dist_info=None, autocast: Callable = contextlib.nullcontext, scaler=None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if unrolled and mode != "bilevel":
@@ -72,6 +73,12 @@ class Architect:
         # and are averaged over ranks explicitly, so every rank holds the same alphas.
         self.forward_model = forward_model if forward_model is not None else model
         self.dist_info = dist_info
+        # mixed precision: forward passes under `autocast()`; an fp16 GradScaler (one-level only)
+        if scaler is not None and mode != "one-level":
+            raise ValueError("fp16 with a gradient scaler is supported for one-level search; "
+                             "use bf16 for bilevel")
+        self.autocast = autocast
+        self.scaler = scaler
 
     # -- parameters ---------------------------------------------------------------------
     def _weights(self) -> list[nn.Parameter]:
@@ -81,7 +88,8 @@ class Architect:
         return list(self.model.alphas())
 
     def _loss(self, x: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-        return loss_and_logits(model or self.model, x, y, self.criterion, self.aux_weight)
+        with self.autocast():
+            return loss_and_logits(model or self.model, x, y, self.criterion, self.aux_weight)
 
     # -- the step -----------------------------------------------------------------------
     def step(self, x: Tensor, y: Tensor, x_valid: Tensor | None = None,
@@ -94,10 +102,19 @@ class Architect:
             self.a_optimizer.zero_grad()
             self.w_optimizer.zero_grad()
             loss, logits = self._loss(x, y, self.forward_model)
-            loss.backward()
-            self._clip_weight_grads()
-            self.a_optimizer.step()
-            self.w_optimizer.step()
+            if self.scaler is None:
+                loss.backward()
+                self._clip_weight_grads()
+                self.a_optimizer.step()
+                self.w_optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.w_optimizer)
+                self.scaler.unscale_(self.a_optimizer)
+                self._clip_weight_grads()
+                self.scaler.step(self.a_optimizer)
+                self.scaler.step(self.w_optimizer)
+                self.scaler.update()
             return loss.detach(), logits.detach()
 
         if x_valid is None or y_valid is None:

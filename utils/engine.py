@@ -2,6 +2,7 @@
 passes its architect step, augment its weight step), `evaluate` measures a model."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Iterable
 
@@ -68,7 +69,8 @@ def _totals(loss_m: "Meter", top1_m: "Meter", top5_m: "Meter", dist_info, device
 
 def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs: int,
                 log: Callable[[str], None] = print, print_freq: int = 50,
-                check_finite: bool = True, dist_info=None) -> dict:
+                check_finite: bool = True, dist_info=None,
+                memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
 
     Logs a line every `print_freq` steps with loss, top-1, images/s and the epoch's ETA.
@@ -80,7 +82,7 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
     start = time.perf_counter()
     seen = 0
     for i, (x, y) in enumerate(loader):
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         loss, logits = step(x, y)
         loss_value = float(loss)
@@ -108,7 +110,8 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.device,
-             dist_info=None) -> dict:
+             dist_info=None, memory_format: torch.memory_format = torch.contiguous_format,
+             autocast: Callable = contextlib.nullcontext) -> dict:
     """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader` (each rank
     evaluating its shard when `dist_info` is distributed; totals summed over ranks)."""
     if dist_info is not None:
@@ -119,9 +122,10 @@ def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.de
     loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
     start = time.perf_counter()
     for x, y in loader:
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
-        logits = model(x)
+        with autocast():
+            logits = model(x).float()
         n = y.size(0)
         loss_m.update(criterion(logits, y).item(), n)
         top1, top5 = accuracy(logits, y)

@@ -110,38 +110,33 @@ def measured_ops(mixed: nn.Module) -> list[str]:
 
 
 class OpFeatureRecorder:
-    """Forward hooks on the chosen edges: each candidate op's output is held until its MixedOp
-    returns, then the edge's StreamingCovariance absorbs them as one (elements, ops) matrix.
-    Use as a context manager; the hooks are removed on exit."""
+    """A forward hook on each chosen MixedOp calls every measured candidate op on the edge's
+    input and feeds the outputs, as one (elements, ops) matrix, to the edge's
+    StreamingCovariance. Calling the op modules directly (rather than hooking them) keeps the
+    measurement independent of how MixedOp schedules its ops (e.g. a shared ReLU). Use as a
+    context manager; the hooks are removed on exit."""
 
     def __init__(self, edges: dict[str, nn.Module]):
         self.ops = {name: measured_ops(m) for name, m in edges.items()}
         self.stats = {name: StreamingCovariance(len(ops)) for name, ops in self.ops.items()}
-        self._edges, self._pending, self._handles = edges, {}, []
+        self._edges, self._handles = edges, []
 
     def __enter__(self) -> "OpFeatureRecorder":
-        for name, mixed in self._edges.items():
-            for op in self.ops[name]:
-                self._handles.append(mixed.ops[op].register_forward_hook(self._keep(name, op)))
-            self._handles.append(mixed.register_forward_hook(self._flush(name)))
+        self._handles = [mixed.register_forward_hook(self._measure(name))
+                         for name, mixed in self._edges.items()]
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles, self._pending = [], {}
+        self._handles = []
 
-    def _keep(self, name: str, op: str):
+    def _measure(self, name: str):
         def hook(module, inputs, output):
-            self._pending.setdefault(name, {})[op] = output.detach()
-        return hook
-
-    def _flush(self, name: str):
-        def hook(module, inputs, output):
-            outs = self._pending.pop(name, {})
-            if len(outs) != len(self.ops[name]):
-                raise RuntimeError(f"edge {name}: got outputs of {sorted(outs)}, expected {self.ops[name]}")
-            self.stats[name].update(torch.stack([outs[op].reshape(-1) for op in self.ops[name]], 1))
+            x = inputs[0]
+            with torch.no_grad():
+                outs = [module.ops[op](x).reshape(-1) for op in self.ops[name]]
+                self.stats[name].update(torch.stack(outs, dim=1))
         return hook
 
 

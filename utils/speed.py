@@ -1,0 +1,64 @@
+"""Speed and memory options shared by the training scripts: channels_last, automatic mixed
+precision (bf16 / fp16), torch.compile and activation checkpointing. Each computes the same
+function with less time or memory; none is needed for correctness."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_speed_args(p: argparse.ArgumentParser, training: bool = True) -> None:
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: on for CUDA, off for CPU, where it measured slower)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                   help="autocast matmuls/convs to bf16 or fp16 (softmax of the alphas and the losses "
+                        "stay float32; fp16 uses a gradient scaler)")
+    if training:
+        g.add_argument("--compile", action="store_true",
+                       help="torch.compile the network (slow first steps; opt-in)")
+        g.add_argument("--grad_checkpoint", action="store_true",
+                       help="recompute each cell in backward instead of keeping its activations "
+                            "(much less memory, ~30%% more compute)")
+
+
+def channels_last_for(args: argparse.Namespace, device: torch.device) -> bool:
+    return device.type == "cuda" if args.channels_last is None else args.channels_last
+
+
+def memory_format(args: argparse.Namespace, device: torch.device) -> torch.memory_format:
+    return torch.channels_last if channels_last_for(args, device) else torch.contiguous_format
+
+
+def autocast(args: argparse.Namespace, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts (a no-op without --amp)."""
+    if args.amp == "none":
+        return contextlib.nullcontext
+    dtype = AMP_DTYPES[args.amp]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(args: argparse.Namespace, device: torch.device):
+    """A GradScaler for fp16 (bf16 and float32 need none)."""
+    if args.amp != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def prepare(model: nn.Module, args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """Apply memory format and checkpointing to `model` (in place); returns it."""
+    if channels_last_for(args, device):
+        model.to(memory_format=torch.channels_last)
+    if getattr(args, "grad_checkpoint", False):
+        model.grad_checkpoint = True
+    return model
+
+
+def maybe_compile(module: nn.Module, args: argparse.Namespace) -> nn.Module:
+    return torch.compile(module) if getattr(args, "compile", False) else module
