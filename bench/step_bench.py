@@ -1,13 +1,16 @@
-"""Images/s and peak memory of one training step at the paper's settings, each configuration
-in a fresh process (bench/search_step.py and bench/augment_step.py pick the configurations).
+"""Images/s and peak memory of one training step at the paper's settings, for each
+configuration and speed-flag variant in a fresh process (bench/search_step.py and
+bench/augment_step.py pick the configurations).
 
-    python bench/step_bench.py --configs search1,search2,augment
+    python bench/step_bench.py --configs search1,search2,augment --variants base,cl,bf16,bf16+cl,ckpt
 
 search1: 14-cell supernet, one-level step (forward, backward, alpha and weight updates), batch
 64, 16 channels. search2: 20 cells, every edge given the separable group (sep_conv_3x3,
 sep_conv_5x5, none): the heaviest stage-2 supernet. augment: DARTS_V2, 20 cells, 36 channels,
-batch 96, auxiliary head (weight 0.4), drop path 0.2. CIFAR-sized inputs. Peak memory is the
-process's peak RSS on CPU, max allocated on CUDA.
+batch 96, auxiliary head (weight 0.4), drop path 0.2. CIFAR-sized inputs. Variants: base
+(float32, NCHW), cl (--channels_last), bf16 (--amp bf16), fp16, ckpt (--grad_checkpoint),
+compile (--compile), combined with '+'. Peak memory is the process's peak RSS on CPU, max
+allocated on CUDA. The network code always shares one ReLU per edge and sums in place.
 """
 from __future__ import annotations
 
@@ -22,53 +25,82 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (cells, channels, batch size)
 CONFIGS = {"search1": (14, 16, 64), "search2": (20, 16, 64), "augment": (20, 36, 96)}
+FLAGS = {"base", "cl", "bf16", "fp16", "ckpt", "compile"}
 
 
-def make_step(config: str, cells: int, channels: int, dev):
+def speed_args(variant: str) -> argparse.Namespace:
+    parts = set(variant.split("+"))
+    unknown = parts - FLAGS
+    if unknown:
+        raise ValueError(f"unknown variant part(s) {sorted(unknown)}; use {sorted(FLAGS)} joined by '+'")
+    amp = "bf16" if "bf16" in parts else "fp16" if "fp16" in parts else "none"
+    return argparse.Namespace(channels_last="cl" in parts, amp=amp, grad_checkpoint="ckpt" in parts,
+                              compile="compile" in parts)
+
+
+def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namespace):
     """The model and a function doing one training step of `config` on (x, y)."""
     import torch
     import torch.nn as nn
 
     import genotypes as gt
     from models.factory import build_final_network, build_supernet, stage_candidates
+    from utils import speed
     from utils.architect import Architect, make_optimizers
     from utils.data import DatasetInfo
     from utils.engine import loss_and_logits
 
     info = DatasetInfo(3, 32, 10)
+    autocast, scaler = speed.autocast(opts, dev), speed.grad_scaler(opts, dev)
     if config == "augment":
-        model = build_final_network(gt.DARTS_V2, info, channels, cells, auxiliary=True).to(dev)
+        model = speed.prepare(build_final_network(gt.DARTS_V2, info, channels, cells,
+                                                  auxiliary=True).to(dev), opts, dev)
         model.drop_path_prob = 0.2
+        forward = speed.maybe_compile(model, opts)
         opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
         criterion = nn.CrossEntropyLoss()
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
-            loss, _ = loss_and_logits(model, x, y, criterion, 0.4)
-            loss.backward()
+            with autocast():
+                loss, _ = loss_and_logits(forward, x, y, criterion, 0.4)
+            if scaler is None:
+                loss.backward()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
         return model, step
     if config == "search1":
         candidates = stage_candidates("search1", cells)
     else:
         candidates = gt.uniform_candidates(gt.GROUPS["separable"]["members"], ["normal", "reduce"])
-    model = build_supernet(candidates, info, channels, cells).to(dev)
+    model = speed.prepare(build_supernet(candidates, info, channels, cells).to(dev), opts, dev)
     w_opt, a_opt = make_optimizers(model)
-    architect = Architect(model, w_opt, a_opt, nn.CrossEntropyLoss(), grad_clip=3.0)
+    architect = Architect(model, w_opt, a_opt, nn.CrossEntropyLoss(), grad_clip=3.0,
+                          forward_model=speed.maybe_compile(model, opts), autocast=autocast,
+                          scaler=scaler)
     return model, architect.step
 
 
-def measure(config: str, batch_size: int, steps: int, device: str) -> dict:
+def measure(config: str, variant: str, batch_size: int | None, steps: int, device: str) -> dict:
     sys.path.insert(0, ROOT)
     import torch
 
+    from utils import speed
+
     cells, channels, default_batch = CONFIGS[config]
     batch_size = batch_size or default_batch
+    opts = speed_args(variant)
     torch.manual_seed(0)
     dev = torch.device(device)
-    model, step = make_step(config, cells, channels, dev)
-    x = torch.randn(batch_size, 3, 32, 32, device=dev)
+    model, step = make_step(config, cells, channels, dev, opts)
+    x = torch.randn(batch_size, 3, 32, 32, device=dev).to(memory_format=speed.memory_format(opts, dev))
     y = torch.randint(0, 10, (batch_size,), device=dev)
     model.train()
     step(x, y)  # warm-up
@@ -83,8 +115,8 @@ def measure(config: str, batch_size: int, steps: int, device: str) -> dict:
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"config": config, "cells": cells, "channels": channels, "batch_size": batch_size,
-            "device": device, "threads": torch.get_num_threads(),
+    return {"config": config, "variant": variant, "cells": cells, "channels": channels,
+            "batch_size": batch_size, "device": device, "threads": torch.get_num_threads(),
             "images_per_s": round(batch_size * steps / seconds, 2),
             "seconds_per_step": round(seconds / steps, 3), "peak_memory_gb": round(peak / 1e9, 2)}
 
@@ -94,33 +126,47 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--configs", default=default_configs,
                    help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    p.add_argument("--variants", default="base",
+                   help="comma-separated speed variants, e.g. base,cl,bf16,bf16+cl,ckpt")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the batch size (default: 64 search, 96 augment)")
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON lines")
+    p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: config variant
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.one, args.batch_size, args.steps, args.device)))
+        print(json.dumps(measure(*args.one, args.batch_size, args.steps, args.device)))
         return 0
     configs = [c for c in args.configs.split(",") if c]
+    variants = [v for v in args.variants.split(",") if v]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         p.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
-    print(f"{'config':<9} {'cells':>5} {'ch':>3} {'batch':>5} {'img/s':>8} {'s/step':>8} {'peak GB':>8}  device")
+    for v in variants:
+        try:
+            speed_args(v)
+        except ValueError as err:
+            p.error(str(err))
+    print(f"{'config':<9} {'variant':<12} {'cells':>5} {'ch':>3} {'batch':>5} {'img/s':>8} "
+          f"{'s/step':>8} {'peak GB':>8}  device", flush=True)
     for config in configs:
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", config, "--steps",
-               str(args.steps), "--device", args.device]
-        if args.batch_size:
-            cmd += ["--batch_size", str(args.batch_size)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{config}: failed\n{out.stderr}", file=sys.stderr)
-            return 1
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{config:<9} {r['cells']:>5} {r['channels']:>3} {r['batch_size']:>5} {r['images_per_s']:>8} "
-              f"{r['seconds_per_step']:>8} {r['peak_memory_gb']:>8}  {r['device']} "
-              f"({r['threads']} threads)")
+        for variant in variants:
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", config, variant,
+                   "--steps", str(args.steps), "--device", args.device]
+            if args.batch_size:
+                cmd += ["--batch_size", str(args.batch_size)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{config} {variant}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{config:<9} {variant:<12} {r['cells']:>5} {r['channels']:>3} {r['batch_size']:>5} "
+                  f"{r['images_per_s']:>8} {r['seconds_per_step']:>8} {r['peak_memory_gb']:>8}  "
+                  f"{r['device']} ({r['threads']} threads)", flush=True)
+            if args.json:
+                with open(args.json, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(r) + "\n")
     return 0
 
 

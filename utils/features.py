@@ -300,6 +300,20 @@ def plot_heatmap(corr: np.ndarray, ops: list[str], title: str, path: str | Path)
     plt.close(fig)
 
 
+def _labels(points: np.ndarray, ops: list[str]) -> list[tuple[np.ndarray, str]]:
+    """One label per bunch of nearby points ("max3/avg3"), so close ops stay readable."""
+    radius = 0.08 * max(float(np.ptp(points)), 1e-9)
+    labels: list[tuple[np.ndarray, str]] = []
+    for point, op in zip(points, ops):
+        for k, (anchor, text) in enumerate(labels):
+            if np.linalg.norm(point - anchor) < radius:
+                labels[k] = (anchor, f"{text}/{short(op)}")
+                break
+        else:
+            labels.append((point, short(op)))
+    return labels
+
+
 def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: list[str],
                   path: str | Path) -> None:
     """One scatter panel per k: the ops in the PCA plane, coloured by their KMeans cluster."""
@@ -308,8 +322,8 @@ def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: 
     pcs = [f"PC{i + 1} ({100 * v:.0f}%)" for i, v in enumerate(list(explained) + [0.0])][:2]
     for ax, (k, lab) in zip(axes.flat, labels.items()):
         ax.scatter(points[:, 0], points[:, 1], c=lab, cmap="tab10", vmin=0, vmax=9, s=60)
-        for (x, y), op in zip(points, ops):
-            ax.annotate(short(op), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for (x, y), text in _labels(points, ops):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_title(f"KMeans k={k}", fontsize=9)
         ax.set_xlabel(pcs[0], fontsize=8)
         ax.set_ylabel(pcs[1], fontsize=8)
