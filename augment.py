@@ -29,11 +29,12 @@ from models.summary import count_macs, count_params
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader, split_indices
-from utils.engine import evaluate, loss_and_logits, train_epoch
+from utils.engine import Interrupted, evaluate, loss_and_logits, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
 from utils import distributed, speed
 from utils.distributed import Dist
-from utils.stage import NullMetrics, check_same_config, is_finished, silent
+from utils.stage import (GracefulStop, NullMetrics, check_same_config, is_finished, resume_path,
+                         silent)
 
 CHECKPOINT_FORMAT = "stacnas-final-1"
 
@@ -121,8 +122,9 @@ class Augment:
         return count_params(self.model) - count_params(getattr(self.model, "aux_head", None))
 
     # -- checkpoints --------------------------------------------------------------------
-    def state(self, epoch: int, finished: bool = False) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "finished": finished,
+    def state(self, epoch: int, finished: bool = False, step: int = 0) -> dict:
+        """`epoch` completed epochs (+ `step` steps of the next one, after an interruption)."""
+        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "finished": finished,
                 "config": config.config_dict(self.args), "network": self.spec,
                 "dataset": self.args.dataset, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -139,7 +141,7 @@ class Augment:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.best, self.elapsed = state["best"], state["elapsed"]
-        return state["epoch"]
+        return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor):
@@ -158,16 +160,19 @@ class Augment:
             self.scaler.update()
         return loss.detach(), logits.detach()
 
-    def train(self, epoch: int) -> dict:
+    def train(self, epoch: int, first_step: int = 0, should_stop=None) -> dict:
+        """One epoch (from `first_step` on when resuming mid-epoch)."""
         a = self.args
         self.model.drop_path_prob = a.drop_path * epoch / a.epochs
         self.model.train()
         loader = make_loader(self.train_set, self.train_idx, a.batch_size, shuffle=True,
                              num_workers=a.num_workers, seed=a.seed, epoch=epoch,
-                             replicas=(self.ranks.rank, self.ranks.world_size))
+                             replicas=(self.ranks.rank, self.ranks.world_size),
+                             skip_batches=first_step)
         return train_epoch(loader, self.step, device=self.device, epoch=epoch, epochs=a.epochs,
                            log=self.log, print_freq=a.print_freq, dist_info=self.dist,
-                           memory_format=self.memory_format)
+                           memory_format=self.memory_format, should_stop=should_stop,
+                           first_step=first_step)
 
     def evaluate(self, dataset, indices) -> dict:
         indices = list(range(len(dataset))) if indices is None else indices
@@ -216,29 +221,42 @@ def run(args: argparse.Namespace) -> int:
     log = logger.info if logger else silent
     try:
         job = Augment(args, log, device, ranks)
-        start = 0
-        if checkpoint.is_file() and not (args.force and is_finished(stage_dir, "results.json")):
-            start = job.resume(checkpoint)
-            log(f"resuming from {checkpoint} after epoch {start}")
+        start, first_step = 0, 0
+        source = None if args.force and is_finished(stage_dir, "results.json") else \
+            resume_path(args, checkpoint, log)
+        if source is not None:
+            start, first_step = job.resume(source)
+            log(f"resuming from {source} after epoch {start}"
+                + (f", step {first_step}" if first_step else ""))
         metrics = MetricsWriter(stage_dir) if main_rank else NullMetrics()
         if main_rank:
             config.save_config(args, stage_dir / "config.json")
             metrics.truncate_after(start)
         log(f"run info: {run_info(device)}")
-        for epoch in range(start, args.epochs):
-            began = time.perf_counter()
-            lr = job.scheduler.get_last_lr()[0]
-            stats = job.train(epoch)
-            stats.update(job.epoch_record(epoch))
-            job.scheduler.step()
-            job.elapsed += time.perf_counter() - began
-            metrics.write({"epoch": epoch + 1, "lr": lr, "drop_path_prob": job.model.drop_path_prob,
-                           **stats}, epoch + 1)
-            log(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
-                + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
-                + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
-            if main_rank:
-                save_checkpoint(job.state(epoch + 1), checkpoint)
+        with GracefulStop() as stop:
+            try:
+                for epoch in range(start, args.epochs):
+                    began = time.perf_counter()
+                    lr = job.scheduler.get_last_lr()[0]
+                    stats = job.train(epoch, first_step if epoch == start else 0,
+                                      lambda: stop.requested(ranks))
+                    stats.update(job.epoch_record(epoch))
+                    job.scheduler.step()
+                    job.elapsed += time.perf_counter() - began
+                    metrics.write({"epoch": epoch + 1, "lr": lr,
+                                   "drop_path_prob": job.model.drop_path_prob, **stats}, epoch + 1)
+                    log(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
+                        + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
+                        + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
+                    if main_rank:
+                        save_checkpoint(job.state(epoch + 1), checkpoint)
+            except Interrupted as stopped:
+                if main_rank:
+                    save_checkpoint(job.state(stopped.epoch, step=stopped.steps), checkpoint)
+                metrics.close()
+                log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
+                    f"checkpoint saved to {checkpoint}: rerun the same command to resume")
+                return stop.exit_code
         if job.last_test is not None and job.last_test[0] == args.epochs:
             test = job.last_test[1]
         else:

@@ -23,7 +23,7 @@ SEARCH_DEFAULTS = {
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
 RESUME_NEUTRAL = {"device", "num_workers", "print_freq", "force", "debug", "data_dir", "save_dir",
-                  "run_dir", "stage_dir", "search1_dir", "genotype"}
+                  "run_dir", "stage_dir", "search1_dir", "genotype", "resume"}
 
 
 # -- argparse value types: each bad value gets a message naming the problem ---------------
@@ -94,7 +94,8 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch size") -> None:
+def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch size",
+                    resumable: bool = True) -> None:
     """Flags every script takes: run naming, data, device, seed."""
     g = p.add_argument_group("run")
     g.add_argument("--name", required=True, help="run name; outputs go to <save_dir>/<name>/<stage>/")
@@ -108,6 +109,10 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     g.add_argument("--force", action="store_true",
                    help="rerun a finished stage / resume despite a changed configuration")
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    if resumable:
+        g.add_argument("--resume", metavar="FILE", default=None,
+                       help="resume from this checkpoint (e.g. checkpoint.prev.pt when checkpoint.pt "
+                            "is damaged); default: the stage folder's checkpoint.pt if present")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset")
     d.add_argument("--data_dir", default="data",
@@ -316,7 +321,7 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="PATH", default=None,
                    help="also write the loaded network as one of our checkpoints (e.g. to convert "
                         "an authors' file); refuses to overwrite unless --force")
-    add_common_args(p, "batch size (default 256)")
+    add_common_args(p, "batch size (default 256)", resumable=False)
     add_speed_args(p, training=False)
     return p
 

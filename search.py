@@ -26,12 +26,13 @@ from utils.architect import Architect, make_optimizers
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, infinite, make_loader, split_indices
-from utils.engine import evaluate, format_seconds, train_epoch
+from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
 from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
 from utils.plots import plot_alpha_history, softmax
 from utils import distributed, speed
 from utils.distributed import Dist
-from utils.stage import NullMetrics, check_same_config, is_finished, silent
+from utils.stage import (GracefulStop, NullMetrics, check_same_config, is_finished, resume_path,
+                         silent)
 
 CHECKPOINT_FORMAT = "stacnas-search-1"
 
@@ -114,8 +115,9 @@ class Search:
             + (f", {ranks.world_size} processes" if ranks.enabled else ""))
 
     # -- checkpoints --------------------------------------------------------------------
-    def state(self, epoch: int, finished: bool = False) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "finished": finished,
+    def state(self, epoch: int, finished: bool = False, step: int = 0) -> dict:
+        """`epoch` completed epochs (+ `step` steps of the next one, after an interruption)."""
+        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "finished": finished,
                 "config": config.config_dict(self.args), "model": self.model.state_dict(),
                 "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -132,20 +134,22 @@ class Search:
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        return state["epoch"]
+        return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
-    def loader(self, indices: list[int], epoch: int, offset: int = 0):
+    def loader(self, indices: list[int], epoch: int, offset: int = 0, skip: int = 0):
         a = self.args
         return make_loader(self.train_set, indices, a.batch_size, shuffle=True,
                            num_workers=a.num_workers, seed=a.seed + offset, epoch=epoch,
-                           replicas=(self.ranks.rank, self.ranks.world_size))
+                           replicas=(self.ranks.rank, self.ranks.world_size), skip_batches=skip)
 
-    def train(self, epoch: int) -> dict:
+    def train(self, epoch: int, first_step: int = 0, should_stop=None) -> dict:
+        """One epoch (from `first_step` on when resuming mid-epoch)."""
         a = self.args
         self.model.train()
         if a.optimization == "bilevel":
-            valid = infinite(self.loader(self.valid_idx, epoch, offset=1))
+            n_valid = len(self.loader(self.valid_idx, epoch, offset=1))
+            valid = infinite(self.loader(self.valid_idx, epoch, offset=1, skip=first_step % n_valid))
 
             def step(x, y):
                 xv, yv = next(valid)
@@ -153,9 +157,11 @@ class Search:
                                            yv.to(self.device))
         else:
             step = self.architect.step
-        stats = train_epoch(self.loader(self.train_idx, epoch), step, device=self.device,
-                            epoch=epoch, epochs=a.epochs, log=self.log, print_freq=a.print_freq,
-                            dist_info=self.dist, memory_format=self.memory_format)
+        stats = train_epoch(self.loader(self.train_idx, epoch, skip=first_step), step,
+                            device=self.device, epoch=epoch, epochs=a.epochs, log=self.log,
+                            print_freq=a.print_freq, dist_info=self.dist,
+                            memory_format=self.memory_format, should_stop=should_stop,
+                            first_step=first_step)
         if self.dist:
             stats["alpha_rank_divergence"] = distributed.max_divergence(list(self.model.alphas()),
                                                                         self.ranks)
@@ -220,27 +226,40 @@ def run(args: argparse.Namespace) -> int:
     log = logger.info if logger else silent
     try:
         search = Search(args, log, device, ranks)
-        start = 0
-        if checkpoint.is_file() and not (args.force and is_finished(stage_dir, "genotype.json")):
-            start = search.resume(checkpoint)
-            log(f"resuming from {checkpoint} after epoch {start}")
+        start, first_step = 0, 0
+        source = None if args.force and is_finished(stage_dir, "genotype.json") else \
+            resume_path(args, checkpoint, log)
+        if source is not None:
+            start, first_step = search.resume(source)
+            log(f"resuming from {source} after epoch {start}"
+                + (f", step {first_step}" if first_step else ""))
         metrics = MetricsWriter(stage_dir) if main_rank else NullMetrics()
         if main_rank:
             config.save_config(args, stage_dir / "config.json")
             metrics.truncate_after(start)
         log(f"run info: {run_info(device)}")
         epoch_times = []
-        for epoch in range(start, args.epochs):
-            lr = search.scheduler.get_last_lr()[0]
-            stats = search.train(epoch)
-            stats.update(search.held_out(epoch))
-            search.scheduler.step()
-            search.write_epoch(epoch, stats, lr, metrics)
-            epoch_times.append(stats["seconds"])
-            remaining = sum(epoch_times) / len(epoch_times) * (args.epochs - epoch - 1)
-            if main_rank:
-                save_checkpoint(search.state(epoch + 1), checkpoint)
-            log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
+        with GracefulStop() as stop:
+            try:
+                for epoch in range(start, args.epochs):
+                    lr = search.scheduler.get_last_lr()[0]
+                    stats = search.train(epoch, first_step if epoch == start else 0,
+                                         lambda: stop.requested(ranks))
+                    stats.update(search.held_out(epoch))
+                    search.scheduler.step()
+                    search.write_epoch(epoch, stats, lr, metrics)
+                    epoch_times.append(stats["seconds"])
+                    remaining = sum(epoch_times) / len(epoch_times) * (args.epochs - epoch - 1)
+                    if main_rank:
+                        save_checkpoint(search.state(epoch + 1), checkpoint)
+                    log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
+            except Interrupted as stopped:
+                if main_rank:
+                    save_checkpoint(search.state(stopped.epoch, step=stopped.steps), checkpoint)
+                metrics.close()
+                log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
+                    f"checkpoint saved to {checkpoint}: rerun the same command to resume")
+                return stop.exit_code
         search.finish()
         if main_rank:
             save_checkpoint(search.state(args.epochs, finished=True), checkpoint, keep_previous=False)

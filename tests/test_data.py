@@ -277,10 +277,12 @@ def test_make_loader_order_reproducible_per_seed_and_epoch():
     assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2)) == first
     assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=3)) != first
     assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=8, epoch=2)) != first
-    loader = D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=0)
-    _order(loader)
-    D.set_loader_epoch(loader, 2)
-    assert _order(loader) == first
+    # resuming mid-epoch: the same epoch's order, from batch 2 on
+    assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, skip_batches=2)) == first[8:]
+    # sharded over 2 ranks: disjoint halves of a (seed, epoch) permutation
+    ranks = [_order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, replicas=(r, 2)))
+             for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == idx and len(ranks[0]) == len(ranks[1]) == 10
     assert _order(D.make_loader(ds, None, 7, shuffle=False)) == list(range(30))
     assert len(D.make_loader(ds, None, 7, shuffle=False, drop_last=True)) == 4
     with pytest.raises(ValueError):

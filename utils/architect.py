@@ -89,7 +89,8 @@ class Architect:
 
     def _loss(self, x: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         with self.autocast():
-            return loss_and_logits(model or self.model, x, y, self.criterion, self.aux_weight)
+            return loss_and_logits(self.model if model is None else model, x, y, self.criterion,
+                                   self.aux_weight)
 
     # -- the step -----------------------------------------------------------------------
     def step(self, x: Tensor, y: Tensor, x_valid: Tensor | None = None,

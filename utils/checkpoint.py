@@ -41,9 +41,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        prev = previous_path(path)
+        hint = (f"; to resume from the previous one pass --resume {prev}" if prev.is_file()
+                else "")
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt or not ours: "
-                              f"{first[:160]}); the previous one is {previous_path(path).name}"
-                              ) from None
+                              f"{first[:120]}){hint}") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path}: not a StacNAS checkpoint (no 'format' entry)")
     return state

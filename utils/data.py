@@ -415,47 +415,41 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(seed)
 
 
-class SeededLoader(DataLoader):
-    """A DataLoader whose shuffle generator is seeded from (seed, epoch); ``set_epoch`` reseeds it."""
-
-    def __init__(self, *args: Any, seed: int, epoch: int, **kwargs: Any) -> None:
-        super().__init__(*args, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)), **kwargs)
-        self.seed = seed
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(_epoch_seed(self.seed, epoch))
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int,
+                replicas: tuple[int, int] | None = None) -> list[int]:
+    """Positions 0..n-1 in the order one epoch visits them: a permutation drawn from
+    (seed, epoch) when shuffling, this rank's DistributedSampler share under `replicas`."""
+    if replicas is not None and replicas[1] > 1 and shuffle:
+        sampler = DistributedSampler(range(n), num_replicas=replicas[1], rank=replicas[0],
+                                     shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    if shuffle:
+        g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        return torch.randperm(n, generator=g).tolist()
+    return list(range(n))
 
 
 def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int, *, shuffle: bool,
                 num_workers: int = 0, drop_last: bool = False, seed: int = 0, epoch: int = 0,
-                sampler: Sampler | None = None, replicas: tuple[int, int] | None = None) -> DataLoader:
-    """A loader over ``dataset`` restricted to ``indices`` (None: all). The shuffled order is a
-    function of (seed, epoch), so an epoch replays after a resume: build a new loader per epoch,
-    or call ``set_loader_epoch(loader, epoch)`` before iterating. A ``sampler`` decides the order
-    itself (shuffle must then be False). ``replicas=(rank, world_size)`` shards a shuffled
-    training set with a DistributedSampler (every rank the same number of batches)."""
+                sampler: Sampler | None = None, replicas: tuple[int, int] | None = None,
+                skip_batches: int = 0) -> DataLoader:
+    """A loader over ``dataset`` restricted to ``indices`` (None: all). The order is a function of
+    (seed, epoch), so an epoch replays exactly after a resume; ``skip_batches`` starts it later
+    (resuming mid-epoch). ``replicas=(rank, world_size)`` shards a shuffled training set with a
+    DistributedSampler (every rank the same number of batches). A ``sampler`` decides the order
+    itself (shuffle must then be False)."""
     if sampler is not None and shuffle:
         raise ValueError("pass either shuffle=True or a sampler, not both")
-    data = dataset if indices is None else Subset(dataset, list(indices))
-    if replicas is not None and replicas[1] > 1 and shuffle:
-        sampler = DistributedSampler(data, num_replicas=replicas[1], rank=replicas[0],
-                                     shuffle=True, seed=seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        shuffle = False
-    return SeededLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                        num_workers=num_workers, drop_last=drop_last, seed=seed, epoch=epoch,
-                        worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=num_workers > 0)
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reseed a ``make_loader`` loader's shuffle for ``epoch`` (and its sampler's, if it has one)."""
-    if isinstance(loader, SeededLoader):
-        loader.set_epoch(epoch)
-    elif hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    base = list(range(len(dataset))) if indices is None else list(indices)
+    if sampler is None:
+        order = epoch_order(len(base), shuffle, seed, epoch, replicas)[skip_batches * batch_size:]
+        base = [base[i] for i in order]
+    return DataLoader(Subset(dataset, base), batch_size=batch_size, shuffle=False, sampler=sampler,
+                      num_workers=num_workers, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
+                      worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0)
 
 
 def infinite(loader: Iterable) -> Iterator:

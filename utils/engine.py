@@ -26,6 +26,14 @@ def loss_and_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterio
     return criterion(out, y), out
 
 
+class Interrupted(Exception):
+    """A stop was requested (SIGTERM / SIGINT); `steps` of epoch `epoch` are done."""
+
+    def __init__(self, epoch: int, steps: int):
+        super().__init__(f"interrupted at epoch {epoch + 1} after step {steps}")
+        self.epoch, self.steps = epoch, steps
+
+
 class Meter:
     """Running average weighted by batch size."""
 
@@ -70,25 +78,29 @@ def _totals(loss_m: "Meter", top1_m: "Meter", top5_m: "Meter", dist_info, device
 def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs: int,
                 log: Callable[[str], None] = print, print_freq: int = 50,
                 check_finite: bool = True, dist_info=None,
-                memory_format: torch.memory_format = torch.contiguous_format) -> dict:
+                memory_format: torch.memory_format = torch.contiguous_format,
+                should_stop: Callable[[], bool] | None = None, first_step: int = 0) -> dict:
     """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
 
     Logs a line every `print_freq` steps with loss, top-1, images/s and the epoch's ETA.
     Returns loss, top1, top5, seconds and images_per_s of the epoch (over all ranks when
-    `dist_info` describes a distributed run).
+    `dist_info` describes a distributed run). `should_stop()` is asked after every step: True
+    raises Interrupted at that step boundary. `first_step` > 0: the loader starts mid-epoch.
     """
     loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
-    n_steps = len(loader)
+    n_steps = first_step + len(loader)
     start = time.perf_counter()
     seen = 0
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in enumerate(loader, start=first_step):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         loss, logits = step(x, y)
         loss_value = float(loss)
         if check_finite and not torch.isfinite(torch.tensor(loss_value)):
-            raise FloatingPointError(f"loss became {loss_value} at epoch {epoch + 1}, "
-                                     f"step {i + 1}/{n_steps}")
+            raise FloatingPointError(f"loss became {loss_value} at epoch {epoch + 1}, step "
+                                     f"{i + 1}/{n_steps}; stopped, the last checkpoint (end of "
+                                     f"epoch {epoch}) is intact: lower the learning rate or clip "
+                                     "gradients harder, then rerun to resume")
         top1, top5 = accuracy(logits.detach(), y)
         n = y.size(0)
         seen += n
@@ -98,10 +110,12 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
         if (i + 1) % print_freq == 0 or i + 1 == n_steps:
             elapsed = time.perf_counter() - start
             rate = seen / max(elapsed, 1e-9)
-            eta = elapsed / (i + 1) * (n_steps - i - 1)
+            eta = elapsed / (i + 1 - first_step) * (n_steps - i - 1)
             log(f"epoch {epoch + 1}/{epochs} step {i + 1}/{n_steps} loss {loss_m.avg:.4f} "
                 f"top1 {top1_m.avg:.2f}% top5 {top5_m.avg:.2f}% {rate:.1f} img/s "
                 f"epoch ETA {format_seconds(eta)}")
+        if should_stop is not None and i + 1 < n_steps and should_stop():
+            raise Interrupted(epoch, i + 1)
     seconds = time.perf_counter() - start
     totals = _totals(loss_m, top1_m, top5_m, dist_info, device)
     return {"loss": totals["loss"], "top1": totals["top1"], "top5": totals["top5"],
