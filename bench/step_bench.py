@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--configs", default=default_configs,
                    help=f"comma-separated, from: {', '.join(CONFIGS)}")
-    p.add_argument("--variants", default="base",
+    p.add_argument("--variants", default="base,cl",
                    help="comma-separated speed variants, e.g. base,cl,bf16,bf16+cl,ckpt")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the batch size (default: 64 search, 96 augment)")
