@@ -26,15 +26,14 @@ import config
 import genotypes as gt
 from models.factory import build_from_spec, network_spec
 from models.summary import count_macs, count_params
+from utils import distributed, speed
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader, split_indices
-from utils.engine import Interrupted, evaluate, loss_and_logits, train_epoch
-from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
-from utils import distributed, speed
 from utils.distributed import Dist
-from utils.stage import (GracefulStop, NullMetrics, check_same_config, is_finished, resume_path,
-                         silent)
+from utils.engine import Interrupted, evaluate, loss_and_logits, train_epoch
+from utils.logging import run_info
+from utils.stage import GracefulStop, StageRun, check_same_config
 
 CHECKPOINT_FORMAT = "stacnas-final-1"
 
@@ -207,72 +206,41 @@ class Augment:
 
 
 def run(args: argparse.Namespace) -> int:
-    stage_dir = Path(args.stage_dir)
-    checkpoint = stage_dir / "checkpoint.pt"
-    if not args.force and is_finished(stage_dir, "results.json"):
-        print(f"{stage_dir} is already finished (results.json); pass --force to run it again")
+    stage = StageRun(args, "augment", "results.json")
+    if stage.finished():
         return 0
-    ranks, device = distributed.setup(resolve_device(args.device))
-    main_rank = ranks.is_main
-    if main_rank:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(ranks)
-    logger = get_logger(stage_dir, "augment") if main_rank else None
-    log = logger.info if logger else silent
-    try:
-        job = Augment(args, log, device, ranks)
-        start, first_step = 0, 0
-        source = None if args.force and is_finished(stage_dir, "results.json") else \
-            resume_path(args, checkpoint, log)
-        if source is not None:
-            start, first_step = job.resume(source)
-            log(f"resuming from {source} after epoch {start}"
-                + (f", step {first_step}" if first_step else ""))
-        metrics = MetricsWriter(stage_dir) if main_rank else NullMetrics()
-        if main_rank:
-            config.save_config(args, stage_dir / "config.json")
-            metrics.truncate_after(start)
-        log(f"run info: {run_info(device)}")
+    with stage:
+        job = Augment(args, stage.log, stage.device, stage.ranks)
+        start, first_step, metrics = stage.begin(job)
         with GracefulStop() as stop:
             try:
                 for epoch in range(start, args.epochs):
                     began = time.perf_counter()
                     lr = job.scheduler.get_last_lr()[0]
                     stats = job.train(epoch, first_step if epoch == start else 0,
-                                      lambda: stop.requested(ranks))
+                                      lambda: stop.requested(stage.ranks))
                     stats.update(job.epoch_record(epoch))
                     job.scheduler.step()
                     job.elapsed += time.perf_counter() - began
                     metrics.write({"epoch": epoch + 1, "lr": lr,
                                    "drop_path_prob": job.model.drop_path_prob, **stats}, epoch + 1)
-                    log(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
-                        + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
-                        + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
-                    if main_rank:
-                        save_checkpoint(job.state(epoch + 1), checkpoint)
+                    stage.log(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
+                              + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
+                              + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
+                    stage.save(job.state(epoch + 1))
             except Interrupted as stopped:
-                if main_rank:
-                    save_checkpoint(job.state(stopped.epoch, step=stopped.steps), checkpoint)
-                metrics.close()
-                log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
-                    f"checkpoint saved to {checkpoint}: rerun the same command to resume")
-                return stop.exit_code
+                return stage.interrupted(job, stopped, stop, metrics)
         if job.last_test is not None and job.last_test[0] == args.epochs:
             test = job.last_test[1]
         else:
             test = job.evaluate(job.test_set, None)
         results = job.results(test)
-        if main_rank:
-            (stage_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-            save_checkpoint(job.state(args.epochs, finished=True), checkpoint, keep_previous=False)
-        metrics.close()
-        log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
-            f"({results['params_millions']}M parameters); {stage_dir / 'results.json'}")
-        distributed.barrier(ranks)
-    finally:
-        if logger:
-            close_logger(logger)
-        distributed.cleanup()
+        if stage.ranks.is_main:
+            (stage.dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        stage.save(job.state(args.epochs, finished=True), keep_previous=False)
+        stage.log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
+                  f"({results['params_millions']}M parameters); {stage.dir / 'results.json'}")
+        stage.done(metrics)
     return 0
 
 

@@ -22,17 +22,16 @@ import torch.nn as nn
 import config
 import genotypes as gt
 from models.factory import build_supernet, stage_candidates
+from utils import distributed, speed
 from utils.architect import Architect, make_optimizers
-from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.checkpoint import load_checkpoint, rng_state, set_rng_state
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, infinite, make_loader, split_indices
-from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
-from utils.logging import MetricsWriter, close_logger, get_logger, resolve_device, run_info
-from utils.plots import plot_alpha_history, softmax
-from utils import distributed, speed
 from utils.distributed import Dist
-from utils.stage import (GracefulStop, NullMetrics, check_same_config, is_finished, resume_path,
-                         silent)
+from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
+from utils.logging import MetricsWriter
+from utils.plots import plot_alpha_history, softmax
+from utils.stage import GracefulStop, StageRun, check_same_config
 
 CHECKPOINT_FORMAT = "stacnas-search-1"
 
@@ -212,64 +211,32 @@ class Search:
 
 
 def run(args: argparse.Namespace) -> int:
-    stage_dir = Path(args.stage_dir)
-    checkpoint = stage_dir / "checkpoint.pt"
-    if not args.force and is_finished(stage_dir, "genotype.json"):
-        print(f"{stage_dir} is already finished (genotype.json); pass --force to run it again")
+    stage = StageRun(args, args.stage, "genotype.json")
+    if stage.finished():
         return 0
-    ranks, device = distributed.setup(resolve_device(args.device))
-    main_rank = ranks.is_main
-    if main_rank:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(ranks)
-    logger = get_logger(stage_dir, args.stage) if main_rank else None
-    log = logger.info if logger else silent
-    try:
-        search = Search(args, log, device, ranks)
-        start, first_step = 0, 0
-        source = None if args.force and is_finished(stage_dir, "genotype.json") else \
-            resume_path(args, checkpoint, log)
-        if source is not None:
-            start, first_step = search.resume(source)
-            log(f"resuming from {source} after epoch {start}"
-                + (f", step {first_step}" if first_step else ""))
-        metrics = MetricsWriter(stage_dir) if main_rank else NullMetrics()
-        if main_rank:
-            config.save_config(args, stage_dir / "config.json")
-            metrics.truncate_after(start)
-        log(f"run info: {run_info(device)}")
+    with stage:
+        search = Search(args, stage.log, stage.device, stage.ranks)
+        start, first_step, metrics = stage.begin(search)
         epoch_times = []
         with GracefulStop() as stop:
             try:
                 for epoch in range(start, args.epochs):
                     lr = search.scheduler.get_last_lr()[0]
                     stats = search.train(epoch, first_step if epoch == start else 0,
-                                         lambda: stop.requested(ranks))
+                                         lambda: stop.requested(stage.ranks))
                     stats.update(search.held_out(epoch))
                     search.scheduler.step()
                     search.write_epoch(epoch, stats, lr, metrics)
                     epoch_times.append(stats["seconds"])
                     remaining = sum(epoch_times) / len(epoch_times) * (args.epochs - epoch - 1)
-                    if main_rank:
-                        save_checkpoint(search.state(epoch + 1), checkpoint)
-                    log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
+                    stage.save(search.state(epoch + 1))
+                    stage.log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
             except Interrupted as stopped:
-                if main_rank:
-                    save_checkpoint(search.state(stopped.epoch, step=stopped.steps), checkpoint)
-                metrics.close()
-                log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
-                    f"checkpoint saved to {checkpoint}: rerun the same command to resume")
-                return stop.exit_code
+                return stage.interrupted(search, stopped, stop, metrics)
         search.finish()
-        if main_rank:
-            save_checkpoint(search.state(args.epochs, finished=True), checkpoint, keep_previous=False)
-        metrics.close()
-        log(f"done: {stage_dir / 'genotype.json'}")
-        distributed.barrier(ranks)
-    finally:
-        if logger:
-            close_logger(logger)
-        distributed.cleanup()
+        stage.save(search.state(args.epochs, finished=True), keep_previous=False)
+        stage.log(f"done: {stage.dir / 'genotype.json'}")
+        stage.done(metrics)
     return 0
 
 

@@ -107,3 +107,76 @@ def resume_path(args: argparse.Namespace, checkpoint: Path, log) -> Path | None:
                 log(f"{checkpoint} is unreadable; moved to {aside}")
         return chosen
     return checkpoint if checkpoint.is_file() else None
+
+
+class StageRun:
+    """What search.py and augment.py do around their epoch loop: skip a finished stage, join
+    the torchrun process group, create the folder and log (rank 0), pick the checkpoint to
+    resume from, save checkpoints (rank 0), and stop cleanly on SIGTERM / SIGINT."""
+
+    def __init__(self, args: argparse.Namespace, name: str, output: str):
+        self.args, self.name, self.output = args, name, output
+        self.dir = Path(args.stage_dir)
+        self.checkpoint = self.dir / "checkpoint.pt"
+        self.logger = None
+        self.log = silent
+
+    def finished(self) -> bool:
+        """True (with a message) when the stage is done and --force was not given."""
+        if self.args.force or not is_finished(self.dir, self.output):
+            return False
+        print(f"{self.dir} is already finished ({self.output}); pass --force to run it again")
+        return True
+
+    def __enter__(self) -> "StageRun":
+        from utils import distributed
+        from utils.logging import get_logger, resolve_device
+        self.ranks, self.device = distributed.setup(resolve_device(self.args.device))
+        if self.ranks.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.ranks)
+        if self.ranks.is_main:
+            self.logger = get_logger(self.dir, self.name)
+            self.log = self.logger.info
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from utils import distributed
+        from utils.logging import close_logger
+        if self.logger is not None:
+            close_logger(self.logger)
+        distributed.cleanup()
+
+    def begin(self, job) -> tuple[int, int, object]:
+        """Resume `job` if there is a checkpoint; (first epoch, first step, metrics writer)."""
+        from utils.logging import MetricsWriter, run_info
+        restart = self.args.force and is_finished(self.dir, self.output)
+        source = None if restart else resume_path(self.args, self.checkpoint, self.log)
+        start, first_step = job.resume(source) if source is not None else (0, 0)
+        if source is not None:
+            self.log(f"resuming from {source} after epoch {start}"
+                     + (f", step {first_step}" if first_step else ""))
+        metrics = MetricsWriter(self.dir) if self.ranks.is_main else NullMetrics()
+        if self.ranks.is_main:
+            config.save_config(self.args, self.dir / "config.json")
+            metrics.truncate_after(start)
+        self.log(f"run info: {run_info(self.device)}")
+        return start, first_step, metrics
+
+    def save(self, state: dict, keep_previous: bool = True) -> None:
+        if self.ranks.is_main:
+            from utils.checkpoint import save_checkpoint
+            save_checkpoint(state, self.checkpoint, keep_previous=keep_previous)
+
+    def interrupted(self, job, stopped, stop: "GracefulStop", metrics) -> int:
+        """Save the mid-epoch state after a signal; the exit code to return."""
+        self.save(job.state(stopped.epoch, step=stopped.steps))
+        metrics.close()
+        self.log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
+                 f"checkpoint saved to {self.checkpoint}: rerun the same command to resume")
+        return stop.exit_code
+
+    def done(self, metrics) -> None:
+        from utils import distributed
+        metrics.close()
+        distributed.barrier(self.ranks)
