@@ -6,6 +6,8 @@ same code.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -13,13 +15,32 @@ from torch.utils.checkpoint import checkpoint
 from models.ops import make_op, preprocessing
 
 
+@contextlib.contextmanager
+def _frozen_bn_statistics(module: nn.Module):
+    """BatchNorm running statistics untouched while a checkpointed cell is recomputed (else
+    every step would update them twice)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
 def run_cell(cell: nn.Module, checkpointed: bool, *inputs):
     """cell(*inputs), optionally under activation checkpointing: only the cell's inputs are kept
     for backward and its inside is recomputed (torch.utils.checkpoint; RNG state replayed, so
-    drop path draws the same masks)."""
-    if checkpointed:
-        return checkpoint(cell, *inputs, use_reentrant=False)
-    return cell(*inputs)
+    drop path draws the same masks; BatchNorm statistics updated once)."""
+    if not checkpointed:
+        return cell(*inputs)
+    return checkpoint(cell, *inputs, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_statistics(cell)))
 
 
 def edge_key(node: int, source: int) -> str:

@@ -143,3 +143,19 @@ def test_bad_candidates_rejected():
         _net(stage_candidates("search1", 2), num_cells=2)
     with pytest.raises(ValueError, match="unknown stage"):
         stage_candidates("search3", 5)
+
+
+def test_checkpointed_cells_give_the_same_gradients_and_statistics():
+    nets = []
+    for checkpointing in (False, True):
+        net = _net(stage_candidates("search1", 5), auxiliary=True)  # same seed: same weights
+        net.grad_checkpoint = checkpointing
+        torch.manual_seed(1)
+        logits, aux = net(torch.randn(4, 3, 16, 16))
+        (logits.logsumexp(1).sum() + aux.sum()).backward()
+        nets.append(net)
+    plain, ckpt = nets
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+    for (name, b), c in zip(plain.named_buffers(), ckpt.buffers()):
+        assert torch.allclose(b.float(), c.float(), atol=1e-6), name  # running stats updated once
