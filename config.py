@@ -27,46 +27,24 @@ RESUME_NEUTRAL = {"device", "num_workers", "print_freq", "force", "debug", "data
 
 
 # -- argparse value types: each bad value gets a message naming the problem ---------------
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked(kind: type, ok, problem: str, name: str):
+    """An argparse type: parse `kind`, and reject values failing `ok` with `problem`."""
+    def parse(text: str):
+        value = _number(text, kind)
+        if not ok(value):  # `not ok` also rejects NaN
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+    parse.__name__ = name
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def ratio(text: str) -> float:
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def num_cells(text: str) -> int:
-    value = _number(text, int)
-    if value < 3:
-        raise argparse.ArgumentTypeError(f"must be >= 3 (a network has two reduction cells), got {text}")
-    return value
+positive_int = _checked(int, lambda v: v > 0, "must be a positive integer", "positive_int")
+non_negative_int = _checked(int, lambda v: v >= 0, "must be >= 0", "non_negative_int")
+non_negative_float = _checked(float, lambda v: v >= 0, "must be >= 0", "non_negative_float")
+positive_float = _checked(float, lambda v: v > 0, "must be > 0", "positive_float")
+ratio = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]", "ratio")
+num_cells = _checked(int, lambda v: v >= 3, "must be >= 3 (a network has two reduction cells)",
+                     "num_cells")
 
 
 def shape(text: str) -> tuple[int, int]:
