@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import torch
+import torch.nn as nn
 
 import genotypes as gt
 from models.augment_cnn import FinalNetwork
@@ -291,7 +292,9 @@ def _check_modules(model: FinalNetwork, entries: list, source: str) -> None:
         if mine is None:
             continue
         theirs = node.qualified.rsplit(".", 1)[-1]
-        if _SAME_ROLE.get(theirs, theirs) != type(mine).__name__:
+        # our fast-backward convolutions (models/fast_convs.py) are Conv2d subclasses
+        mine_kind = "Conv2d" if isinstance(mine, nn.Conv2d) else type(mine).__name__
+        if _SAME_ROLE.get(theirs, theirs) != mine_kind:
             raise LegacyCheckpointError(f"{source}: the authors' {a_name or 'network'} is a "
                                         f"{theirs}, our {o_name} a {type(mine).__name__}")
         for attr in _HYPER.get(theirs, ()):

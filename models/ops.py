@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.fast_convs import DepthwiseConv2d, concat_channels
+
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Zero whole samples with probability `drop_prob`, rescaling the rest (device-agnostic)."""
@@ -22,17 +24,36 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     return x * mask / keep
 
 
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """`scale * bn(x)` in one BatchNorm call: the scale joins BN's affine weight (and bias), so
+    a supernet's alpha weight costs no separate multiply and no saved copy of the BN output.
+    Running statistics are updated exactly as `bn(x)` would."""
+    if scale is None:
+        return bn(x)
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    # a contiguous weight: a stride-0 expanded one takes a 2x slower BatchNorm backward on CPU
+    weight = scale.expand(bn.num_features).contiguous() if bn.weight is None else bn.weight * scale
+    bias = None if bn.bias is None else bn.bias * scale
+    batch_stats = bn.training or bn.running_mean is None
+    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, batch_stats, momentum, bn.eps)
+
+
 class _ReLUFirst(nn.Module):
-    """An op whose `net` starts with a ReLU: `forward_after_relu` skips it, so a mixed op can
-    share one ReLU among all such candidates of an edge (same function, less work)."""
+    """An op `ReLU - ... - BN` held in `net`: `forward_after_relu` skips the ReLU, so a mixed op
+    can share one ReLU of its input among all such candidates, and takes the mixed op's weight
+    into the final BatchNorm (same function, less work)."""
 
     starts_with_relu = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.forward_after_relu(torch.relu(x))
 
-    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net[1:](x)
+    def forward_after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return scaled_batch_norm(self.net[-1], self.net[1:-1](x), scale)
 
 
 class StdConv(_ReLUFirst):
@@ -56,8 +77,7 @@ class DilConv(_ReLUFirst):
         super().__init__()
         self.net = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in,
-                      bias=False),
+            DepthwiseConv2d(c_in, kernel, stride, padding, dilation),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
@@ -77,10 +97,12 @@ class SepConv(nn.Module):
     starts_with_relu = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.forward_after_relu(torch.relu(x))
 
-    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net[1](self.net[0].forward_after_relu(x))
+    def forward_after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        # the inner ReLU may work in place: BatchNorm's backward needs its input, not its output
+        inner = torch.relu_(self.net[0].forward_after_relu(x))
+        return self.net[1].forward_after_relu(inner, scale)
 
 
 class FacConv(_ReLUFirst):
@@ -109,6 +131,8 @@ class PoolBN(nn.Module):
         else:
             raise ValueError(f"unknown pooling kind {kind!r}; use 'max' or 'avg'")
         self.bn = nn.BatchNorm2d(channels, affine=affine)
+        # without affine BN it has no weights: edges reading the same state may share it
+        self.weight_free = not affine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))
@@ -116,6 +140,8 @@ class PoolBN(nn.Module):
 
 class Identity(nn.Module):
     """The skip connection at stride 1."""
+
+    weight_free = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -138,7 +164,8 @@ class FactorizedReduce(nn.Module):
     """ReLU - two 1x1 convs at stride 2 on offset grids, concatenated - BN.
 
     The second path reads the input shifted by one pixel; padding it at the far edge makes
-    both paths ceil(H / 2) wide for odd H too (identical values for even H).
+    both paths ceil(H / 2) wide for odd H too (identical values for even H). The convs are
+    stride-2 nn.Conv2d modules (weights, state dict) applied as 1x1 convs of the samples.
     """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
@@ -155,9 +182,14 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_after_relu(self.relu(x))
 
-    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv1(x), self.conv2(shifted)], dim=1))
+    def forward_after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        # a strided 1x1 conv is a 1x1 conv of the strided samples; taking them first avoids
+        # the CPU library's slow strided backward
+        even = x[:, :, ::2, ::2]
+        odd = x[:, :, 1::2, 1::2]
+        odd = F.pad(odd, (0, even.shape[3] - odd.shape[3], 0, even.shape[2] - odd.shape[2]))
+        halves = [F.conv2d(even, self.conv1.weight), F.conv2d(odd, self.conv2.weight)]
+        return scaled_batch_norm(self.bn, concat_channels(halves), scale)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from models.fast_convs import concat_channels
 from models.ops import make_op, preprocessing
 
 
@@ -52,7 +53,11 @@ class MixedOp(nn.Module):
     """sum_i softmax(alpha)_i * op_i(x) over the edge's candidates (DARTS eq. 2).
 
     `none` is listed among the candidates (it has an alpha) but owns no module: its term is
-    zero, so its weight simply drops out of the sum and no compute is spent on it.
+    zero, so its weight simply drops out of the sum and no compute is spent on it. The same
+    function is computed with less work: ops starting with a ReLU read one ReLU of `x` shared
+    by every edge leaving that state, and take their weight inside their last BatchNorm;
+    weight-free ops (pooling with non-affine BN, identity) are computed once per state and
+    reused by every edge leaving it (`cache`, one dict per state and forward pass).
     """
 
     def __init__(self, channels: int, stride: int, op_names: list[str]):
@@ -66,20 +71,24 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleDict({name: make_op(name, channels, stride, affine=False)
                                   for name in op_names if name != "none"})
         self._index = [i for i, name in enumerate(op_names) if name != "none"]
-        # Candidates that start with a ReLU share one ReLU of the edge input.
-        self._share_relu = sum(getattr(op, "starts_with_relu", False) for op in self.ops.values()) > 1
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """`weights` holds one value per candidate, in `op_names` order."""
-        relu_x = torch.relu(x) if self._share_relu else None
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """`weights` holds one value per candidate, in `op_names` order; `cache` holds what
+        the edges leaving `x` share (the ReLU of `x`, weight-free ops' outputs)."""
+        cache = {} if cache is None else cache
         out = None
-        for i, op in zip(self._index, self.ops.values()):
-            if relu_x is not None and getattr(op, "starts_with_relu", False):
-                y = op.forward_after_relu(relu_x)
+        for i, (name, op) in zip(self._index, self.ops.items()):
+            if getattr(op, "weight_free", False):
+                if name not in cache:
+                    cache[name] = op(x)
+                term = weights[i] * cache[name]
+            elif getattr(op, "starts_with_relu", False):
+                if "relu" not in cache:
+                    cache["relu"] = torch.relu(x)
+                term = op.forward_after_relu(cache["relu"], weights[i])
             else:
-                y = op(x)
-            term = weights[i] * y
-            # every term is a fresh product that backward does not need: accumulate in place
+                term = weights[i] * op(x)
+            # every term is a fresh tensor that backward does not need: accumulate in place
             out = term if out is None else out.add_(term)
         if out is None:  # only `none`: the edge contributes zeros
             n, c, h, w = x.shape
@@ -109,15 +118,31 @@ class SearchCell(nn.Module):
             for j, op_names in enumerate(node_edges):
                 stride = 2 if reduction and j < 2 else 1
                 self.edges[edge_key(i, j)] = MixedOp(channels, stride, op_names)
+        self._share_weight_free_ops()
+
+    def _share_weight_free_ops(self) -> None:
+        """Edges leaving the same state hold one instance of each weight-free op (same
+        stride, same input, hence the same output and the same BatchNorm statistics), so the
+        cache of MixedOp.forward computes it once and its running statistics stay the ones
+        every edge would have."""
+        for j in range(self.num_nodes + 1):
+            first: dict[str, nn.Module] = {}
+            for i in range(max(j - 1, 0), self.num_nodes):
+                ops = self.edges[edge_key(i, j)].ops
+                for name, op in list(ops.items()):
+                    if getattr(op, "weight_free", False):
+                        ops[name] = first.setdefault(name, op)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor,
                 weights: list[list[torch.Tensor]]) -> torch.Tensor:
         """`weights[i][j]`: softmaxed alphas of edge j into node i."""
         states = [self.preproc0(s0), self.preproc1(s1)]
+        caches: list[dict] = [{}, {}]  # what the edges leaving each state share
         for i in range(self.num_nodes):
             node = None
             for j, h in enumerate(states):
-                term = self.edges[edge_key(i, j)](h, weights[i][j])
+                term = self.edges[edge_key(i, j)](h, weights[i][j], caches[j])
                 node = term if node is None else node.add_(term)  # mixed-op outputs are fresh
             states.append(node)
-        return torch.cat(states[2:], dim=1)
+            caches.append({})
+        return concat_channels(states[2:])
