@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from models.fast_convs import concat_channels
+from models.fast_convs import concat_channels, scale_by
 from models.ops import make_op, preprocessing
 
 
@@ -81,13 +81,13 @@ class MixedOp(nn.Module):
             if getattr(op, "weight_free", False):
                 if name not in cache:
                     cache[name] = op(x)
-                term = weights[i] * cache[name]
+                term = scale_by(cache[name], weights[i])
             elif getattr(op, "starts_with_relu", False):
                 if "relu" not in cache:
                     cache["relu"] = torch.relu(x)
                 term = op.forward_after_relu(cache["relu"], weights[i])
             else:
-                term = weights[i] * op(x)
+                term = scale_by(op(x), weights[i])
             # every term is a fresh tensor that backward does not need: accumulate in place
             out = term if out is None else out.add_(term)
         if out is None:  # only `none`: the edge contributes zeros

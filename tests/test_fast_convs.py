@@ -1,0 +1,207 @@
+"""The same numbers, less work: fast-backward convolutions, the alpha weight folded into
+BatchNorm, dense concat gradients, and per-state sharing inside a search cell."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.fast_convs import DepthwiseConv2d, concat_channels, depthwise_weight_grad
+from models.ops import FactorizedReduce, PoolBN, scaled_batch_norm
+from models.search_cells import SearchCell, edge_key
+from utils.speed import keep_freed_memory
+
+CASES = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]  # kernel, padding, dilation
+
+
+def _reference_grads(x, weight, grad, stride, padding, dilation):
+    """Input and weight gradients of torch's own depthwise convolution, in float64."""
+    x = x.detach().double().requires_grad_()
+    w = weight.detach().double().requires_grad_()
+    y = F.conv2d(x, w, None, stride, padding, dilation, w.shape[0])
+    return torch.autograd.grad(y, (x, w), grad.double())
+
+
+@pytest.mark.parametrize("kernel,padding,dilation", CASES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_forward_and_gradients_match_torch(kernel, padding, dilation, stride, size,
+                                                          channels_last):
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, kernel, stride, padding, dilation)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 6, size, size).to(memory_format=fmt).requires_grad_()
+    y = conv(x)
+    assert y.grad_fn.name().startswith("_DepthwiseConvFn")  # the fast path ran
+    plain = F.conv2d(x, conv.weight, None, stride, padding, dilation, 6)
+    assert torch.allclose(y, plain, atol=1e-6)
+    grad = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, conv.weight), grad)
+    rx, rw = _reference_grads(x, conv.weight, grad, stride, padding, dilation)
+    assert torch.allclose(gx.double(), rx, atol=1e-5)
+    assert torch.allclose(gw.double(), rw, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,padding,dilation", CASES)
+def test_depthwise_weight_grad_decomposition_matches_float64(kernel, padding, dilation):
+    torch.manual_seed(1)
+    x, grad = torch.randn(2, 5, 11, 11), torch.randn(2, 5, 11, 11)
+    _, truth = _reference_grads(x, torch.zeros(5, 1, kernel, kernel), grad, 1, padding, dilation)
+    ours = depthwise_weight_grad(grad, x, kernel, padding, dilation)
+    assert ours.dtype == torch.float32 and ours.shape == truth.shape
+    assert torch.allclose(ours.double(), truth, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,padding,dilation", CASES)
+def test_depthwise_weight_grad_is_right_under_bf16_autocast(kernel, padding, dilation):
+    # the CPU library's own bf16 weight gradient of a dilated depthwise conv is garbage
+    torch.manual_seed(2)
+    conv = DepthwiseConv2d(16, kernel, 1, padding, dilation)
+    x = torch.randn(8, 16, 16, 16).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    grad = torch.randn(y.shape)
+    y.backward(grad.to(y.dtype))
+    _, truth = _reference_grads(x, conv.weight, grad, 1, padding, dilation)
+    assert conv.weight.grad.dtype == torch.float32
+    rel = (conv.weight.grad.double() - truth).abs().max() / truth.abs().max()
+    assert rel < 3e-2, rel
+
+
+def test_depthwise_conv_without_grad_or_off_cpu_rules_is_plain_conv2d():
+    conv = DepthwiseConv2d(4, 3, 1, 1, 1)
+    with torch.no_grad():
+        y = conv(torch.randn(1, 4, 6, 6))
+    assert y.grad_fn is None
+    assert isinstance(conv, nn.Conv2d) and set(conv.state_dict()) == {"weight"}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_concat_channels_is_cat_with_dense_gradients(channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs = [torch.randn(2, c, 5, 5).to(memory_format=fmt).requires_grad_() for c in (3, 4, 2)]
+    y = concat_channels(xs)
+    assert torch.equal(y, torch.cat(xs, 1))
+    grad = torch.randn(2, 9, 5, 5).to(memory_format=fmt)
+    grads = torch.autograd.grad(y, xs, grad)
+    for g, ref in zip(grads, grad.split([3, 4, 2], 1)):
+        assert torch.equal(g, ref)
+        assert g.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_scaled_batch_norm_is_scale_times_bn_including_statistics_and_gradients(affine, momentum):
+    torch.manual_seed(3)
+    bn = nn.BatchNorm2d(4, affine=affine, momentum=momentum)
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    ref_bn = copy.deepcopy(bn)
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    scale = torch.tensor(0.37, requires_grad=True)
+    for _ in range(2):  # two steps: running statistics and the batch counter move alike
+        y = scaled_batch_norm(bn, x, scale)
+        ref = scale * ref_bn(x)
+    assert torch.allclose(y, ref, atol=1e-6)
+    grad = torch.randn_like(y)
+    ours = torch.autograd.grad(y, (x, scale), grad)
+    theirs = torch.autograd.grad(ref, (x, scale), grad)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(bn.running_mean, ref_bn.running_mean)
+    assert torch.allclose(bn.running_var, ref_bn.running_var)
+    assert int(bn.num_batches_tracked) == int(ref_bn.num_batches_tracked) == 2
+    bn.eval(), ref_bn.eval()
+    assert torch.allclose(scaled_batch_norm(bn, x, scale), scale * ref_bn(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_factorized_reduce_equals_strided_convs_on_offset_grids(size):
+    torch.manual_seed(4)
+    fr = FactorizedReduce(4, 6).eval()
+    x = torch.randn(2, 4, size, size)
+    shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+    relu = torch.relu
+    ref = fr.bn(torch.cat([fr.conv1(relu(x)), fr.conv2(relu(shifted))], 1))
+    assert torch.allclose(fr(x), ref, atol=1e-6)
+
+
+def _cell(candidates_per_edge):
+    torch.manual_seed(5)
+    nodes = [[list(candidates_per_edge) for _ in range(i + 2)] for i in range(3)]
+    return SearchCell(nodes, 8, 8, 4, reduction=False, reduction_prev=False)
+
+
+def _naive_cell_output(cell, s0, s1, weights):
+    """The cell computed edge by edge, every op called on its own (no sharing, no folding)."""
+    states = [cell.preproc0(s0), cell.preproc1(s1)]
+    for i in range(cell.num_nodes):
+        node = 0
+        for j, h in enumerate(states):
+            mixed = cell.edges[edge_key(i, j)]
+            for w, name in zip(weights[i][j], mixed.op_names):
+                if name != "none":
+                    node = node + w * mixed.ops[name](h)
+        states.append(node)
+    return torch.cat(states[2:], 1)
+
+
+def test_search_cell_shares_weight_free_ops_per_state_and_computes_the_naive_function():
+    ops = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
+    cell = _cell(ops)
+    # every edge leaving state 1 holds the same pooling module; different states differ
+    pools = [cell.edges[edge_key(i, 1)].ops["max_pool_3x3"] for i in range(3)]
+    assert all(p is pools[0] for p in pools) and isinstance(pools[0], PoolBN)
+    assert cell.edges[edge_key(0, 0)].ops["max_pool_3x3"] is not pools[0]
+    assert cell.edges[edge_key(0, 0)].ops["sep_conv_3x3"] is not cell.edges[edge_key(1, 0)].ops["sep_conv_3x3"]
+    torch.manual_seed(6)
+    s0, s1 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    weights = [[torch.softmax(torch.randn(len(ops)), 0) for _ in range(i + 2)] for i in range(3)]
+    cell.train()
+    y = cell(s0, s1, weights)
+    # one training forward updates each shared BatchNorm once
+    assert int(pools[0].bn.num_batches_tracked) == 1
+    cell.eval()
+    assert torch.allclose(cell(s0, s1, weights), _naive_cell_output(cell, s0, s1, weights), atol=1e-5)
+    assert y.shape == (2, 12, 6, 6)
+
+
+def test_search_cell_gradients_match_the_naive_cell():
+    ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
+    cell = _cell(ops).train()
+    naive = copy.deepcopy(cell)
+    s0, s1 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    alphas = [[torch.randn(len(ops), requires_grad=True) for _ in range(i + 2)] for i in range(3)]
+    grad = torch.randn(2, 12, 6, 6)
+    ours = cell(s0, s1, [[a.softmax(0) for a in node] for node in alphas])
+    flat = [a for node in alphas for a in node]
+    g_ours = torch.autograd.grad(ours, flat + list(cell.parameters()), grad)
+    theirs = _naive_cell_output(naive, s0, s1, [[a.softmax(0) for a in node] for node in alphas])
+    g_theirs = torch.autograd.grad(theirs, flat + list(naive.parameters()), grad)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    for a, b in zip(g_ours, g_theirs):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_keep_freed_memory_reports_whether_it_applied():
+    assert keep_freed_memory() in (True, False)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scale_by_matches_multiplication_and_its_gradients(channels_last):
+    from models.fast_convs import scale_by
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 4, 5).to(memory_format=fmt).requires_grad_()
+    w = torch.tensor(0.7, requires_grad=True)
+    grad = torch.randn(2, 3, 4, 5).to(memory_format=fmt)
+    ours = torch.autograd.grad(scale_by(x, w), (x, w), grad)
+    theirs = torch.autograd.grad(x * w, (x, w), grad)
+    assert torch.allclose(ours[0], theirs[0]) and torch.allclose(ours[1], theirs[1], atol=1e-5)
+    # a gradient laid out unlike x takes the general path, with the same result
+    other = torch.autograd.grad(scale_by(x, w), (x, w), grad.contiguous(memory_format=torch.contiguous_format
+                                                                          if channels_last else torch.channels_last))
+    assert torch.allclose(other[1], theirs[1], atol=1e-5)
