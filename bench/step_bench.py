@@ -2,7 +2,7 @@
 configuration and speed-flag variant in a fresh process (bench/search_step.py and
 bench/augment_step.py pick the configurations).
 
-    python bench/step_bench.py --configs search1,search2,augment --variants base,cl,bf16,bf16+cl,ckpt
+    python bench/step_bench.py --configs search1,search2,augment --variants base,cl,cl+ckpt,cl+bf16
 
 search1: 14-cell supernet, one-level step (forward, backward, alpha and weight updates), batch
 64, 16 channels. search2: 20 cells, every edge given the separable group (sep_conv_3x3,
@@ -10,7 +10,8 @@ sep_conv_5x5, none): the heaviest stage-2 supernet. augment: DARTS_V2, 20 cells,
 batch 96, auxiliary head (weight 0.4), drop path 0.2. CIFAR-sized inputs. Variants: base
 (float32, NCHW), cl (--channels_last), bf16 (--amp bf16), fp16, ckpt (--grad_checkpoint),
 compile (--compile), combined with '+'. Peak memory is the process's peak RSS on CPU, max
-allocated on CUDA. The network code always shares one ReLU per edge and sums in place.
+allocated on CUDA. The network code's own savings (shared ReLUs and weight-free ops, alpha
+weights inside BatchNorm, the CPU backward paths of models/fast_convs.py) are always on.
 """
 from __future__ import annotations
 
