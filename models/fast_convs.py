@@ -145,9 +145,18 @@ def _dense_alike(a: torch.Tensor, b: torch.Tensor) -> bool:
     return dense and a.stride() == b.stride() and a.dtype == b.dtype
 
 
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum(grad * x): one dot product over the memory of dense float32/64 tensors laid out
+    alike, else the product and its sum."""
+    if x.dtype in (torch.float32, torch.float64) and _dense_alike(x, grad):
+        flat = (x.numel(),), (1,)
+        return torch.dot(grad.as_strided(*flat), x.as_strided(*flat))
+    return (grad * x).sum()
+
+
 class _ScaleFn(torch.autograd.Function):
-    """x * w for a 0-dim w whose gradient is one dot product over x's memory (float32/64)
-    rather than a product tensor and its sum: 2.3x faster forward+backward on CPU."""
+    """x * w for a 0-dim w, whose gradient is `_weight_grad` (2.3x faster forward+backward
+    on CPU than autograd's multiply)."""
 
     @staticmethod
     def forward(ctx, x, w):
@@ -158,16 +167,30 @@ class _ScaleFn(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         grad_x = grad * w if ctx.needs_input_grad[0] else None
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            if x.dtype in (torch.float32, torch.float64) and _dense_alike(x, grad):
-                flat = (x.numel(),), (1,)
-                grad_w = torch.dot(grad.as_strided(*flat), x.as_strided(*flat))
-            else:
-                grad_w = (grad * x).sum()
+        grad_w = _weight_grad(grad, x) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w
 
 
-def scale_by(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x * w for a 0-dim tensor w (a mixed op's weight), with a cheaper backward."""
-    return _ScaleFn.apply(x, w) if torch.is_grad_enabled() and w.dim() == 0 else x * w
+class _AddScaledFn(torch.autograd.Function):
+    """out += x * w in place for a 0-dim w: no product tensor is made."""
+
+    @staticmethod
+    def forward(ctx, out, x, w):
+        ctx.save_for_backward(x, w)
+        ctx.mark_dirty(out)
+        return out.addcmul_(x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = grad * w if ctx.needs_input_grad[1] else None
+        grad_w = _weight_grad(grad, x) if ctx.needs_input_grad[2] else None
+        return grad, grad_x, grad_w
+
+
+def scale_by(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x * w for a 0-dim tensor w (a mixed op's weight), with a cheaper backward; given `out`
+    (a fresh tensor that backward does not need), out += x * w in place and return it."""
+    if not torch.is_grad_enabled() or w.dim() != 0:
+        return x * w if out is None else out.add_(x * w)
+    return _ScaleFn.apply(x, w) if out is None else _AddScaledFn.apply(out, x, w)

@@ -70,26 +70,32 @@ class MixedOp(nn.Module):
         self.stride = stride
         self.ops = nn.ModuleDict({name: make_op(name, channels, stride, affine=False)
                                   for name in op_names if name != "none"})
-        self._index = [i for i, name in enumerate(op_names) if name != "none"]
+        indexed = [(i, name) for i, name in enumerate(op_names) if name != "none"]
+        self._weight_free = [(i, name) for i, name in indexed
+                             if getattr(self.ops[name], "weight_free", False)]
+        self._parametric = [(i, name) for i, name in indexed if (i, name) not in self._weight_free]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """`weights` holds one value per candidate, in `op_names` order; `cache` holds what
         the edges leaving `x` share (the ReLU of `x`, weight-free ops' outputs)."""
         cache = {} if cache is None else cache
         out = None
-        for i, (name, op) in zip(self._index, self.ops.items()):
-            if getattr(op, "weight_free", False):
-                if name not in cache:
-                    cache[name] = op(x)
-                term = scale_by(cache[name], weights[i])
-            elif getattr(op, "starts_with_relu", False):
+        # ops with weights first: each yields a fresh tensor, which backward does not need,
+        # to accumulate into in place; the weight-free ops' shared outputs are then added
+        # to it scaled, without a product tensor
+        for i, name in self._parametric:
+            op = self.ops[name]
+            if getattr(op, "starts_with_relu", False):
                 if "relu" not in cache:
                     cache["relu"] = torch.relu(x)
                 term = op.forward_after_relu(cache["relu"], weights[i])
             else:
                 term = scale_by(op(x), weights[i])
-            # every term is a fresh tensor that backward does not need: accumulate in place
             out = term if out is None else out.add_(term)
+        for i, name in self._weight_free:
+            if name not in cache:
+                cache[name] = self.ops[name](x)
+            out = scale_by(cache[name], weights[i], out)
         if out is None:  # only `none`: the edge contributes zeros
             n, c, h, w = x.shape
             s = self.stride
@@ -133,10 +139,15 @@ class SearchCell(nn.Module):
                     if getattr(op, "weight_free", False):
                         ops[name] = first.setdefault(name, op)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor,
-                weights: list[list[torch.Tensor]]) -> torch.Tensor:
-        """`weights[i][j]`: softmaxed alphas of edge j into node i."""
-        states = [self.preproc0(s0), self.preproc1(s1)]
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: list[list[torch.Tensor]],
+                inputs_relued: bool = False) -> torch.Tensor:
+        """`weights[i][j]`: softmaxed alphas of edge j into node i. With `inputs_relued`, s0
+        and s1 are already ReLU'd (the network applies one ReLU to each cell output for the
+        two cells that read it)."""
+        if inputs_relued:
+            states = [self.preproc0.forward_after_relu(s0), self.preproc1.forward_after_relu(s1)]
+        else:
+            states = [self.preproc0(s0), self.preproc1(s1)]
         caches: list[dict] = [{}, {}]  # what the edges leaving each state share
         for i in range(self.num_nodes):
             node = None
