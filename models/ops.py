@@ -21,7 +21,7 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
         return x
     keep = 1.0 - drop_prob
     mask = x.new_empty(x.size(0), 1, 1, 1).bernoulli_(keep)
-    return x * mask / keep
+    return x * mask.div_(keep)  # one pass over x
 
 
 def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

@@ -205,3 +205,28 @@ def test_scale_by_matches_multiplication_and_its_gradients(channels_last):
     other = torch.autograd.grad(scale_by(x, w), (x, w), grad.contiguous(memory_format=torch.contiguous_format
                                                                           if channels_last else torch.channels_last))
     assert torch.allclose(other[1], theirs[1], atol=1e-5)
+
+
+def test_final_cell_in_place_sums_leave_identity_inputs_intact_and_match_naive_sums():
+    from models.augment_cells import FinalCell
+    torch.manual_seed(7)
+    ops = [("skip_connect", 0), ("skip_connect", 1), ("sep_conv_3x3", 2), ("skip_connect", 0),
+           ("max_pool_3x3", 3), ("skip_connect", 2), ("dil_conv_3x3", 1), ("skip_connect", 4)]
+    cell = FinalCell(ops, [2, 3, 4, 5], 8, 8, 4, reduction=False, reduction_prev=False).train()
+    s0 = torch.randn(2, 8, 6, 6, requires_grad=True)
+    s1 = torch.randn(2, 8, 6, 6, requires_grad=True)
+    y = cell(s0, s1)
+
+    def naive(a, b):
+        states = [cell.preproc0(a), cell.preproc1(b)]
+        for node_ops, sources in zip(cell.nodes, cell.inputs):
+            states.append(sum(op(states[src]) for op, src in zip(node_ops, sources)))
+        return torch.cat(states[2:], 1)
+
+    ref = naive(s0, s1)
+    assert torch.allclose(y, ref, atol=1e-5)
+    grad = torch.randn_like(y)
+    ours = torch.autograd.grad(y, (s0, s1), grad)
+    theirs = torch.autograd.grad(ref, (s0, s1), grad)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-4)
