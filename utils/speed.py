@@ -29,7 +29,7 @@ def add_speed_args(p: argparse.ArgumentParser, training: bool = True) -> None:
                        help="torch.compile the network (slow first steps; opt-in)")
         g.add_argument("--grad_checkpoint", action="store_true",
                        help="recompute each cell in backward instead of keeping its activations "
-                            "(a third of the memory or less, ~25%% less speed)")
+                            "(16-35%% of the memory, 25-30%% less speed)")
 
 
 def channels_last_for(args: argparse.Namespace, device: torch.device) -> bool:
