@@ -176,3 +176,10 @@ def test_test_py_on_an_authors_file_and_its_export(tmp_path):
     assert _test(tmp_path, "--checkpoint", str(tmp_path / "ours.pt"), *data) == 0
     ours = json.loads((tmp_path / "t" / "test" / "results.json").read_text())
     assert ours["source"] == "ours" and ours["test_loss"] == pytest.approx(authors["test_loss"], rel=1e-6)
+
+
+def test_bf16_autocast_training_on_cpu(tmp_path, cifar):
+    # DARTS_V2 has separable, dilated, pooling and skip ops: all under bf16 autocast on CPU
+    assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--amp", "bf16") == 0
+    record = json.loads((tmp_path / "net" / "augment" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["loss"] == record["loss"] and 0 < record["loss"] < 10

@@ -162,3 +162,13 @@ def test_custom_groups(tmp_path):
     alphas2 = gt.load_alphas(tmp_path / "exp" / "search2" / "alphas.json")
     assert all(e["ops"] in (groups["pool"]["members"], groups["conv"]["members"])
                for n in alphas2["normal"] for e in n)
+
+
+def test_bf16_autocast_search_on_cpu_trains_with_finite_alphas(tmp_path):
+    # every op of the DARTS space, under bf16 autocast on CPU (the fast backward paths included)
+    assert _run(tmp_path, "darts", "--amp", "bf16", "--optimization", "one-level", epochs=1) == 0
+    alphas = gt.load_alphas(tmp_path / "exp" / "darts" / "alphas.json")
+    values = [v for n in alphas["normal"] for e in n for v in e["alphas"]]
+    assert all(abs(v) < 1.0 for v in values) and any(v != 0.0 for v in values)
+    record = json.loads((tmp_path / "exp" / "darts" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss"] == record["loss"] and record["loss"] < 10  # finite, not NaN
