@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from models.fast_convs import concat_channels
-from models.ops import Identity, drop_path, make_op, preprocessing
+from models.ops import Identity, drop_path, make_op, preprocess, preprocessing
 
 
 class FinalCell(nn.Module):
@@ -41,12 +41,8 @@ class FinalCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0,
                 inputs_relued: bool = False) -> torch.Tensor:
-        """With `inputs_relued`, s0 and s1 are already ReLU'd (the network applies one ReLU
-        to each cell output for the two cells that read it)."""
-        if inputs_relued:
-            states = [self.preproc0.forward_after_relu(s0), self.preproc1.forward_after_relu(s1)]
-        else:
-            states = [self.preproc0(s0), self.preproc1(s1)]
+        """With `inputs_relued`, s0 and s1 are already ReLU'd (see ops.preprocess)."""
+        states = preprocess(self.preproc0, self.preproc1, s0, s1, inputs_relued)
         for i, (ops, sources) in enumerate(zip(self.nodes, self.inputs)):
             node = None
             for k, (op, src) in enumerate(zip(ops, sources)):

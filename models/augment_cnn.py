@@ -77,8 +77,9 @@ class _FinalBase(nn.Module):
 
     def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
         aux_logits = None
-        r0, r1 = torch.relu(s0), (torch.relu(s1) if s1 is not s0 else None)
-        r1 = r0 if r1 is None else r1  # every cell output is read ReLU'd, by the next two cells
+        # every cell output is read ReLU'd, by the next two cells: one ReLU each
+        r0 = torch.relu(s0)
+        r1 = r0 if s1 is s0 else torch.relu(s1)
         for i, cell in enumerate(self.cells):
             s1 = run_cell(cell, self.grad_checkpoint and self.training, r0, r1,
                           self.drop_path_prob, True)

@@ -82,9 +82,7 @@ class _DepthwiseConvFn(torch.autograd.Function):
         stride, padding, dilation = ctx.conf
         channels, kernel = weight.shape[0], weight.shape[-1]
         if stride > 1:  # the stride-1 output gradient: zeros between the strided samples
-            full = grad.new_zeros(x.shape, dtype=grad.dtype).contiguous(
-                memory_format=torch.channels_last if grad.is_contiguous(
-                    memory_format=torch.channels_last) else torch.contiguous_format)
+            full = torch.zeros_like(x, dtype=grad.dtype)  # in x's memory format
             full[:, :, ::stride, ::stride] = grad
             grad = full
         grad_x = grad_w = None

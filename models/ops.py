@@ -229,3 +229,12 @@ def preprocessing(c_prev_prev: int, c_prev: int, channels: int, reduction_prev: 
     else:
         pre0 = StdConv(c_prev_prev, channels, 1, 1, 0, affine)
     return pre0, StdConv(c_prev, channels, 1, 1, 0, affine)
+
+
+def preprocess(pre0: nn.Module, pre1: nn.Module, s0: torch.Tensor, s1: torch.Tensor,
+               inputs_relued: bool) -> list[torch.Tensor]:
+    """The cell's two input states; with `inputs_relued`, s0 and s1 are already ReLU'd (the
+    network applies one ReLU to each cell output for the two cells that read it)."""
+    if inputs_relued:
+        return [pre0.forward_after_relu(s0), pre1.forward_after_relu(s1)]
+    return [pre0(s0), pre1(s1)]

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from models.fast_convs import concat_channels, scale_by
-from models.ops import make_op, preprocessing
+from models.ops import make_op, preprocess, preprocessing
 
 
 @contextlib.contextmanager
@@ -142,12 +142,8 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: list[list[torch.Tensor]],
                 inputs_relued: bool = False) -> torch.Tensor:
         """`weights[i][j]`: softmaxed alphas of edge j into node i. With `inputs_relued`, s0
-        and s1 are already ReLU'd (the network applies one ReLU to each cell output for the
-        two cells that read it)."""
-        if inputs_relued:
-            states = [self.preproc0.forward_after_relu(s0), self.preproc1.forward_after_relu(s1)]
-        else:
-            states = [self.preproc0(s0), self.preproc1(s1)]
+        and s1 are already ReLU'd (see ops.preprocess)."""
+        states = preprocess(self.preproc0, self.preproc1, s0, s1, inputs_relued)
         caches: list[dict] = [{}, {}]  # what the edges leaving each state share
         for i in range(self.num_nodes):
             node = None
