@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from utils.data import get_dataset, make_loader, split_indices
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, loss_and_logits, train_epoch
 from utils.logging import run_info
+from utils.schedules import lr_schedule
 from utils.stage import GracefulStop, StageRun, check_same_config
 
 CHECKPOINT_FORMAT = "stacnas-final-1"
@@ -52,21 +52,6 @@ def load_genotype(args: argparse.Namespace):
     return gt.load_genotype(args.genotype)
 
 
-def power_cosine(epoch: int, epochs: int, lr: float, lr_min: float, p: float = 2.0) -> float:
-    """Cosine power annealing (sharpDARTS; the authors' --power_lr, p = 2): lr at `epoch`."""
-    cos = (1 + math.cos(math.pi * epoch / epochs)) / 2
-    return lr_min + (lr - lr_min) * (p ** cos - 1) / (p - 1)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
-    if args.power_lr:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: power_cosine(e, args.epochs, args.lr, args.lr_min) / args.lr)
-    if args.dataset == "imagenet":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_gamma)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr_min)
-
-
 class Augment:
     """Data, network, optimiser and outputs of one training run."""
 
@@ -77,9 +62,12 @@ class Augment:
         self.dist = ranks if ranks.enabled else None
         seed_everything(args.seed, args.deterministic)
         genotype = load_genotype(args)
-        spec_kwargs = dict(synthetic=config.synthetic_spec(args))
-        self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True, transform="train",
-                                           cutout=args.cutout, auto_aug=args.auto_aug, **spec_kwargs)
+        spec_kwargs = dict(synthetic=config.synthetic_spec(args), download=not args.no_download,
+                           log=log)
+        with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
+            self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
+                                               transform="train", cutout=args.cutout,
+                                               auto_aug=args.auto_aug, **spec_kwargs)
         self.eval_train_set, _ = get_dataset(args.dataset, args.data_dir, train=True,
                                              transform="eval", **spec_kwargs)
         self.test_set, _ = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
@@ -105,7 +93,9 @@ class Augment:
         self.forward_model = speed.maybe_compile(distributed.wrap(self.model, ranks, device), args)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, args)
+        self.scheduler = lr_schedule(self.optimizer, args.epochs, args.lr, args.lr_min,
+                                     power=args.power_lr,
+                                     gamma=args.lr_gamma if args.dataset == "imagenet" else None)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
         self.eval_criterion = nn.CrossEntropyLoss()
         self.best = {"valid_top1": None, "epoch": None}

@@ -22,8 +22,11 @@ SEARCH_DEFAULTS = {
 }
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
-RESUME_NEUTRAL = {"device", "num_workers", "print_freq", "force", "debug", "data_dir", "save_dir",
-                  "run_dir", "stage_dir", "search1_dir", "genotype", "resume"}
+RESUME_NEUTRAL = {"device", "gpu", "num_workers", "print_freq", "force", "debug", "data_dir",
+                  "save_dir", "run_dir", "stage_dir", "search1_dir", "genotype", "resume",
+                  "no_download"}
+# Cells have this many intermediate nodes (the DARTS space; the authors' --num_nodes).
+NUM_NODES = 4
 
 
 # -- argparse value types: each bad value gets a message naming the problem ---------------
@@ -45,6 +48,26 @@ positive_float = _checked(float, lambda v: v > 0, "must be > 0", "positive_float
 ratio = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]", "ratio")
 num_cells = _checked(int, lambda v: v >= 3, "must be >= 3 (a network has two reduction cells)",
                      "num_cells")
+num_nodes = _checked(int, lambda v: v == NUM_NODES,
+                     f"only {NUM_NODES} intermediate nodes per cell are supported (the DARTS space "
+                     "the paper searches)", "num_nodes")
+
+
+def dataset_name(text: str) -> str:
+    """Dataset names are case-insensitive (`CIFAR10` works, as with the authors' scripts)."""
+    return text.lower()
+
+
+def only_stage(stage: str, script: str, elsewhere: str):
+    """`--stage` of a script with one stage: that name is accepted (the authors' commands pass
+    it), any other is an error pointing to the script that runs it."""
+    def parse(text: str) -> str:
+        if text.lower() != stage:
+            raise argparse.ArgumentTypeError(f"{script} runs --stage {stage} only, got {text!r}; "
+                                             f"{elsewhere}")
+        return stage
+    parse.__name__ = "stage"
+    return parse
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -80,10 +103,14 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     g.add_argument("--save_dir", default="runs", help="folder holding all runs")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available, else cpu")
+    g.add_argument("--gpu", type=non_negative_int, default=None, metavar="N",
+                   help="run on CUDA device N (the authors' flag; an error without CUDA); "
+                        "default: --device decides")
     g.add_argument("--seed", type=non_negative_int, default=2, help="random seed")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (bitwise-reproducible CPU runs; slower on GPU)")
-    g.add_argument("--print_freq", type=positive_int, default=50, help="log a line every N steps")
+    g.add_argument("--print_freq", "--report_freq", dest="print_freq", type=positive_int, default=50,
+                   help="log a line every N steps")
     g.add_argument("--force", action="store_true",
                    help="rerun a finished stage / resume despite a changed configuration")
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -92,9 +119,14 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
                        help="resume from this checkpoint (e.g. checkpoint.prev.pt when checkpoint.pt "
                             "is damaged); default: the stage folder's checkpoint.pt if present")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset")
+    d.add_argument("--dataset", type=dataset_name, default="cifar10", choices=DATASETS,
+                   help="dataset (case-insensitive); cifar10/cifar100/mnist/fashionmnist are "
+                        "downloaded into --data_dir when absent")
     d.add_argument("--data_dir", default="data",
                    help="dataset root (torchvision layouts; ImageFolder with train/ and val/ or test/)")
+    d.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
+                   help="never download a dataset; use what is in --data_dir (Fashion-MNIST also "
+                        "from Debian's dataset-fashion-mnist package)")
     d.add_argument("--batch_size", type=positive_int, default=None, help=batch_size_help)
     d.add_argument("--subset", type=positive_int, default=None,
                    help="use only the first N training images (quick experiments)")
@@ -125,6 +157,7 @@ def search_parser() -> argparse.ArgumentParser:
     n.add_argument("--num_cells", type=num_cells, default=None,
                    help="cells (default: search1 14, search2 20, darts 8)")
     n.add_argument("--init_channels", type=positive_int, default=None, help="initial channels (default 16)")
+    add_num_nodes(n)
     n.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="one set of alphas for all normal cells and one for all reduction cells "
                         "(the paper's setting); --no-alpha_share: one set per cell")
@@ -133,6 +166,10 @@ def search_parser() -> argparse.ArgumentParser:
                         "e.g. feature.py's groups.json; default: the paper's groups")
     n.add_argument("--search1_dir", metavar="DIR", default=None,
                    help="search2: folder with search1's alphas.json (default <save_dir>/<name>/search1)")
+    n.add_argument("--identity_group", choices=["single", "released"], default="single",
+                   help="search2: the identity group's candidates; single: skip_connect, none (the "
+                        "paper); released: skip_connect twice, then none, as the authors' released "
+                        "code lists them (two alphas, two FactorizedReduce at stride 2)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: 80; darts 50)")
     o.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
@@ -143,18 +180,48 @@ def search_parser() -> argparse.ArgumentParser:
     o.add_argument("--train_ratio", type=ratio, default=None,
                    help="share of the training set used for training; the rest is the held-out split "
                         "(default: 1.0; darts 0.5). Bilevel needs < 1")
-    o.add_argument("--w_lr", type=positive_float, default=0.025, help="weight learning rate (SGD)")
-    o.add_argument("--w_lr_min", type=non_negative_float, default=0.001, help="cosine schedule's final lr")
-    o.add_argument("--w_momentum", type=non_negative_float, default=0.9, help="SGD momentum")
-    o.add_argument("--w_weight_decay", type=non_negative_float, default=3e-4, help="weight decay")
+    o.add_argument("--alphas_from", choices=["auto", "best", "last"], default="auto",
+                   help="which epoch's alphas become alphas.json and the genotype: best = the epoch "
+                        "with the best held-out top-1 (the authors' alphas_best), last = the final "
+                        "epoch; auto = best for search1/search2 with a held-out split, else last")
+    o.add_argument("--w_lr", "--learning_rate", dest="w_lr", type=positive_float, default=0.025,
+                   help="weight learning rate (SGD)")
+    o.add_argument("--w_lr_min", "--learning_rate_min", dest="w_lr_min", type=non_negative_float,
+                   default=0.001, help="cosine schedule's final lr")
+    o.add_argument("--power_lr", action="store_true",
+                   help="cosine power annealing (p=2) instead of plain cosine")
+    o.add_argument("--w_momentum", "--momentum", dest="w_momentum", type=non_negative_float,
+                   default=0.9, help="SGD momentum")
+    o.add_argument("--w_weight_decay", "--weight_decay", dest="w_weight_decay",
+                   type=non_negative_float, default=3e-4, help="weight decay")
     o.add_argument("--grad_clip", type=positive_float, default=None,
                    help="clip the weights' gradient norm (default: 3; darts 5)")
-    o.add_argument("--alpha_lr", type=positive_float, default=3e-4, help="alpha learning rate (Adam)")
+    o.add_argument("--alpha_lr", "--alpha_learning_rate", dest="alpha_lr", type=positive_float,
+                   default=3e-4, help="alpha learning rate (Adam)")
     o.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3, help="alpha weight decay")
     o.add_argument("--aux_weight", type=non_negative_float, default=0.0,
                    help="weight of an auxiliary head's loss (0 = no auxiliary head)")
+    o.add_argument("--label_smooth", type=non_negative_float, default=0.0, help="label smoothing")
+    d = p.add_argument_group("augmentation (training images)")
+    d.add_argument("--cutout", "--cutout_length", dest="cutout", type=non_negative_int, default=0,
+                   help="cutout length in pixels, 0 = off")
+    d.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
     add_speed_args(p)
     return p
+
+
+def add_num_nodes(group) -> None:
+    group.add_argument("--num_nodes", type=num_nodes, default=NUM_NODES,
+                       help=f"intermediate nodes per cell (the authors' flag; only {NUM_NODES}, the "
+                            "DARTS space, is supported)")
+
+
+def check_regularisers(args: argparse.Namespace) -> None:
+    """Values argparse's types cannot judge alone."""
+    if args.label_smooth >= 1:
+        raise argparse.ArgumentTypeError(f"--label_smooth must be below 1, got {args.label_smooth}")
+    if args.auto_aug and args.dataset not in ("cifar10", "cifar100"):
+        raise argparse.ArgumentTypeError("--auto_aug (AutoAugment's CIFAR-10 policy) is for cifar10/cifar100")
 
 
 def resolve_search(args: argparse.Namespace) -> argparse.Namespace:
@@ -174,6 +241,12 @@ def resolve_search(args: argparse.Namespace) -> argparse.Namespace:
         raise argparse.ArgumentTypeError("--groups applies to --stage search1 only")
     if args.search1_dir and args.stage != "search2":
         raise argparse.ArgumentTypeError("--search1_dir applies to --stage search2 only")
+    if args.alphas_from == "best" and args.train_ratio >= 1:
+        raise argparse.ArgumentTypeError("--alphas_from best needs a held-out split: pass --train_ratio "
+                                         "below 1 (e.g. 0.9)")
+    if args.identity_group != "single" and args.stage != "search2":
+        raise argparse.ArgumentTypeError("--identity_group applies to --stage search2 only")
+    check_regularisers(args)
     set_paths(args, args.stage)
     if args.stage == "search2" and args.search1_dir is None:
         args.search1_dir = os.path.join(args.run_dir, "search1")
@@ -185,10 +258,21 @@ def set_paths(args: argparse.Namespace, stage: str) -> None:
     args.stage_dir = os.path.join(args.run_dir, stage)
 
 
+def select_gpu(args: argparse.Namespace) -> None:
+    """`--gpu N` (the authors' flag) means `--device cuda:N`; with `--device cpu` it is a contradiction."""
+    if getattr(args, "gpu", None) is None:
+        return
+    if args.device == "cpu":
+        raise argparse.ArgumentTypeError(f"--gpu {args.gpu} asks for CUDA device {args.gpu} but "
+                                         "--device cpu was given; drop one of them")
+    args.device = f"cuda:{args.gpu}"
+
+
 def parse(parser: argparse.ArgumentParser, resolve, argv: list[str] | None) -> argparse.Namespace:
     """parse_args (strict: misspelt flags fail) then `resolve`; its errors exit 2 like argparse's."""
     args = parser.parse_args(argv)
     try:
+        select_gpu(args)
         return resolve(args)
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
@@ -207,11 +291,17 @@ def save_config(args: argparse.Namespace, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+# Options added after runs were made: a config.json without them ran with these values.
+LATER_OPTIONS = {"num_nodes": NUM_NODES, "label_smooth": 0.0, "cutout": 0, "auto_aug": False,
+                 "power_lr": False, "alphas_from": "auto", "identity_group": "single"}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Options whose values differ between a run folder's config and this command."""
+    saved = {**LATER_OPTIONS, **saved}
     keys = (set(saved) | set(current)) - RESUME_NEUTRAL
-    return [f"--{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
-            if saved.get(k) != current.get(k)]
+    return [f"--{k}: {saved.get(k)!r} -> {current.get(k, LATER_OPTIONS.get(k))!r}"
+            for k in sorted(keys) if saved.get(k) != current.get(k, LATER_OPTIONS.get(k))]
 
 
 # -- augment.py ----------------------------------------------------------------------------
@@ -228,6 +318,8 @@ AUGMENT_DEFAULTS = {
 
 def augment_parser() -> argparse.ArgumentParser:
     p = new_parser("augment.py", "Train a found (or named) genotype from scratch and evaluate it.")
+    p.add_argument("--stage", type=only_stage("augment", "augment.py", "searches run with search.py"),
+                   default="augment", help="accepted for the authors' commands: augment only")
     add_common_args(p, "batch size (default: 96; imagenet 128)")
     g = p.add_argument_group("architecture")
     src = g.add_mutually_exclusive_group()
@@ -238,12 +330,18 @@ def augment_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_cells", type=num_cells, default=None, help="cells (default: 20; imagenet 14)")
     g.add_argument("--init_channels", type=positive_int, default=None,
                    help="initial channels (default: 36; imagenet 48)")
+    add_num_nodes(g)
+    g.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=None,
+                   help="accepted for the authors' commands; the genotype file decides whether "
+                        "all cells share one genotype or each cell has its own")
     g.add_argument("--keep_zero", action="store_true",
                    help="a learned gate on every kept edge (the authors' unpublished 'keep ZERO')")
     o = p.add_argument_group("training")
     o.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: 600; imagenet 250)")
-    o.add_argument("--lr", type=positive_float, default=None, help="initial SGD lr (default: 0.025; imagenet 0.1)")
-    o.add_argument("--lr_min", type=non_negative_float, default=None, help="final lr of the cosine schedules")
+    o.add_argument("--lr", "--learning_rate", dest="lr", type=positive_float, default=None,
+                   help="initial SGD lr (default: 0.025; imagenet 0.1)")
+    o.add_argument("--lr_min", "--learning_rate_min", dest="lr_min", type=non_negative_float,
+                   default=None, help="final lr of the cosine schedules")
     o.add_argument("--lr_gamma", type=positive_float, default=0.97,
                    help="imagenet: lr decay per epoch (exponential schedule)")
     o.add_argument("--power_lr", action="store_true",
@@ -254,9 +352,9 @@ def augment_parser() -> argparse.ArgumentParser:
     o.add_argument("--grad_clip", type=positive_float, default=None, help="gradient-norm clip (default 5)")
     o.add_argument("--aux_weight", type=non_negative_float, default=None,
                    help="auxiliary head loss weight, head after cell 2*num_cells//3 (default 0.4; 0 = no head)")
-    o.add_argument("--drop_path", type=non_negative_float, default=None,
+    o.add_argument("--drop_path", "--drop_path_prob", dest="drop_path", type=non_negative_float, default=None,
                    help="drop-path probability, ramped linearly from 0 (default: 0.2; imagenet 0)")
-    o.add_argument("--cutout", type=non_negative_int, default=None,
+    o.add_argument("--cutout", "--cutout_length", dest="cutout", type=non_negative_int, default=None,
                    help="cutout length in pixels, 0 = off (default: 16; imagenet 0)")
     o.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
     o.add_argument("--label_smooth", type=non_negative_float, default=None,
@@ -264,6 +362,9 @@ def augment_parser() -> argparse.ArgumentParser:
     o.add_argument("--valid_ratio", type=ratio, default=None,
                    help="hold out this share of the training set; best.pt is kept by held-out top-1 "
                         "(default: none, the paper's protocol: train on all, keep the final epoch)")
+    o.add_argument("--train_ratio", type=ratio, default=None,
+                   help="the authors' flag: train on this share of the training set and hold out "
+                        "the rest (= --valid_ratio 1-R); 1.0 = no held-out split")
     o.add_argument("--sync_bn", action="store_true",
                    help="under torchrun: SyncBatchNorm (batch statistics over all processes)")
     o.add_argument("--test_every", type=positive_int, default=1,
@@ -279,23 +380,42 @@ def resolve_augment(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     if args.valid_ratio is not None and args.valid_ratio >= 1:
         raise argparse.ArgumentTypeError("--valid_ratio must leave training images: use a value below 1")
-    if args.label_smooth >= 1:
-        raise argparse.ArgumentTypeError(f"--label_smooth must be below 1, got {args.label_smooth}")
+    held_out_from_train_ratio(args)
+    check_regularisers(args)
     if args.drop_path >= 1:
         raise argparse.ArgumentTypeError(f"--drop_path must be below 1, got {args.drop_path}")
-    if args.auto_aug and args.dataset not in ("cifar10", "cifar100"):
-        raise argparse.ArgumentTypeError("--auto_aug (AutoAugment's CIFAR-10 policy) is for cifar10/cifar100")
+    for accepted_only in ("stage", "alpha_share"):  # no effect here: kept out of config.json
+        delattr(args, accepted_only)
     set_paths(args, "augment")
     if args.genotype is None and args.arch is None:
         args.genotype = os.path.join(args.run_dir, "search2", "genotype.json")
     return args
 
 
+def held_out_from_train_ratio(args: argparse.Namespace) -> None:
+    """augment.py: the authors' --train_ratio R is our --valid_ratio 1-R (R = 1: none)."""
+    ratio_ = args.train_ratio
+    del args.train_ratio
+    if ratio_ is None or ratio_ == 1.0:
+        return
+    if args.valid_ratio is not None and abs(args.valid_ratio - (1 - ratio_)) > 1e-9:
+        raise argparse.ArgumentTypeError(f"--train_ratio {ratio_} and --valid_ratio {args.valid_ratio} "
+                                         "disagree (valid = 1 - train); pass one of them")
+    args.valid_ratio = round(1 - ratio_, 12)
+
+
 # -- test.py -------------------------------------------------------------------------------
 def test_parser() -> argparse.ArgumentParser:
-    p = new_parser("test.py", "Evaluate a checkpoint on the test split: ours (augment.py's "
+    p = new_parser("test.py", "Evaluate a trained network on the test split: ours (augment.py's "
                    "checkpoint.pt / best.pt) or the authors' released .pth.tar files.")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to evaluate")
+    p.add_argument("--stage", type=only_stage("test", "test.py", "training runs with search.py "
+                                              "or augment.py"),
+                   default="test", help="accepted for the authors' commands: test only")
+    p.add_argument("--checkpoint", "--load_model_dir", dest="checkpoint", metavar="PATH", default=None,
+                   help="a checkpoint file (ours, or the authors' .pth.tar), or a run folder "
+                        "(<dir>/augment/models/best.pth.tar as the authors' runs, or our "
+                        "<dir>/augment/best.pt, else checkpoint.pt); default: this run's own "
+                        "<save_dir>/<name>/augment/ model")
     p.add_argument("--export", metavar="PATH", default=None,
                    help="also write the loaded network as one of our checkpoints (e.g. to convert "
                         "an authors' file); refuses to overwrite unless --force")

@@ -1,6 +1,7 @@
 """The whole StacNAS pipeline from one command: search1 -> search2 -> augment -> test
 (-> feature), for one or several seeds, then a summary across seeds.
 
+    python run_all.py                                            # the paper's pipeline on CIFAR-10
     python run_all.py --preset quick --name demo                 # Fashion-MNIST, offline, ~15 min on 2 cores
     python run_all.py --preset paper --dataset cifar10 --name c10 --seeds 1,2,3
     python run_all.py --preset smoke --name smoke --dry_run      # print the commands only
@@ -64,12 +65,18 @@ def seeds(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = config.new_parser("run_all.py", "search1 -> search2 -> augment -> test (-> feature) "
                           "for one or several seeds, then summary.md / summary.json.")
-    p.add_argument("--name", required=True, help="pipeline name: outputs in <save_dir>/<name>/")
-    p.add_argument("--preset", choices=list(PRESETS), default="quick",
-                   help="paper: the facts sheet's settings; quick: Fashion-MNIST in ~15 min on "
-                        "2 CPU cores; smoke: seconds on synthetic data")
-    p.add_argument("--dataset", choices=config.DATASETS, default=None, help="default: the preset's")
-    p.add_argument("--data_dir", default="data", help="dataset root")
+    p.add_argument("--name", default=None,
+                   help="pipeline name: outputs in <save_dir>/<name>/ (default: stacnas_<dataset>)")
+    p.add_argument("--preset", choices=list(PRESETS), default="paper",
+                   help="paper: the paper's settings (the authors' run_all: CIFAR-10, search1 -> "
+                        "search2 -> augment -> test); quick: Fashion-MNIST in ~15 min on 2 CPU "
+                        "cores; smoke: seconds on synthetic data")
+    p.add_argument("--dataset", type=config.dataset_name, choices=config.DATASETS, default=None,
+                   help="default: the preset's")
+    p.add_argument("--data_dir", default="data",
+                   help="dataset root (CIFAR, MNIST and Fashion-MNIST are downloaded there when absent)")
+    p.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
+                   help="never download a dataset (passed to every stage)")
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
     p.add_argument("--seeds", type=seeds, default=[2], help="comma-separated seeds, one pipeline each")
@@ -105,6 +112,8 @@ def stage_commands(args: argparse.Namespace, seed: int) -> list[tuple[str, list[
     common = ["--name", run_name, "--save_dir", str(base), "--dataset", dataset,
               "--data_dir", args.data_dir, "--device", args.device, "--seed", str(seed),
               "--num_workers", str(args.num_workers), *preset["extra"]]
+    if args.no_download:
+        common.append("--no-download")
     subset = args.subset or preset.get("subset")
 
     def opt(flag: str, value) -> list[str]:
@@ -178,6 +187,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name is None:
+        args.name = f"stacnas_{args.dataset or PRESETS[args.preset]['dataset']}"
+    # the stages run in the project folder: relative paths mean the caller's folder
+    args.save_dir, args.data_dir = (str(Path(d).resolve()) for d in (args.save_dir, args.data_dir))
+    print(f"[run_all] preset {args.preset}, seeds {','.join(map(str, args.seeds))}: "
+          f"{'would write' if args.dry_run else 'writing'} into "
+          f"{(Path(args.save_dir) / args.name).resolve()} (--save_dir, --name)", flush=True)
     for seed in args.seeds:
         code = run_seed(args, seed)
         if code != 0:

@@ -31,6 +31,7 @@ from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
 from utils.logging import MetricsWriter
 from utils.plots import plot_alpha_history, softmax
+from utils.schedules import lr_schedule
 from utils.stage import GracefulStop, StageRun, check_same_config
 
 CHECKPOINT_FORMAT = "stacnas-search-1"
@@ -57,9 +58,19 @@ def stage_groups(args: argparse.Namespace) -> dict:
     """search1: --groups or the paper's; search2: the groups its search1 used (groups.json)."""
     if args.stage == "search1" and args.groups:
         return gt.load_groups(args.groups)
-    if args.stage == "search2" and (Path(args.search1_dir) / "groups.json").is_file():
-        return gt.load_groups(Path(args.search1_dir) / "groups.json")
+    if args.stage == "search2":
+        path = Path(args.search1_dir) / "groups.json"
+        groups = gt.load_groups(path) if path.is_file() else gt.GROUPS
+        return gt.identity_group(groups, args.identity_group)
     return gt.GROUPS
+
+
+def alphas_choice(args: argparse.Namespace, has_held_out: bool) -> str:
+    """--alphas_from: "best" (the authors' alphas_best: the epoch of best held-out top-1) or
+    "last"; auto = best for the StacNAS stages with a held-out split, the last epoch otherwise."""
+    if args.alphas_from != "auto":
+        return args.alphas_from
+    return "best" if has_held_out and args.stage in ("search1", "search2") else "last"
 
 
 def alpha_entropy(alphas: dict) -> float:
@@ -78,8 +89,12 @@ class Search:
         self.device, self.ranks = device, ranks
         self.dist = ranks if ranks.enabled else None  # handed to the engine and architect
         seed_everything(args.seed, args.deterministic)
-        self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
-                                           transform="train", synthetic=config.synthetic_spec(args))
+        with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
+            self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
+                                               transform="train", cutout=args.cutout,
+                                               auto_aug=args.auto_aug, log=log,
+                                               synthetic=config.synthetic_spec(args),
+                                               download=not args.no_download)
         n = len(self.train_set) if args.subset is None else min(args.subset, len(self.train_set))
         self.train_idx, self.valid_idx = split_indices(n, args.train_ratio, args.seed)
         groups = stage_groups(args)
@@ -95,9 +110,10 @@ class Search:
             self.model, w_lr=args.w_lr, w_momentum=args.w_momentum,
             w_weight_decay=args.w_weight_decay, a_lr=args.alpha_lr,
             a_weight_decay=args.alpha_weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.w_opt, T_max=args.epochs, eta_min=args.w_lr_min)
-        self.criterion = nn.CrossEntropyLoss()
+        self.scheduler = lr_schedule(self.w_opt, args.epochs, args.w_lr, args.w_lr_min,
+                                     power=args.power_lr)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
+        self.best = {"epoch": None, "valid_top1": None}  # best held-out epoch so far
         self.architect = Architect(self.model, self.w_opt, self.a_opt, self.criterion,
                                    mode=args.optimization, unrolled=args.unrolled,
                                    grad_clip=args.grad_clip, aux_weight=args.aux_weight,
@@ -120,7 +136,8 @@ class Search:
                 "config": config.config_dict(self.args), "model": self.model.state_dict(),
                 "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), "genotype": gt.genotype_to_dict(self.model.genotype())}
+                "rng": rng_state(), "genotype": gt.genotype_to_dict(self.model.genotype()),
+                "best": dict(self.best)}
 
     def resume(self, path: Path) -> int:
         state = load_checkpoint(path, self.device)
@@ -133,6 +150,7 @@ class Search:
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        self.best = state.get("best", self.best)
         return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
@@ -173,6 +191,8 @@ class Search:
                              self.args.batch_size, shuffle=False, num_workers=self.args.num_workers)
         stats = evaluate(self.model, loader, self.criterion, device=self.device, dist_info=self.dist,
                          memory_format=self.memory_format, autocast=self.autocast)
+        if self.best["valid_top1"] is None or stats["top1"] > self.best["valid_top1"]:
+            self.best = {"epoch": epoch + 1, "valid_top1": stats["top1"]}
         return {f"valid_{k}": v for k, v in stats.items() if k != "images_per_s"}
 
     def write_epoch(self, epoch: int, stats: dict, lr: float, metrics: MetricsWriter) -> None:
@@ -195,11 +215,27 @@ class Search:
                  + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
                  + f", {stats['seconds']:.0f}s; genotype {gt.format_genotype(genotype)}")
 
+    def selected_alphas(self) -> tuple[dict, dict]:
+        """(alphas handed to the next stage, selection.json): the last epoch's, or with
+        --alphas_from best those of the best held-out epoch (the authors' alphas_best)."""
+        last = self.args.epochs
+        if alphas_choice(self.args, bool(self.valid_idx)) == "best" and self.best["epoch"] is not None:
+            epoch = self.best["epoch"]
+            return (gt.load_alphas(self.dir / "alphas" / f"epoch_{epoch:03d}.json"),
+                    {"alphas_epoch": epoch, "last_epoch": last, "valid_top1": self.best["valid_top1"],
+                     "rule": "best held-out top-1 (the authors' alphas_best)"})
+        return self.model.alphas_data(), {"alphas_epoch": last, "last_epoch": last,
+                                          "rule": "last epoch"}
+
     def finish(self) -> None:
         if not self.ranks.is_main:
             return
-        alphas = self.model.alphas_data()
-        genotype = self.model.genotype()
+        alphas, selection = self.selected_alphas()
+        genotype = gt.derive_genotype(alphas)
+        (self.dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n", encoding="utf-8")
+        self.log(f"alphas.json and genotype.json take the alphas of epoch {selection['alphas_epoch']} "
+                 f"of {selection['last_epoch']} ({selection['rule']}"
+                 + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection else ")"))
         gt.save_alphas(alphas, self.dir / "alphas.json")
         gt.save_genotype(genotype, self.dir / "genotype.json")
         (self.dir / "genotype.txt").write_text(gt.format_genotype(genotype) + "\n", encoding="utf-8")

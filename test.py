@@ -1,12 +1,14 @@
 """Evaluate a trained network on a dataset's test split.
 
+    python test.py --name exp --dataset cifar10          # runs/exp/augment/: best.pt, else checkpoint.pt
     python test.py --name exp --checkpoint runs/exp/augment/checkpoint.pt --dataset cifar10
-    python test.py --name released --checkpoint cifar10.pth.tar --dataset cifar10 --export stacnas_c10.pt
+    python test.py --name released --load_model_dir cifar10.pth.tar --dataset cifar10 --export stacnas_c10.pt
 
 Our checkpoints (augment.py's checkpoint.pt / best.pt, or an --export) rebuild their network
 from their own contents. The authors' released .pth.tar files (whole pickled modules) are read
 by models.legacy without their code and without running anything from the file.
-Prints top-1, top-5, loss, parameters and images/s; writes <save_dir>/<name>/test/results.json.
+Prints top-1, top-5, loss, parameters (millions, and the authors' unit: parameters / 2^20)
+and images/s; writes <save_dir>/<name>/test/results.json.
 """
 from __future__ import annotations
 
@@ -68,6 +70,34 @@ def load_network(path: str | Path) -> tuple[nn.Module, dict, str]:
     return model.eval(), spec, "authors"
 
 
+# Where a run folder keeps its trained network, in order of preference: the authors' layout
+# (their test.py reads <dir>/augment/models/best.pth.tar), then ours (best.pt exists only with a
+# held-out split; checkpoint.pt is the final epoch, the paper's protocol).
+RUN_FOLDER_MODELS = ("augment/models/best.pth.tar", "models/best.pth.tar", "best.pth.tar",
+                     "augment/best.pt", "augment/checkpoint.pt", "best.pt", "checkpoint.pt")
+
+
+def find_model(args: argparse.Namespace) -> Path:
+    """--checkpoint / --load_model_dir: a file, or a run folder; none: this run's augment/."""
+    if args.checkpoint is None:
+        folder, names = Path(args.run_dir), ("augment/best.pt", "augment/checkpoint.pt")
+    else:
+        folder, names = Path(args.checkpoint), RUN_FOLDER_MODELS
+        if not folder.is_dir():
+            return folder  # a file (load_network names it when it is missing)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    hint = ("train it with augment.py (same --name and --save_dir) or pass --load_model_dir FILE"
+            if args.checkpoint is None else "pass the checkpoint file itself")
+    raise CheckpointError(f"no trained network in {folder}: looked for {', '.join(names)}; {hint}")
+
+
+def authors_megabytes(params: int) -> float:
+    """The authors' size unit (their README's "4.48M"): parameters / 2^20."""
+    return params / 2 ** 20
+
+
 def check_fits(spec: dict, info, dataset: str, path: Path) -> None:
     want = (spec["in_channels"], spec["input_size"], spec["num_classes"])
     have = (info.channels, info.size, info.classes)
@@ -96,10 +126,12 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, device: torch.device) -> int:
     seed_everything(args.seed, args.deterministic)
-    checkpoint = Path(args.checkpoint)
+    checkpoint = find_model(args)
     model, spec, source = load_network(checkpoint)
-    test_set, info = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
-                                 synthetic=config.synthetic_spec(args))
+    with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
+        test_set, info = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
+                                     synthetic=config.synthetic_spec(args),
+                                     download=not args.no_download)
     check_fits(spec, info, args.dataset, checkpoint)
     if args.export and ranks.is_main:
         export(model, spec, checkpoint, Path(args.export), args.force)
@@ -114,17 +146,22 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
                      autocast=speed.autocast(args, device))
     if not ranks.is_main:
         return 0
-    params = count_params(model) - count_params(getattr(model, "aux_head", None))
+    total = count_params(model)
+    params = total - count_params(getattr(model, "aux_head", None))
     results = {"checkpoint": str(checkpoint), "source": source, "dataset": args.dataset,
                "images": count,
                "test_top1": stats["top1"], "test_top5": stats["top5"], "test_loss": stats["loss"],
                "params_millions": round(params / 1e6, 4),
+               "params_authors_unit": round(authors_megabytes(params), 4),
+               "params_with_aux_authors_unit": round(authors_megabytes(total), 4),
                "images_per_s": round(stats["images_per_s"], 1), **run_info(device)}
     out = Path(args.stage_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"{checkpoint} ({source}): test top1 {stats['top1']:.2f}% top5 {stats['top5']:.2f}% "
-          f"loss {stats['loss']:.4f}, {params / 1e6:.3f}M parameters, "
+          f"loss {stats['loss']:.4f}; {params / 1e6:.3f}M parameters without the auxiliary head "
+          f"= {authors_megabytes(params):.2f}M in the authors' unit (parameters / 2^20; "
+          f"{authors_megabytes(total):.2f}M with the head); "
           f"{stats['images_per_s']:.1f} images/s; {out / 'results.json'}")
     return 0
 

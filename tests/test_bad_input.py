@@ -78,11 +78,18 @@ def _cases(d):
         ("search", [*search_base, "--train_ratio", "0"], 2, "--train_ratio: must be in (0, 1]"),
         ("search", [*search_base, "--train_ratio", "1.01"], 2, "--train_ratio: must be in (0, 1]"),
         ("search", [*search_base, "--epochs", "three"], 2, "expected an integer"),
-        ("search", [*search_base, "--learning_rate", "0.1"], 2, "unrecognized arguments"),
+        ("search", [*search_base, "--learning_rat", "0.1"], 2, "unrecognized arguments: --learning_rat"),
+        ("search", [*search_base, "--num_nodes", "5"], 2, "--num_nodes: only 4 intermediate nodes"),
+        ("search", [*search_base, "--alphas_from", "best"], 2, "--alphas_from best needs a held-out split"),
+        ("search", [*search_base, "--identity_group", "released"], 2, "--identity_group applies to --stage search2"),
+        ("search", [*search_base, *TINY[:-2], *NET, "--gpu", "0"], 1, "--gpu 0: no CUDA device"),
+        ("search", [*search_base, "--gpu", "0", "--device", "cpu"], 2, "--gpu 0 asks for CUDA device 0"),
         ("search", [*search_base, *net, "--groups", str(d / "missing.json")], 1, "missing.json: not found"),
         ("search", [*search_base, *net, "--groups", str(d / "malformed.json")], 1, "malformed.json: not JSON"),
-        ("search", [*search_base, "--dataset", "cifar10", "--data_dir", str(d / "empty_dir")], 1,
-         "cifar10 not found"),
+        ("search", [*search_base, "--dataset", "cifar10", "--data_dir", str(d / "empty_dir"),
+                    "--no-download"], 1, "cifar10 not found"),
+        ("search", [*search_base, "--dataset", "CIFAR100", "--data_dir", str(d / "empty_dir")], 1,
+         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
         ("search", ["--name", "x", "--save_dir", str(d), "--stage", "search2", *net,
                     "--search1_dir", str(d / "empty_dir")], 1, "alphas.json: not found"),
         ("search", ["--name", "x", "--save_dir", str(d), "--stage", "search2", *net,
@@ -92,6 +99,9 @@ def _cases(d):
         ("augment", [*aug_base, "--dataset", "svhn"], 2, "invalid choice: 'svhn'"),
         ("augment", [*aug_base, "--epochs", "-3"], 2, "--epochs: must be a positive integer"),
         ("augment", [*aug_base, "--valid_ratio", "1.5"], 2, "--valid_ratio: must be in (0, 1]"),
+        ("augment", [*aug_base, "--stage", "search1"], 2, "augment.py runs --stage augment only"),
+        ("augment", [*aug_base, "--train_ratio", "0.8", "--valid_ratio", "0.5"], 2,
+         "--train_ratio 0.8 and --valid_ratio 0.5 disagree"),
         ("augment", [*aug_base, "--arch", "AMOEBA"], 2, "invalid choice: 'AMOEBA'"),
         ("augment", [*aug_base, "--genotype", str(d / "missing.json")], 1, "missing.json: not found"),
         ("augment", [*aug_base, "--genotype", str(d / "malformed.json")], 1, "malformed.json: not JSON"),
@@ -103,6 +113,9 @@ def _cases(d):
          "normal: 6 entries, expected 8"),
         ("augment", [*aug_base, "--genotype", str(s1 / "alphas.json")], 1, "alphas.json"),
         ("test", [*test_base, "--checkpoint", str(d / "missing.pt")], 1, "missing.pt: checkpoint not found"),
+        ("test", [*test_base], 1, "no trained network in"),
+        ("test", [*test_base, "--load_model_dir", str(d / "empty_dir")], 1, "looked for augment/models/best.pth.tar"),
+        ("test", [*test_base, "--stage", "augment"], 2, "test.py runs --stage test only"),
         ("test", [*test_base, "--checkpoint", str(d / "evil.pt")], 1, "refusing to load"),
         ("test", [*test_base, "--checkpoint", str(d / "evil.pkl")], 1, "evil.pkl"),
         ("test", [*test_base, "--checkpoint", str(s1 / "checkpoint.pt")], 1, "not a trained final network"),
@@ -165,5 +178,5 @@ def test_debug_shows_the_traceback(files, capsys):
 
 def test_table_size():
     """The README counts these cases; keep them in step."""
-    assert len(CASES) == 44
+    assert len(CASES) == 55
     assert len({c[0] for c in CASES}) == 7

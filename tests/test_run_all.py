@@ -71,7 +71,7 @@ def test_dry_run_prints_commands_only(tmp_path, capsys):
 def test_gpus_launch_stages_with_torchrun(tmp_path, capsys):
     assert run_all.main(["--name", "g", "--save_dir", str(tmp_path), "--gpus", "4", "--feature",
                          "--dry_run", *SMOKE]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[run_all]")]
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[run_all] seed ")]
     launched = {l.split()[3].rstrip(":"): "torch.distributed.run --standalone --nproc_per_node=4" in l
                 for l in lines}
     assert launched == {"search1": True, "search2": True, "augment": True, "test": True, "feature": False}

@@ -1,7 +1,11 @@
 """Datasets: what each one looks like (channels, input size, classes), and their loaders.
 
-Nothing is ever downloaded: a dataset that is not on disk is a ``DataError`` naming where it was
-looked for and how to get it. Transforms follow DARTS / pt.darts (see the facts sheet, "Data").
+CIFAR-10/100, MNIST and Fashion-MNIST are downloaded into ``data_dir`` when they are absent and
+``get_dataset(..., download=True)`` (``utils.download``: torchvision's URLs and md5 sums, moved into
+place only once verified); Fashion-MNIST falls back to Debian's ``dataset-fashion-mnist`` copy.
+ImageNet and image folders are never downloaded. A dataset that is not on disk and could not be
+downloaded is a one-line ``DataError`` naming where it was looked for (or the URL that failed) and
+how to get it. Transforms follow DARTS / pt.darts (see the facts sheet, "Data").
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+from utils.download import DownloadError, Log, download_cifar, download_idx, log_to_stderr
 
 
 class DatasetInfo(NamedTuple):
@@ -60,7 +66,8 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 
 class DataError(RuntimeError):
-    """A dataset is not on disk; the message says what, where it looked and how to get it."""
+    """A dataset is not on disk (nor could be downloaded); the message says what, where it
+    looked (or which URL failed) and how to get it."""
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -159,15 +166,34 @@ class LocalCIFAR100(datasets.CIFAR100):
 
 _CIFAR = {"cifar10": (LocalCIFAR10, "CIFAR-10", "data_batch_1..5, test_batch and batches.meta"),
           "cifar100": (LocalCIFAR100, "CIFAR-100", "train, test and meta")}
+_CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
-def _cifar(name: str, data_dir: str, train: bool, transform: Callable) -> Dataset:
+def _download_off(source: str) -> str:
+    """How to turn downloading back on, for messages (the scripts' flag; download=True here)."""
+    return f"downloading is off (drop --no-download to fetch it from {source})"
+
+
+def _download(name: str, fetch: Callable[[], Path], by_hand: str) -> Path:
+    """``fetch()``, its failures turned into one-line DataErrors ending in ``by_hand``."""
+    try:
+        return fetch()
+    except DownloadError as err:
+        raise DataError(f"{name}: download failed: {err} — {by_hand}") from err
+    except OSError as err:
+        raise DataError(f"{name}: cannot store the download: {type(err).__name__}: {err} — {by_hand}") from err
+
+
+def _cifar(name: str, data_dir: str, train: bool, transform: Callable, download: bool, log: Log) -> Dataset:
     cls, title, listed = _CIFAR[name]
     folder = Path(data_dir) / cls.base_folder
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     if not all((folder / f).is_file() for f in files):
-        raise DataError(f"{name} not found: looked for {folder}/{listed}; this machine cannot download it"
-                        f" — put the python version of {title} (https://www.cs.toronto.edu/~kriz/cifar.html) there")
+        if not download:
+            raise DataError(f"{name} not found: looked for {folder}/{listed}; {_download_off(cls.url)}"
+                            f" — or put the python version of {title} ({_CIFAR_PAGE}) there")
+        _download(name, lambda: download_cifar(cls, data_dir, log),
+                  f"put the python version of {title} ({listed}, from {_CIFAR_PAGE}) in {folder} by hand")
     return cls(data_dir, train=train, transform=transform, download=False)
 
 
@@ -199,39 +225,69 @@ def _unpack_idx(source: Path, target: Path) -> None:
         os.replace(tmp, target / name)
 
 
+_IDX = {"mnist": (datasets.MNIST, "http://yann.lecun.com/exdb/mnist/"),
+        "fashionmnist": (datasets.FashionMNIST, "https://github.com/zalandoresearch/fashion-mnist")}
+_APT = "run `apt-get install dataset-fashion-mnist`"
+
+
 def _idx_missing(name: str, raw: Path) -> DataError:
+    """The error when nothing was found and downloading is off."""
+    cls, page = _IDX[name]
+    how = f"put the idx files ({page}) in {raw}"
     if name == "mnist":
-        how = f"put the idx files (http://yann.lecun.com/exdb/mnist/) in {raw}"
         return DataError(f"mnist not found: looked for {raw}/{{train,t10k}}-*-ubyte[.gz]; "
-                         f"this machine cannot download it — {how}")
+                         f"{_download_off(cls.mirrors[0])} — or {how}")
     return DataError(f"fashionmnist not found: looked for {raw}/{{train,t10k}}-*-ubyte[.gz] and "
-                     f"{FASHION_MNIST_SYSTEM_DIR}/*-ubyte.gz; this machine cannot download it — run "
-                     f"`apt-get install dataset-fashion-mnist` or put the idx files "
-                     f"(https://github.com/zalandoresearch/fashion-mnist) in {raw}")
+                     f"{FASHION_MNIST_SYSTEM_DIR}/*-ubyte.gz; {_download_off(cls.mirrors[0])} — or {_APT} or {how}")
 
 
-def _idx_root(name: str, data_dir: str) -> Path:
-    """The root torchvision should read ``<root>/<MNIST|FashionMNIST>/raw`` from, unpacking
-    gzipped files (or Fashion-MNIST's system copy) into data_dir, else into CACHE_DIR."""
-    folder = "MNIST" if name == "mnist" else "FashionMNIST"
+def _idx_by_hand(name: str, raw: Path) -> str:
+    """How to get ``name`` when its download failed."""
+    how = f"put the idx files ({_IDX[name][1]}) in {raw} by hand"
+    if name == "mnist":
+        return how
+    return f"no Debian copy in {FASHION_MNIST_SYSTEM_DIR} either; {_APT} or {how}"
+
+
+def _download_idx(name: str, root: Path, raw: Path, log: Log) -> bool:
+    """Download ``name`` into ``root``; False when that failed and Debian's Fashion-MNIST copy
+    can stand in (logged), a DataError saying how to get the files into ``raw`` otherwise."""
+    debian = name == "fashionmnist" and _has_idx(Path(FASHION_MNIST_SYSTEM_DIR))
+    try:
+        _download(name, lambda: download_idx(_IDX[name][0], root, log), _idx_by_hand(name, raw))
+    except DataError as err:
+        if not debian:
+            raise
+        log(f"{name}: download failed ({err.__cause__}); using Debian's copy in {FASHION_MNIST_SYSTEM_DIR}")
+        return False
+    return True
+
+
+def _idx_root(name: str, data_dir: str, download: bool, log: Log) -> Path:
+    """The root torchvision should read ``<root>/<MNIST|FashionMNIST>/raw`` from: plain idx files
+    in data_dir or CACHE_DIR; else gzipped ones in data_dir unpacked; else a download (when
+    allowed); else Fashion-MNIST's system copy unpacked. Unpacking goes into data_dir, or into
+    CACHE_DIR when data_dir is read-only."""
+    folder = _IDX[name][0].__name__
     local, cache = Path(data_dir), Path(CACHE_DIR).expanduser()
     for root in (local, cache):
         if _has_idx(root / folder / "raw", plain_only=True):
             return root
-    sources = [local / folder / "raw"]
-    if name == "fashionmnist":
-        sources.append(Path(FASHION_MNIST_SYSTEM_DIR))
-    for source in sources:
-        if _has_idx(source):
-            root = local if _is_writable(local / folder / "raw") else cache
-            _unpack_idx(source, root / folder / "raw")
-            return root
+    writable = local if _is_writable(local / folder / "raw") else cache
+    if _has_idx(local / folder / "raw"):
+        _unpack_idx(local / folder / "raw", writable / folder / "raw")
+        return writable
+    if download and _download_idx(name, writable, local / folder / "raw", log):
+        return writable
+    if name == "fashionmnist" and _has_idx(Path(FASHION_MNIST_SYSTEM_DIR)):
+        _unpack_idx(Path(FASHION_MNIST_SYSTEM_DIR), writable / folder / "raw")
+        return writable
     raise _idx_missing(name, local / folder / "raw")
 
 
-def _mnist(name: str, data_dir: str, train: bool, transform: Callable) -> Dataset:
-    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    return cls(str(_idx_root(name, data_dir)), train=train, transform=transform, download=False)
+def _mnist(name: str, data_dir: str, train: bool, transform: Callable, download: bool, log: Log) -> Dataset:
+    cls, _ = _IDX[name]
+    return cls(str(_idx_root(name, data_dir, download, log)), train=train, transform=transform, download=False)
 
 
 # ------------------------------------------------------------------------- image folders
@@ -240,8 +296,8 @@ def _class_dir(root: Path, name: str, how: str) -> tuple[list[str], dict[str, in
     try:
         return find_classes(str(root))
     except (FileNotFoundError, NotADirectoryError):
-        raise DataError(f"{name} not found: looked for {root}/<class>/<images>; this machine cannot "
-                        f"download it — {how}") from None
+        raise DataError(f"{name} not found: looked for {root}/<class>/<images>; it is never "
+                        f"downloaded — {how}") from None
 
 
 def _first_image(root: Path, classes: list[str]) -> Path:
@@ -348,10 +404,13 @@ class SyntheticDataset(Dataset):
 # ------------------------------------------------------------------------------ entry points
 
 def get_dataset(name: str, data_dir: str, train: bool, transform: str = "train", *, cutout: int = 0,
-                auto_aug: bool = False, synthetic: SyntheticSpec | None = None) -> tuple[Dataset, DatasetInfo]:
+                auto_aug: bool = False, synthetic: SyntheticSpec | None = None, download: bool = False,
+                log: Log | None = None) -> tuple[Dataset, DatasetInfo]:
     """The train (``train=True``) or test split of ``name`` with its shape. ``transform`` is
     "train" (augmentation, plus Cutout(cutout) when > 0; AutoAugment for CIFAR when auto_aug) or
-    "eval". Synthetic data ignores the transform arguments."""
+    "eval". Synthetic data ignores the transform arguments. ``download``: fetch CIFAR-10/100,
+    MNIST or Fashion-MNIST into data_dir when absent (off by default: library calls never touch
+    the network); ``log`` gets the one-line progress notes (default: stderr)."""
     _check_name(name)
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
@@ -364,8 +423,8 @@ def get_dataset(name: str, data_dir: str, train: bool, transform: str = "train",
     if name == "imagenet":
         return _imagenet(data_dir, train, pipeline)
     if name in _CIFAR:
-        return _cifar(name, data_dir, train, pipeline), DATASET_INFO[name]
-    return _mnist(name, data_dir, train, pipeline), DATASET_INFO[name]
+        return _cifar(name, data_dir, train, pipeline, download, log or log_to_stderr), DATASET_INFO[name]
+    return _mnist(name, data_dir, train, pipeline, download, log or log_to_stderr), DATASET_INFO[name]
 
 
 def dataset_info_for(name: str, data_dir: str, synthetic: SyntheticSpec | None = None) -> DatasetInfo:

@@ -3,8 +3,10 @@
 files and logs; metrics are reduced across ranks; alphas stay identical on every rank."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -103,3 +105,13 @@ def sync_buffers(model: nn.Module, info: Dist) -> None:
         return
     for buf in model.buffers():
         dist.broadcast(buf, src=0)
+
+
+@contextlib.contextmanager
+def main_rank_first(info: Dist) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. downloads a dataset), the other ranks after it."""
+    if not info.is_main:
+        barrier(info)
+    yield
+    if info.is_main:
+        barrier(info)

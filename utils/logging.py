@@ -86,9 +86,19 @@ def git_revision() -> str | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; asking for cuda without one is an error."""
+    """auto -> cuda when available, else cpu; "cuda:N" (from --gpu N) -> that device. Asking
+    for CUDA without one, or for a device index the machine lacks, is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    flag = "--device cuda" if device.index is None else f"--gpu {device.index}"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{flag}: no CUDA device is available; use --device cpu or auto"
+                           + (" (and drop --gpu)" if device.index is not None else ""))
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise RuntimeError(f"{flag}: this machine has {count} CUDA device(s), numbered 0 to "
+                           f"{count - 1}; pass one of those")
+    return device

@@ -1,0 +1,180 @@
+"""Downloading CIFAR-10, CIFAR-100, MNIST and Fashion-MNIST, as the StacNAS README promises
+("CIFAR-10 and CIFAR-100 can be automatically downloaded").
+
+The URLs, mirrors and md5 sums are torchvision's own (the dataset classes' ``url``/``tgz_md5`` and
+``mirrors``/``resources``), and so are the download, checksum and extraction functions
+(``torchvision.datasets.utils``). What this module adds is that nothing half-written ever lands
+where a rerun would trust it: files are fetched and extracted in a temporary folder inside the
+target (``.download-<name>-<pid>``), checked against their md5, and only then moved into place
+with ``os.replace``; the temporary folder is removed whatever happens. Sockets time out after
+``DOWNLOAD_TIMEOUT`` seconds, so a stalled server is an error, not a hang.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import sys
+import tarfile
+import urllib.error
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from torchvision import datasets
+from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+
+# Seconds a connection or a read may stall before the download is an error.
+DOWNLOAD_TIMEOUT = 30.0
+
+# What fetching or unpacking can raise: network and file errors (URLError, HTTPError and socket
+# timeouts are OSErrors), HTTP protocol errors (IncompleteRead), torchvision's RuntimeErrors (too
+# many redirects, unknown archive type), invalid URLs, broken gzip or tar data.
+_FETCH_ERRORS = (OSError, http.client.HTTPException, RuntimeError, ValueError, EOFError,
+                 zlib.error, tarfile.TarError)
+
+Log = Callable[[str], None]
+
+
+def log_to_stderr(message: str) -> None:
+    """The default progress log: one line on stderr (where torchvision's progress bar goes too)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class DownloadError(RuntimeError):
+    """A download failed. ``failures`` holds one (url, reason) pair per URL tried; the message
+    is one line naming each of them."""
+
+    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures = list(failures)
+        super().__init__("; ".join(f"{url} failed ({reason})" for url, reason in self.failures))
+
+
+def _reason(err: BaseException) -> str:
+    """``err`` in one short line: its type and message (a URLError's underlying reason)."""
+    detail = err.reason if type(err) is urllib.error.URLError else err
+    text = " ".join(str(detail).split())
+    name = type(detail).__name__ if isinstance(detail, BaseException) else type(err).__name__
+    return f"{name}: {text}" if text else name
+
+
+@contextmanager
+def staging(parent: Path, name: str) -> Iterator[Path]:
+    """A fresh temporary folder ``<parent>/.download-<name>-<pid>``, removed on exit whatever
+    happens (what should survive must be moved out of it first)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".download-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process that had the same pid
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Make ``seconds`` the default socket timeout (urllib's) for the duration of the block."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def fetch(url: str, md5: str, folder: Path, filename: str | None = None) -> Path:
+    """Download ``url`` into ``folder/filename`` (default: the URL's basename) with torchvision's
+    ``download_url`` and check the file's md5. Any failure, a mismatch included (a corrupt or
+    truncated download), is a DownloadError naming ``url``. Returns the file's path."""
+    path = folder / (filename or os.path.basename(url))
+    try:
+        path.unlink(missing_ok=True)  # download_url would keep a file that is already there
+        with _socket_timeout(DOWNLOAD_TIMEOUT):
+            download_url(url, str(folder), path.name)
+        got = calculate_md5(path)
+    except _FETCH_ERRORS as err:
+        raise DownloadError([(url, _reason(err))]) from err
+    if got != md5:
+        raise DownloadError([(url, f"md5 {got} of {path.stat().st_size} bytes, expected {md5}: "
+                                   f"corrupt or truncated download")])
+    return path
+
+
+def _extract(archive: Path, folder: Path, url: str) -> None:
+    """torchvision's ``extract_archive`` (untar, or gunzip one file) into ``folder``; a broken
+    archive is a DownloadError naming ``url``, where it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        extract_archive(str(archive), str(folder))
+    except _FETCH_ERRORS as err:
+        raise DownloadError([(url, f"cannot extract {archive.name}: {_reason(err)}")]) from err
+
+
+def move_into(source: Path, target: Path) -> None:
+    """Move the folder ``source`` to ``target`` in one rename; when ``target`` already exists (a
+    partial copy, or a concurrent download that finished first) move its files one by one,
+    each replace atomic."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+    for item in sorted(source.iterdir()):
+        os.replace(item, target / item.name)
+
+
+def download_cifar(cls: type[datasets.CIFAR10], data_dir: str | Path, log: Log = log_to_stderr) -> Path:
+    """Download ``cls.url`` (torchvision's CIFAR10 or CIFAR100, or a subclass), check it against
+    ``cls.tgz_md5``, extract it and move ``cls.base_folder`` to ``<data_dir>/<cls.base_folder>``,
+    which is returned. A failed download is a DownloadError naming the URL; an OSError means
+    data_dir cannot be written."""
+    data_dir = Path(data_dir)
+    target = data_dir / cls.base_folder
+    log(f"downloading {cls.url} to {target}")
+    with staging(data_dir, cls.base_folder) as tmp:
+        archive = fetch(cls.url, cls.tgz_md5, tmp, cls.filename)
+        _extract(archive, tmp / "extracted", cls.url)
+        folder = tmp / "extracted" / cls.base_folder
+        expected = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        missing = [name for name in expected if not (folder / name).is_file()]
+        if missing:
+            raise DownloadError([(cls.url, f"the archive lacks {cls.base_folder}/{', '.join(missing)}")])
+        move_into(folder, target)
+    return target
+
+
+def _fetch_mirrored(mirrors: Sequence[str], filename: str, md5: str, folder: Path, log: Log) -> tuple[Path, str]:
+    """``filename`` from the first of ``mirrors`` that serves it intact: (path, url). When all
+    fail, a DownloadError naming every URL tried."""
+    failures: list[tuple[str, str]] = []
+    for i, mirror in enumerate(mirrors):
+        url = f"{mirror}{filename}"
+        try:
+            return fetch(url, md5, folder, filename), url
+        except DownloadError as err:
+            failures += err.failures
+            if i + 1 < len(mirrors):
+                log(f"{err}; trying {mirrors[i + 1]}")
+    raise DownloadError(failures or [(filename, "no mirrors to download from")])
+
+
+def download_idx(cls: type[datasets.MNIST], root: str | Path, log: Log = log_to_stderr) -> Path:
+    """Download the gzipped idx files of ``cls`` (torchvision's MNIST or FashionMNIST: its
+    ``resources``, each from the first of its ``mirrors`` that serves it with the right md5),
+    gunzip them and move them into ``<root>/<cls.__name__>/raw``, which is returned. A failed
+    download is a DownloadError naming the URLs tried; an OSError means root cannot be written."""
+    root = Path(root)
+    raw = root / cls.__name__ / "raw"
+    log(f"downloading {cls.__name__} ({len(cls.resources)} files) from {cls.mirrors[0]} to {raw}")
+    with staging(root, cls.__name__) as tmp:
+        unpacked = tmp / "raw"
+        for filename, md5 in cls.resources:
+            archive, url = _fetch_mirrored(cls.mirrors, filename, md5, tmp, log)
+            _extract(archive, unpacked, url)
+        move_into(unpacked, raw)
+    return raw
