@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from genotypes import NAMED_GENOTYPES
+from genotypes import IDENTITY_GROUP_CHOICES, NAMED_GENOTYPES
 from utils.data import DATASETS, SyntheticSpec
 from utils.speed import add_speed_args
 
@@ -166,7 +166,7 @@ def search_parser() -> argparse.ArgumentParser:
                         "e.g. feature.py's groups.json; default: the paper's groups")
     n.add_argument("--search1_dir", metavar="DIR", default=None,
                    help="search2: folder with search1's alphas.json (default <save_dir>/<name>/search1)")
-    n.add_argument("--identity_group", choices=["single", "released"], default="single",
+    n.add_argument("--identity_group", choices=IDENTITY_GROUP_CHOICES, default="single",
                    help="search2: the identity group's candidates; single: skip_connect, none (the "
                         "paper); released: skip_connect twice, then none, as the authors' released "
                         "code lists them (two alphas, two FactorizedReduce at stride 2)")

@@ -7,6 +7,8 @@ script and test can use it without torch. Genotypes and alphas are stored as JSO
 alphas.json: ``{set: [node][edge] -> {"ops": [names], "alphas": [raw values]}}`` where set is
 "normal"/"reduce" (shared alphas) or "cell_0", "cell_1", ... (one set per cell), node i has
 i+2 incoming edges and edge j reads input j (0 = c_{k-2}, 1 = c_{k-1}, 2+ = earlier nodes).
+An edge's ops are distinct, except that skip_connect may be listed twice, side by side, as
+stage 2's identity group of the authors' released code has it (:func:`released_groups`).
 """
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ GROUPS = {
     "zero": {"representative": "none", "members": ["none"]},
 }
 STAGE1_PRIMITIVES = [g["representative"] for g in GROUPS.values()]
+# The authors' released code lists skip_connect twice in stage 2's identity group: two
+# identities, each with its own alpha (skip starts with 2/3 of the edge's softmax), and at
+# stride 2 two FactorizedReduce modules with their own weights. `released_groups` reproduces
+# it (an option); GROUPS, our default, lists skip_connect once, as the paper's groups do.
+RELEASED_IDENTITY_MEMBERS = ["skip_connect", "skip_connect", "none"]
+# The one op a candidate list may repeat: twice at most, the two copies side by side.
+DUPLICABLE_OP = "skip_connect"
+IDENTITY_GROUP_CHOICES = ("single", "released")
 NUM_NODES = 4
 
 # normal/reduce: (op, input) pairs, two per intermediate node; input 0 = c_{k-2},
@@ -357,6 +367,28 @@ def _check_alpha_keys(alphas: Any, source: str) -> list[str]:
     return expected
 
 
+def duplicate_problem(ops: list) -> Optional[str]:
+    """Why a candidate list's repeats are not allowed (one line), or None when it repeats
+    nothing or only skip_connect as the released code does: twice, the copies side by side
+    (see RELEASED_IDENTITY_MEMBERS)."""
+    counts: dict = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    repeated = [op for op, n in counts.items() if n > 1]
+    if not repeated:
+        return None
+    others = [op for op in repeated if op != DUPLICABLE_OP]
+    if others:
+        return (f"op {others[0]!r} listed {counts[others[0]]} times in {list(ops)}; only "
+                f"{DUPLICABLE_OP!r} may appear twice (the released code's identity group)")
+    first = ops.index(DUPLICABLE_OP)
+    if counts[DUPLICABLE_OP] > 2 or ops[first + 1] != DUPLICABLE_OP:
+        return (f"{DUPLICABLE_OP!r} listed {counts[DUPLICABLE_OP]} times in {list(ops)}; it may "
+                "appear at most twice, the two copies side by side (the released code's "
+                f"identity group {RELEASED_IDENTITY_MEMBERS})")
+    return None
+
+
 def _check_edge(edge: Any, source: str, where: str) -> None:
     _require_keys(edge, ("ops", "alphas"), source, where)
     ops, values = edge["ops"], edge["alphas"]
@@ -371,6 +403,9 @@ def _check_edge(edge: Any, source: str, where: str) -> None:
                 or not math.isfinite(value)):
             raise _fail(source, where, f"alpha of {op!r} is {_short(value)}, "
                                        "expected a finite number")
+    problem = duplicate_problem(ops)
+    if problem:
+        raise _fail(source, where, problem)
 
 
 def validate_alphas(alphas: Any, source: str = "alphas") -> dict:
@@ -409,7 +444,9 @@ def load_alphas(path: Union[str, Path]) -> dict:
 
 # ----------------------------------------------------------------------------- derivation
 def _best_op(edge: dict) -> Optional[tuple[float, str]]:
-    """(raw alpha, op) of the strongest op other than ``none``; None if there is none."""
+    """(raw alpha, op) of the strongest op other than ``none``, the first of equals; None if
+    there is none. With skip_connect listed twice (released groups) the larger of its two
+    alphas is skip_connect's score and the op is named ``skip_connect`` either way."""
     scored = [(a, op) for op, a in zip(edge["ops"], edge["alphas"]) if op != "none"]
     return max(scored, key=lambda s: s[0]) if scored else None
 
@@ -488,11 +525,14 @@ def validate_groups(groups: Any, source: str = "groups") -> dict:
         rep, members = group["representative"], group["members"]
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise _fail(source, name, f"members must be a list of op names, got {_short(members)}")
-        if not members or len(set(members)) != len(members):
+        if not members:
             raise _fail(source, name, f"members must be non-empty and distinct, got {members}")
         for op in [rep] + members:
             if op not in KNOWN_OPS:
                 raise _fail(source, name, _unknown_op(op))
+        problem = duplicate_problem(members)
+        if problem:
+            raise _fail(source, name, f"members must be distinct: {problem}")
         if rep not in members and members != ["none"]:
             raise _fail(source, name, f"representative {rep!r} is not among the members")
         if rep in seen:
@@ -505,6 +545,42 @@ def validate_groups(groups: Any, source: str = "groups") -> dict:
 def load_groups(path: Union[str, Path]) -> dict:
     """Read and validate a groups JSON file."""
     return validate_groups(_parse_json(_read_text(path), path), str(path))
+
+
+def released_groups(groups: dict = GROUPS) -> dict:
+    """The groups with skip_connect listed twice, as the authors' released code lists stage
+    2's identity group: ``identity`` becomes RELEASED_IDENTITY_MEMBERS
+    (skip_connect, skip_connect, none). Stage 2 then gives each identity edge two skip terms
+    with their own alphas (2/3 of the initial softmax on skip) and, at stride 2, two
+    FactorizedReduce modules with their own weights. The representatives, hence stage 1, are
+    unchanged. In custom groups the second copy follows the first in whichever group holds
+    skip_connect; groups that already list it twice are returned as they are. A new dict."""
+    clean = validate_groups(groups)
+    holders = [name for name, g in clean.items() if DUPLICABLE_OP in g["members"]]
+    if not holders:
+        raise _fail("groups", "", f"no group has {DUPLICABLE_OP!r} among its members; "
+                                  "the released identity group needs one")
+    members = clean[holders[0]]["members"]
+    if members.count(DUPLICABLE_OP) == 1:
+        k = members.index(DUPLICABLE_OP)
+        members.insert(k + 1, DUPLICABLE_OP)
+    return validate_groups(clean, "released groups")
+
+
+def identity_group(groups: dict, choice: str) -> dict:
+    """``groups`` for an identity-group choice (IDENTITY_GROUP_CHOICES): "single" (ours, the
+    paper's: skip_connect once; a second copy, if any, is dropped), "released"
+    :func:`released_groups`. A new, validated dict."""
+    if choice == "single":
+        clean = validate_groups(groups)
+        for g in clean.values():
+            if g["members"].count(DUPLICABLE_OP) > 1:
+                g["members"].remove(DUPLICABLE_OP)
+        return clean
+    if choice == "released":
+        return released_groups(groups)
+    raise ValueError(f"unknown identity group {choice!r}; choose one of "
+                     f"{', '.join(IDENTITY_GROUP_CHOICES)}")
 
 
 def stage1_primitives(groups: dict) -> list[str]:

@@ -2,7 +2,7 @@
 without running anything from the file, and rebuild them as our `FinalNetwork`.
 
 Those files are whole `nn.Module` objects pickled by `torch.save(model)` of PyTorch 1.x in the
-legacy (non-zip) format; /work/shared/reference/authors-checkpoint-format.md describes them.
+legacy (non-zip) format, the classes named by module (augment_cnn, cells, operators).
 This module parses that format itself: a restricted unpickler turns every class it may meet
 into an inert placeholder that only records its pickled state, tensors into references filled
 from the raw storage bytes, and refuses anything else before it is used. `torch.load` is never

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from genotypes import duplicate_problem
 from models.fast_convs import concat_channels, scale_by
 from models.ops import make_op, preprocess, preprocessing
 
@@ -44,6 +45,21 @@ def run_cell(cell: nn.Module, checkpointed: bool, *inputs):
                       context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_statistics(cell)))
 
 
+def module_keys(op_names: list[str]) -> list[str | None]:
+    """The `MixedOp.ops` key of each candidate: its op name, `<name>_2` for a second copy (the
+    released code's doubled skip_connect: `skip_connect_2`), None for `none` (no module). Lists
+    without repeats keep plain op names, so their state-dict keys do not change."""
+    seen: dict[str, int] = {}
+    keys: list[str | None] = []
+    for name in op_names:
+        seen[name] = seen.get(name, 0) + 1
+        if name == "none":
+            keys.append(None)
+        else:
+            keys.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return keys
+
+
 def edge_key(node: int, source: int) -> str:
     """Readable edge name: node index counted from 2 (0, 1 are the cell inputs) <- source."""
     return f"{node + 2}<-{source}"
@@ -58,22 +74,32 @@ class MixedOp(nn.Module):
     by every edge leaving that state, and take their weight inside their last BatchNorm;
     weight-free ops (pooling with non-affine BN, identity) are computed once per state and
     reused by every edge leaving it (`cache`, one dict per state and forward pass).
+
+    `ops` is keyed by op name. The released code's identity group lists skip_connect twice
+    (genotypes.released_groups): each copy has its own alpha and its own module, the second
+    under the key `skip_connect_2` (`module_keys`). At stride 1 both are the weight-free
+    identity, computed once and added twice, each term scaled by its own weight; at stride 2
+    they are two FactorizedReduce modules with separate weights. No other op may repeat.
     """
 
     def __init__(self, channels: int, stride: int, op_names: list[str]):
         super().__init__()
         if not op_names:
             raise ValueError("an edge needs at least one candidate op")
-        if len(set(op_names)) != len(op_names):
-            raise ValueError(f"duplicate candidate ops on one edge: {op_names}")
+        problem = duplicate_problem(list(op_names))
+        if problem:
+            raise ValueError(f"duplicate candidate ops on one edge: {problem}")
         self.op_names = list(op_names)
+        self.module_keys = module_keys(self.op_names)
         self.stride = stride
-        self.ops = nn.ModuleDict({name: make_op(name, channels, stride, affine=False)
-                                  for name in op_names if name != "none"})
-        indexed = [(i, name) for i, name in enumerate(op_names) if name != "none"]
-        self._weight_free = [(i, name) for i, name in indexed
-                             if getattr(self.ops[name], "weight_free", False)]
-        self._parametric = [(i, name) for i, name in indexed if (i, name) not in self._weight_free]
+        self.ops = nn.ModuleDict({key: make_op(name, channels, stride, affine=False)
+                                  for name, key in zip(op_names, self.module_keys) if key})
+        # (index, module key, op name); weight-free outputs are cached by op name, so the two
+        # identities of a doubled skip_connect share one
+        indexed = [(i, key, name) for i, (name, key) in enumerate(zip(op_names, self.module_keys))
+                   if key]
+        self._weight_free = [t for t in indexed if getattr(self.ops[t[1]], "weight_free", False)]
+        self._parametric = [t for t in indexed if t not in self._weight_free]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """`weights` holds one value per candidate, in `op_names` order; `cache` holds what
@@ -83,8 +109,8 @@ class MixedOp(nn.Module):
         # ops with weights first: each yields a fresh tensor, which backward does not need,
         # to accumulate into in place; the weight-free ops' shared outputs are then added
         # to it scaled, without a product tensor
-        for i, name in self._parametric:
-            op = self.ops[name]
+        for i, key, _ in self._parametric:
+            op = self.ops[key]
             if getattr(op, "starts_with_relu", False):
                 if "relu" not in cache:
                     cache["relu"] = torch.relu(x)
@@ -92,9 +118,9 @@ class MixedOp(nn.Module):
             else:
                 term = scale_by(op(x), weights[i])
             out = term if out is None else out.add_(term)
-        for i, name in self._weight_free:
+        for i, key, name in self._weight_free:
             if name not in cache:
-                cache[name] = self.ops[name](x)
+                cache[name] = self.ops[key](x)
             out = scale_by(cache[name], weights[i], out)
         if out is None:  # only `none`: the edge contributes zeros
             n, c, h, w = x.shape
@@ -130,14 +156,15 @@ class SearchCell(nn.Module):
         """Edges leaving the same state hold one instance of each weight-free op (same
         stride, same input, hence the same output and the same BatchNorm statistics), so the
         cache of MixedOp.forward computes it once and its running statistics stay the ones
-        every edge would have."""
+        every edge would have. Instances are matched by op name: both identities of a doubled
+        skip_connect are the same one."""
         for j in range(self.num_nodes + 1):
             first: dict[str, nn.Module] = {}
             for i in range(max(j - 1, 0), self.num_nodes):
-                ops = self.edges[edge_key(i, j)].ops
-                for name, op in list(ops.items()):
-                    if getattr(op, "weight_free", False):
-                        ops[name] = first.setdefault(name, op)
+                mixed = self.edges[edge_key(i, j)]
+                for key, name in zip(mixed.module_keys, mixed.op_names):
+                    if key and getattr(mixed.ops[key], "weight_free", False):
+                        mixed.ops[key] = first.setdefault(name, mixed.ops[key])
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: list[list[torch.Tensor]],
                 inputs_relued: bool = False) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Alphas are registered parameters grouped by alpha set: "normal" and "reduce" when shared by
 all cells of a kind (`alpha_share`, the paper's setting), or "cell_<i>" with one set per cell.
 Each set holds one 1-D parameter per edge, as long as that edge's candidate list, initialised
-as 1e-3 * randn (StacNAS facts sheet, "Networks").
+as 1e-3 * randn (StacNAS facts sheet, "Networks"). A list may repeat skip_connect (the released
+code's identity group, genotypes.released_groups): each copy has its own alpha entry, and the
+readout lists both under the name skip_connect.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
     python -m models.summary --arch DARTS_V2 --dataset cifar10 --init_channels 36 --num_cells 20 --auxiliary
     python -m models.summary --stage search1 --dataset cifar10 --num_cells 14 --init_channels 16
     python -m models.summary --stage search2 --alphas runs/exp/search1/alphas.json
+    python -m models.summary --stage search2 --alphas runs/exp/search1/alphas.json --identity_group released
 
 Multiply-adds are counted with torch.utils.flop_counter (convolutions and matrix products of
 one eval-mode forward pass for one image at the dataset's input size; FLOPs / 2).
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="supernet: alphas shared by all normal / all reduction cells")
     p.add_argument("--alphas", metavar="FILE", help="search2: the alphas.json written by search1")
+    p.add_argument("--identity_group", choices=gt.IDENTITY_GROUP_CHOICES, default="single",
+                   help="search2: the identity group's candidates: skip_connect once (ours) or "
+                        "twice as in the authors' released code (one more FactorizedReduce per "
+                        "reduction-cell input edge that activates it)")
     return p
 
 
@@ -82,13 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < (3 if flag == "num_cells" else 1):
             parser.error(f"--{flag} must be >= {3 if flag == 'num_cells' else 1}, got {value}")
+    if args.identity_group != "single" and args.stage != "search2":
+        parser.error("--identity_group applies to --stage search2 only")
     try:
         if args.stage:
             if args.stage == "search2" and not args.alphas:
                 parser.error("--stage search2 needs --alphas FILE (the alphas.json of search1)")
             alphas = gt.load_alphas(args.alphas) if args.alphas else None
             cells = _default(args.num_cells, {"search1": 14, "search2": 20, "darts": 8}[args.stage])
-            cands = stage_candidates(args.stage, cells, args.alpha_share, alphas)
+            groups = gt.identity_group(gt.GROUPS, args.identity_group)
+            cands = stage_candidates(args.stage, cells, args.alpha_share, alphas, groups)
             model = build_supernet(cands, info, _default(args.init_channels, 16), cells, args.auxiliary)
             head = {"network": "supernet", "stage": args.stage}
         else:

@@ -1,7 +1,7 @@
 """Stand-ins for the StacNAS authors' model code, to write files shaped like their releases.
 
 The authors' cifar10.pth.tar etc. are whole `nn.Module` objects pickled by `torch.save(model)`
-in the legacy format (see /work/shared/reference/authors-checkpoint-format.md). The classes
+in the legacy format (PyTorch 1.x's `torch.save(model)`). The classes
 below reproduce the modules, attribute names and nesting of that document (`augment_cnn`,
 `cells`, `operators`), with forwards following pt.darts: stem -> cells (s0, s1 = s1,
 cell(s0, s1)) -> auxiliary head in training -> global pool -> Linear; a cell sums, per node,

@@ -268,8 +268,14 @@ def _alphas_json(mutate):
      "normal node 0 edge 1: unknown op 'conv_9x9'"),
     (_alphas_json(lambda a: a["normal"][3][4]["alphas"].__setitem__(1, "big")),
      "normal node 3 edge 4: alpha of 'skip_connect' is 'big'"),
+    (_alphas_json(lambda a: a["reduce"][1][0]["ops"].__setitem__(0, "sep_conv_3x3")),
+     "reduce node 1 edge 0: op 'sep_conv_3x3' listed 2 times"),
+    (_alphas_json(lambda a: a["reduce"][1][0]["ops"].__setitem__(3, "skip_connect")),
+     "reduce node 1 edge 0: 'skip_connect' listed 2 times in ['max_pool_3x3', 'skip_connect', "
+     "'sep_conv_3x3', 'skip_connect', 'none']; it may appear at most twice, the two copies side "
+     "by side"),
 ], ids=["not-json", "not-dict", "unknown-key", "mixed", "missing-set", "edge-count", "length",
-        "unknown-op", "non-numeric"])
+        "unknown-op", "non-numeric", "duplicate-op", "skip-apart"])
 def test_malformed_alphas_are_rejected(tmp_path, content, expected):
     path = tmp_path / "alphas.json"
     path.write_text(content)
@@ -303,6 +309,10 @@ def test_groups_round_trip(tmp_path):
      "a: unknown op 'conv_2x2'"),
     ({"a": {"representative": "sep_conv_3x3"}}, "a: missing key 'members'"),
     ({"a": {"representative": "none", "members": ["none", "none"]}}, "distinct"),
+    ({"a": {"representative": "sep_conv_3x3", "members": ["sep_conv_3x3", "sep_conv_3x3"]}},
+     "a: members must be distinct: op 'sep_conv_3x3' listed 2 times"),
+    ({"a": {"representative": "skip_connect", "members": ["skip_connect", "none", "skip_connect"]}},
+     "side by side"),
     ({"a": {"representative": "none", "members": ["none"]},
       "b": {"representative": "none", "members": ["none"]}}, "b: representative 'none' already"),
     ([], "expected a non-empty object"),

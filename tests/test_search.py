@@ -172,3 +172,55 @@ def test_bf16_autocast_search_on_cpu_trains_with_finite_alphas(tmp_path):
     assert all(abs(v) < 1.0 for v in values) and any(v != 0.0 for v in values)
     record = json.loads((tmp_path / "exp" / "darts" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["loss"] == record["loss"] and record["loss"] < 10  # finite, not NaN
+
+
+def _scripted_held_out(monkeypatch, top1s):
+    """Held-out top-1 of epoch k = top1s[k] (the network's own evaluation replaced)."""
+    values = iter(top1s)
+    monkeypatch.setattr(search, "evaluate", lambda *a, **k: {"loss": 1.0, "top1": next(values),
+                                                             "top5": 100.0, "images_per_s": 1.0})
+
+
+@pytest.mark.parametrize("extra, expected_epoch", [([], 2), (["--alphas_from", "last"], 3)])
+def test_held_out_split_hands_on_the_best_epochs_alphas(tmp_path, monkeypatch, extra, expected_epoch):
+    """--train_ratio < 1: alphas.json and genotype.json take the alphas of the best held-out
+    epoch (the authors' alphas_best; ties go to the earlier epoch), unless --alphas_from last."""
+    _scripted_held_out(monkeypatch, [50.0, 80.0, 80.0])
+    assert _run(tmp_path, "search1", "--train_ratio", "0.5", *extra, epochs=3) == 0
+    s1 = tmp_path / "exp" / "search1"
+    selection = json.loads((s1 / "selection.json").read_text())
+    assert selection["alphas_epoch"] == expected_epoch and selection["last_epoch"] == 3
+    chosen = gt.load_alphas(s1 / "alphas" / f"epoch_{expected_epoch:03d}.json")
+    assert gt.load_alphas(s1 / "alphas.json") == chosen
+    assert gt.load_genotype(s1 / "genotype.json") == gt.derive_genotype(chosen)
+    assert chosen != gt.load_alphas(s1 / "alphas" / "epoch_001.json")  # the alphas did move
+    assert f"take the alphas of epoch {expected_epoch} of 3" in (s1 / "log.txt").read_text()
+
+
+def test_authors_search_options(tmp_path):
+    """The authors' search flags: --power_lr sets cosine power annealing of --learning_rate;
+    --label_smooth and --cutout_length are taken and recorded."""
+    assert _run(tmp_path, "search1", "--power_lr", "--learning_rate", "0.1",
+                "--learning_rate_min", "0.0", "--label_smooth", "0.1", "--cutout_length", "4",
+                epochs=2) == 0
+    records = [json.loads(l) for l in (tmp_path / "exp" / "search1" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["lr"] == pytest.approx(0.1)
+    assert records[1]["lr"] == pytest.approx(0.1 * (2 ** 0.5 - 1))  # power cosine at half-way
+    saved = json.loads((tmp_path / "exp" / "search1" / "config.json").read_text())
+    assert saved["label_smooth"] == 0.1 and saved["cutout"] == 4 and saved["power_lr"]
+
+
+def test_search2_with_the_released_identity_group(tmp_path):
+    """--identity_group released: identity edges search skip_connect twice, then none."""
+    assert _run(tmp_path, "search1", epochs=1) == 0
+    assert _run(tmp_path, "search2", "--identity_group", "released", epochs=1) == 0
+    exp = tmp_path / "exp"
+    expected = gt.candidates_from_stage1(gt.load_alphas(exp / "search1" / "alphas.json"),
+                                         gt.released_groups())
+    alphas2 = gt.load_alphas(exp / "search2" / "alphas.json")
+    got = {k: [[e["ops"] for e in node] for node in nodes] for k, nodes in alphas2.items()}
+    assert got == expected
+    lists = [ops for nodes in got.values() for node in nodes for ops in node]
+    assert any("skip_connect" in ops for ops in lists)  # stage 1 chose the identity somewhere
+    assert all(ops.count("skip_connect") == 2 for ops in lists if "skip_connect" in ops)
+    gt.load_genotype(exp / "search2" / "genotype.json")

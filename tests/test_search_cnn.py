@@ -46,8 +46,14 @@ def test_mixed_op_of_none_alone_gives_zeros_of_output_shape():
 
 
 def test_mixed_op_rejects_duplicates():
-    with pytest.raises(ValueError, match="duplicate"):
-        MixedOp(4, 1, ["skip_connect", "skip_connect"])
+    with pytest.raises(ValueError, match="duplicate.*'sep_conv_3x3' listed 2 times"):
+        MixedOp(4, 1, ["sep_conv_3x3", "sep_conv_3x3"])
+    with pytest.raises(ValueError, match="duplicate.*'skip_connect' listed 3 times"):
+        MixedOp(4, 1, ["skip_connect"] * 3)
+    # skip_connect twice, side by side, is the released code's identity group
+    # (tests/test_identity_group.py)
+    assert MixedOp(4, 1, ["skip_connect", "skip_connect"]).module_keys == ["skip_connect",
+                                                                           "skip_connect_2"]
 
 
 def test_search1_shared_alphas_forward_backward():
