@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.fast_convs import concat_channels
-from models.ops import Identity, drop_path, make_op, preprocess, preprocessing
+from models.ops import Identity, drop_path, make_op, preprocessing
 
 
 class FinalCell(nn.Module):
@@ -39,24 +38,16 @@ class FinalCell(nn.Module):
         self.gates = nn.Parameter(torch.zeros(len(ops))) if keep_zero else None
         self.out_channels = len(self.concat) * channels
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0,
-                inputs_relued: bool = False) -> torch.Tensor:
-        """With `inputs_relued`, s0 and s1 are already ReLU'd (see ops.preprocess)."""
-        states = preprocess(self.preproc0, self.preproc1, s0, s1, inputs_relued)
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        states = [self.preproc0(s0), self.preproc1(s1)]
         for i, (ops, sources) in enumerate(zip(self.nodes, self.inputs)):
-            node = None
+            node = 0
             for k, (op, src) in enumerate(zip(ops, sources)):
                 h = op(states[src])
-                fresh = not isinstance(op, Identity)  # other ops end in a BN, Zero or FR: new tensors
-                if fresh:
+                if not isinstance(op, Identity):
                     h = drop_path(h, drop_prob, self.training)
                 if self.gates is not None:
-                    h, fresh = torch.sigmoid(self.gates[2 * i + k]) * h, True
-                if node is None:
-                    node, node_fresh = h, fresh
-                elif node_fresh:  # a new tensor that backward does not need: sum in place
-                    node = node.add_(h)
-                else:
-                    node, node_fresh = node + h, True
+                    h = torch.sigmoid(self.gates[2 * i + k]) * h
+                node = node + h
             states.append(node)
-        return concat_channels([states[i] for i in self.concat])
+        return torch.cat([states[i] for i in self.concat], dim=1)

@@ -77,13 +77,9 @@ class _FinalBase(nn.Module):
 
     def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
         aux_logits = None
-        # every cell output is read ReLU'd, by the next two cells: one ReLU each
-        r0 = torch.relu(s0)
-        r1 = r0 if s1 is s0 else torch.relu(s1)
         for i, cell in enumerate(self.cells):
-            s1 = run_cell(cell, self.grad_checkpoint and self.training, r0, r1,
-                          self.drop_path_prob, True)
-            r0, r1 = r1, (torch.relu(s1) if i + 1 < len(self.cells) else None)
+            s0, s1 = s1, run_cell(cell, self.grad_checkpoint and self.training, s0, s1,
+                                  self.drop_path_prob)
             if i == self.aux_pos and self.aux_head is not None and self.training:
                 aux_logits = self.aux_head(s1)
         logits = self.classifier(torch.flatten(self.pool(s1), 1))

@@ -12,8 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.fast_convs import DepthwiseConv2d, concat_channels
-
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Zero whole samples with probability `drop_prob`, rescaling the rest (device-agnostic)."""
@@ -21,42 +19,10 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
         return x
     keep = 1.0 - drop_prob
     mask = x.new_empty(x.size(0), 1, 1, 1).bernoulli_(keep)
-    return x * mask.div_(keep)  # one pass over x
+    return x * (mask / keep)
 
 
-def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """`scale * bn(x)` in one BatchNorm call: the scale joins BN's affine weight (and bias), so
-    a supernet's alpha weight costs no separate multiply and no saved copy of the BN output.
-    Running statistics are updated exactly as `bn(x)` would."""
-    if scale is None:
-        return bn(x)
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    # a contiguous weight: a stride-0 expanded one takes a 2x slower BatchNorm backward on CPU
-    weight = scale.expand(bn.num_features).contiguous() if bn.weight is None else bn.weight * scale
-    bias = None if bn.bias is None else bn.bias * scale
-    batch_stats = bn.training or bn.running_mean is None
-    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, batch_stats, momentum, bn.eps)
-
-
-class _ReLUFirst(nn.Module):
-    """An op `ReLU - ... - BN` held in `net`: `forward_after_relu` skips the ReLU, so a mixed op
-    can share one ReLU of its input among all such candidates, and takes the mixed op's weight
-    into the final BatchNorm (same function, less work)."""
-
-    starts_with_relu = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_after_relu(torch.relu(x))
-
-    def forward_after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        return scaled_batch_norm(self.net[-1], self.net[1:-1](x), scale)
-
-
-class StdConv(_ReLUFirst):
+class StdConv(nn.Module):
     """ReLU - Conv - BN (the cells' input preprocessing)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
@@ -68,8 +34,11 @@ class StdConv(_ReLUFirst):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
-class DilConv(_ReLUFirst):
+
+class DilConv(nn.Module):
     """ReLU - depthwise Conv (dilated) - pointwise Conv - BN."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
@@ -77,10 +46,14 @@ class DilConv(_ReLUFirst):
         super().__init__()
         self.net = nn.Sequential(
             nn.ReLU(inplace=False),
-            DepthwiseConv2d(c_in, kernel, stride, padding, dilation),
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in,
+                      bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class SepConv(nn.Module):
@@ -94,18 +67,11 @@ class SepConv(nn.Module):
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
 
-    starts_with_relu = True
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_after_relu(torch.relu(x))
-
-    def forward_after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        # the inner ReLU may work in place: BatchNorm's backward needs its input, not its output
-        inner = torch.relu_(self.net[0].forward_after_relu(x))
-        return self.net[1].forward_after_relu(inner, scale)
+        return self.net(x)
 
 
-class FacConv(_ReLUFirst):
+class FacConv(nn.Module):
     """ReLU - Conv(1 x k) - Conv(k x 1) - BN (the `conv_7x1_1x7` op)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, affine: bool = True):
@@ -117,6 +83,9 @@ class FacConv(_ReLUFirst):
             nn.Conv2d(c_in, c_out, (kernel, 1), (stride, 1), (pad, 0), bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class PoolBN(nn.Module):
@@ -131,8 +100,6 @@ class PoolBN(nn.Module):
         else:
             raise ValueError(f"unknown pooling kind {kind!r}; use 'max' or 'avg'")
         self.bn = nn.BatchNorm2d(channels, affine=affine)
-        # without affine BN it has no weights: edges reading the same state may share it
-        self.weight_free = not affine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))
@@ -140,8 +107,6 @@ class PoolBN(nn.Module):
 
 class Identity(nn.Module):
     """The skip connection at stride 1."""
-
-    weight_free = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -163,9 +128,8 @@ class Zero(nn.Module):
 class FactorizedReduce(nn.Module):
     """ReLU - two 1x1 convs at stride 2 on offset grids, concatenated - BN.
 
-    The second path reads the input shifted by one pixel; padding it at the far edge makes
-    both paths ceil(H / 2) wide for odd H too (identical values for even H). The convs are
-    stride-2 nn.Conv2d modules (weights, state dict) applied as 1x1 convs of the samples.
+    The second path reads the input shifted by one pixel, padded at the far edge so that both
+    paths are ceil(H / 2) wide for odd H too (for even H the padding is never read).
     """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
@@ -177,19 +141,10 @@ class FactorizedReduce(nn.Module):
         self.conv2 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    starts_with_relu = True
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_after_relu(self.relu(x))
-
-    def forward_after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        # a strided 1x1 conv is a 1x1 conv of the strided samples; taking them first avoids
-        # the CPU library's slow strided backward
-        even = x[:, :, ::2, ::2]
-        odd = x[:, :, 1::2, 1::2]
-        odd = F.pad(odd, (0, even.shape[3] - odd.shape[3], 0, even.shape[2] - odd.shape[2]))
-        halves = [F.conv2d(even, self.conv1.weight), F.conv2d(odd, self.conv2.weight)]
-        return scaled_batch_norm(self.bn, concat_channels(halves), scale)
+        x = self.relu(x)
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv1(x), self.conv2(shifted)], dim=1))
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]
@@ -229,12 +184,3 @@ def preprocessing(c_prev_prev: int, c_prev: int, channels: int, reduction_prev: 
     else:
         pre0 = StdConv(c_prev_prev, channels, 1, 1, 0, affine)
     return pre0, StdConv(c_prev, channels, 1, 1, 0, affine)
-
-
-def preprocess(pre0: nn.Module, pre1: nn.Module, s0: torch.Tensor, s1: torch.Tensor,
-               inputs_relued: bool) -> list[torch.Tensor]:
-    """The cell's two input states; with `inputs_relued`, s0 and s1 are already ReLU'd (the
-    network applies one ReLU to each cell output for the two cells that read it)."""
-    if inputs_relued:
-        return [pre0.forward_after_relu(s0), pre1.forward_after_relu(s1)]
-    return [pre0(s0), pre1(s1)]

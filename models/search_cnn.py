@@ -119,12 +119,11 @@ class SearchNetwork(nn.Module):
     def forward(self, x: torch.Tensor):
         """Logits; in training mode with an auxiliary head, (logits, aux_logits)."""
         weights = {name: self._softmaxed(name) for name in self.arch}
-        s1 = self.stem(x)
-        r0 = r1 = torch.relu(s1)  # every cell output is read ReLU'd, by the next two cells
+        s0 = s1 = self.stem(x)
         aux_logits = None
         for i, (cell, name) in enumerate(zip(self.cells, self.cell_sets)):
-            s1 = run_cell(cell, self.grad_checkpoint and self.training, r0, r1, weights[name], True)
-            r0, r1 = r1, (torch.relu(s1) if i + 1 < len(self.cells) else None)
+            s0, s1 = s1, run_cell(cell, self.grad_checkpoint and self.training, s0, s1,
+                                  weights[name])
             if i == self.aux_pos and self.aux_head is not None and self.training:
                 aux_logits = self.aux_head(s1)
         logits = self.classifier(torch.flatten(self.pool(s1), 1))

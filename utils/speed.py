@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from models import fastpath
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -74,9 +76,12 @@ def keep_freed_memory() -> bool:
 
 def prepare(model: nn.Module, args: argparse.Namespace, device: torch.device) -> nn.Module:
     """Apply memory format and checkpointing to `model` (in place); returns it. On CPU the
-    process also keeps freed memory for reuse (`keep_freed_memory`)."""
+    network takes the fast path (models.fastpath: same function, less work) and the process
+    keeps freed memory for reuse (`keep_freed_memory`)."""
     if device.type == "cpu":
         keep_freed_memory()
+        if getattr(args, "fast_path", True):
+            fastpath.enable(model)
     if channels_last_for(args, device):
         model.to(memory_format=torch.channels_last)
     if getattr(args, "grad_checkpoint", False):

@@ -1,5 +1,6 @@
-"""The same numbers, less work: fast-backward convolutions, the alpha weight folded into
-BatchNorm, dense concat gradients, and per-state sharing inside a search cell."""
+"""The CPU fast path (models.fastpath) computes the plain path's function: fast-backward
+convolutions, the alpha weight folded into BatchNorm, dense concat gradients, per-state sharing
+inside a search cell, and whole networks (outputs, gradients, BatchNorm statistics)."""
 import copy
 import platform
 import sys
@@ -9,9 +10,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.fast_convs import DepthwiseConv2d, concat_channels, depthwise_weight_grad
-from models.ops import FactorizedReduce, PoolBN, scaled_batch_norm
+import genotypes as gt
+from models import fastpath
+from models.augment_cells import FinalCell
+from models.augment_cnn import FinalNetwork, ImageNetNetwork
+from models.factory import stage_candidates
+from models.fastpath.cells import FastFinalCell, FastSearchCell, is_weight_free
+from models.fastpath.functions import (DepthwiseConv2d, concat_channels, depthwise_weight_grad,
+                                       scale_by, scaled_batch_norm)
+from models.ops import FactorizedReduce, PoolBN
 from models.search_cells import SearchCell, edge_key
+from models.search_cnn import SearchNetwork
 from utils.speed import keep_freed_memory
 
 CASES = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]  # kernel, padding, dilation
@@ -136,56 +145,116 @@ def test_factorized_reduce_equals_strided_convs_on_offset_grids(size):
     assert torch.allclose(fr(x), ref, atol=1e-6)
 
 
-def _cell(candidates_per_edge):
+def _fast_cell(candidates_per_edge):
     torch.manual_seed(5)
     nodes = [[list(candidates_per_edge) for _ in range(i + 2)] for i in range(3)]
-    return SearchCell(nodes, 8, 8, 4, reduction=False, reduction_prev=False)
+    plain = SearchCell(nodes, 8, 8, 4, reduction=False, reduction_prev=False)
+    return plain, fastpath.enable(copy.deepcopy(plain))
 
 
-def _naive_cell_output(cell, s0, s1, weights):
-    """The cell computed edge by edge, every op called on its own (no sharing, no folding)."""
-    states = [cell.preproc0(s0), cell.preproc1(s1)]
-    for i in range(cell.num_nodes):
-        node = 0
-        for j, h in enumerate(states):
-            mixed = cell.edges[edge_key(i, j)]
-            for w, name in zip(weights[i][j], mixed.op_names):
-                if name != "none":
-                    node = node + w * mixed.ops[name](h)
-        states.append(node)
-    return torch.cat(states[2:], 1)
-
-
-def test_search_cell_shares_weight_free_ops_per_state_and_computes_the_naive_function():
+def test_search_cell_shares_weight_free_ops_per_state_and_computes_the_plain_function():
     ops = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
-    cell = _cell(ops)
+    plain, cell = _fast_cell(ops)
+    assert isinstance(cell, FastSearchCell)
     # every edge leaving state 1 holds the same pooling module; different states differ
     pools = [cell.edges[edge_key(i, 1)].ops["max_pool_3x3"] for i in range(3)]
-    assert all(p is pools[0] for p in pools) and isinstance(pools[0], PoolBN)
+    assert all(p is pools[0] for p in pools) and isinstance(pools[0], PoolBN) and is_weight_free(pools[0])
     assert cell.edges[edge_key(0, 0)].ops["max_pool_3x3"] is not pools[0]
     assert cell.edges[edge_key(0, 0)].ops["sep_conv_3x3"] is not cell.edges[edge_key(1, 0)].ops["sep_conv_3x3"]
+    assert plain.edges[edge_key(1, 1)].ops["max_pool_3x3"] is not plain.edges[edge_key(0, 1)].ops["max_pool_3x3"]
     torch.manual_seed(6)
     s0, s1 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     weights = [[torch.softmax(torch.randn(len(ops)), 0) for _ in range(i + 2)] for i in range(3)]
-    cell.train()
-    y = cell(s0, s1, weights)
-    # one training forward updates each shared BatchNorm once
+    y, y_plain = cell.train()(s0, s1, weights), plain.train()(s0, s1, weights)
+    # one training forward updates each shared BatchNorm once, as each plain edge's own
     assert int(pools[0].bn.num_batches_tracked) == 1
-    cell.eval()
-    assert torch.allclose(cell(s0, s1, weights), _naive_cell_output(cell, s0, s1, weights), atol=1e-5)
-    assert y.shape == (2, 12, 6, 6)
+    assert _same_state(cell, plain)
+    assert torch.allclose(y, y_plain, atol=1e-5) and y.shape == (2, 12, 6, 6)
+    assert torch.allclose(cell.eval()(s0, s1, weights), plain.eval()(s0, s1, weights), atol=1e-5)
 
 
-def test_search_cell_gradients_match_the_naive_cell():
+def test_search_cell_gradients_match_the_plain_cell():
     ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
-    cell = _cell(ops).train()
-    naive = copy.deepcopy(cell)
+    plain, cell = _fast_cell(ops)
     s0, s1 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     alphas = [[torch.randn(len(ops), requires_grad=True) for _ in range(i + 2)] for i in range(3)]
-    ours = cell(s0, s1, [[a.softmax(0) for a in node] for node in alphas])
+    ours = cell.train()(s0, s1, [[a.softmax(0) for a in node] for node in alphas])
     flat = [a for node in alphas for a in node]
-    theirs = _naive_cell_output(naive, s0, s1, [[a.softmax(0) for a in node] for node in alphas])
-    _assert_same_gradients(ours, theirs, flat + list(cell.parameters()), flat + list(naive.parameters()))
+    theirs = plain.train()(s0, s1, [[a.softmax(0) for a in node] for node in alphas])
+    _assert_same_gradients(ours, theirs, flat + list(cell.parameters()), flat + list(plain.parameters()))
+
+
+def _same_state(a: nn.Module, b: nn.Module, atol=1e-5) -> bool:
+    """Equal state dicts: same keys, same values (parameters and BatchNorm statistics)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        torch.allclose(sa[k].float(), sb[k].float(), atol=atol) for k in sa)
+
+
+def _search_net(stage):
+    if stage == "search2_released":
+        alphas = {k: [[{"ops": ops, "alphas": [0.1 * i for i in range(len(ops))]} for ops in node]
+                      for node in nodes]
+                  for k, nodes in stage_candidates("search1", 4).items()}
+        candidates = gt.candidates_from_stage1(alphas, gt.released_groups())
+    else:
+        candidates = stage_candidates(stage, 4)
+    return SearchNetwork(candidates, 5, init_channels=4, num_cells=4, auxiliary=True, input_size=9)
+
+
+def _final_net(kind):
+    if kind == "imagenet":
+        return ImageNetNetwork(gt.DARTS_V2, num_classes=5, init_channels=8, num_cells=4,
+                               auxiliary=True, input_size=32)
+    return FinalNetwork(gt.STACNAS_C10 if kind == "stacnas" else gt.DARTS_V2, num_classes=5,
+                        init_channels=4, num_cells=4, auxiliary=True, input_size=9,
+                        keep_zero=kind == "keep_zero")
+
+
+NETWORKS = [("search1", _search_net), ("darts", _search_net), ("search2_released", _search_net),
+            ("darts_v2", _final_net), ("stacnas", _final_net), ("keep_zero", _final_net),
+            ("imagenet", _final_net)]
+
+
+@pytest.mark.parametrize("kind, build", NETWORKS, ids=[n for n, _ in NETWORKS])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_network_equals_the_plain_network(kind, build, channels_last):
+    """One training step's loss and every gradient, the BatchNorm statistics after it, and
+    the eval-mode logits: the same with and without the fast path (drop path on, same RNG)."""
+    torch.manual_seed(8)
+    plain = build(kind)
+    fast = fastpath.enable(copy.deepcopy(plain))
+    assert fastpath.is_enabled(fast) and not fastpath.is_enabled(plain)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    size = 32 if kind == "imagenet" else 9
+    x = torch.randn(3, 3, size, size).to(memory_format=fmt)
+    for net in (plain, fast):
+        net.to(memory_format=fmt).train()
+        net.drop_path_prob = 0.3
+    grads = []
+    for net in (plain, fast):
+        torch.manual_seed(9)  # the same drop-path masks
+        logits, aux = net(x)
+        loss = logits.logsumexp(1).mean() + 0.4 * aux.square().mean()
+        grads.append((loss, torch.autograd.grad(loss, list(net.parameters()))))
+    (loss_p, grads_p), (loss_f, grads_f) = grads
+    assert torch.allclose(loss_p, loss_f, atol=1e-5)
+    for gp, gf in zip(grads_p, grads_f):
+        # float32 sums in another order: equal to 1e-4 of the gradient's scale
+        assert (gp - gf).abs().max() <= 1e-4 * max(1.0, gp.abs().max()), (gp - gf).abs().max()
+    assert _same_state(plain, fast)
+    assert torch.allclose(plain.eval()(x), fast.eval()(x), atol=1e-5)
+
+
+def test_enable_takes_exact_classes_and_keeps_parameters():
+    net = _final_net("darts_v2")
+    params = list(net.parameters())
+    fastpath.enable(net)
+    assert all(type(c) is FastFinalCell for c in net.cells) and list(net.parameters()) == params
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert any(type(m) is DepthwiseConv2d for m in convs)
+    assert all(m.groups == 1 for m in convs if type(m) is nn.Conv2d)  # only depthwise ones swap
 
 
 def test_keep_freed_memory_applies_on_glibc_linux_only():
@@ -195,7 +264,6 @@ def test_keep_freed_memory_applies_on_glibc_linux_only():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_scale_by_matches_multiplication_and_its_gradients(channels_last):
-    from models.fast_convs import scale_by
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 3, 4, 5).to(memory_format=fmt).requires_grad_()
     w = torch.tensor(0.7, requires_grad=True)
@@ -209,20 +277,12 @@ def test_scale_by_matches_multiplication_and_its_gradients(channels_last):
     assert torch.allclose(other[1], theirs[1], atol=1e-5)
 
 
-def test_final_cell_in_place_sums_leave_identity_inputs_intact_and_match_naive_sums():
-    from models.augment_cells import FinalCell
+def test_final_cell_in_place_sums_leave_identity_inputs_intact_and_match_plain_sums():
     torch.manual_seed(7)
     ops = [("skip_connect", 0), ("skip_connect", 1), ("sep_conv_3x3", 2), ("skip_connect", 0),
            ("max_pool_3x3", 3), ("skip_connect", 2), ("dil_conv_3x3", 1), ("skip_connect", 4)]
-    cell = FinalCell(ops, [2, 3, 4, 5], 8, 8, 4, reduction=False, reduction_prev=False).train()
+    plain = FinalCell(ops, [2, 3, 4, 5], 8, 8, 4, reduction=False, reduction_prev=False).train()
+    cell = fastpath.enable(copy.deepcopy(plain))
     s0 = torch.randn(2, 8, 6, 6, requires_grad=True)
     s1 = torch.randn(2, 8, 6, 6, requires_grad=True)
-    y = cell(s0, s1)
-
-    def naive(a, b):
-        states = [cell.preproc0(a), cell.preproc1(b)]
-        for node_ops, sources in zip(cell.nodes, cell.inputs):
-            states.append(sum(op(states[src]) for op, src in zip(node_ops, sources)))
-        return torch.cat(states[2:], 1)
-
-    _assert_same_gradients(y, naive(s0, s1), (s0, s1), (s0, s1))
+    _assert_same_gradients(cell(s0, s1), plain(s0, s1), (s0, s1), (s0, s1))
