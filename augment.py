@@ -86,6 +86,7 @@ class Augment:
                              "drop it on CPU")
         if args.sync_bn and ranks.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        speed.resolve(args, device, "final", log)
         speed.prepare(self.model, args, device)
         self.memory_format = speed.memory_format(args, device)
         self.autocast = speed.autocast(args, device)

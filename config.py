@@ -22,7 +22,7 @@ SEARCH_DEFAULTS = {
 }
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
-RESUME_NEUTRAL = {"device", "gpu", "num_workers", "print_freq", "force", "debug", "data_dir",
+RESUME_NEUTRAL = {"device", "gpu", "channels_last", "num_workers", "print_freq", "force", "debug", "data_dir",
                   "save_dir", "run_dir", "stage_dir", "search1_dir", "genotype", "resume",
                   "no_download"}
 # Cells have this many intermediate nodes (the DARTS space; the authors' --num_nodes).

@@ -101,6 +101,7 @@ class Search:
         candidates = stage_candidates(args.stage, args.num_cells, args.alpha_share,
                                       stage1_alphas(args) if args.stage == "search2" else None,
                                       groups)
+        speed.resolve(args, device, "search", log)
         self.model = speed.prepare(build_supernet(candidates, info, args.init_channels, args.num_cells,
                                                   auxiliary=args.aux_weight > 0).to(self.device),
                                    args, device)

@@ -139,6 +139,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
     count = len(test_set) if args.subset is None else min(args.subset, len(test_set))
     loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
                          shuffle=False, num_workers=args.num_workers)
+    speed.resolve(args, device, "final", lambda m: print(m, file=sys.stderr))
     model = speed.prepare(model.to(device), args, device)
     stats = evaluate(model, loader, nn.CrossEntropyLoss(), device=device,
                      dist_info=ranks if ranks.enabled else None,

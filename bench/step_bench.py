@@ -9,9 +9,10 @@ search1: 14-cell supernet, one-level step (forward, backward, alpha and weight u
 sep_conv_5x5, none): the heaviest stage-2 supernet. augment: DARTS_V2, 20 cells, 36 channels,
 batch 96, auxiliary head (weight 0.4), drop path 0.2. CIFAR-sized inputs. Variants: base
 (float32, NCHW), cl (--channels_last), bf16 (--amp bf16), fp16, ckpt (--grad_checkpoint),
-compile (--compile), combined with '+'. Peak memory is the process's peak RSS on CPU, max
-allocated on CUDA. The network code's own savings (shared ReLUs and weight-free ops, alpha
-weights inside BatchNorm, the CPU backward paths of models/fast_convs.py) are always on.
+compile (--compile), plain (without the CPU fast path of models/fastpath), combined with '+';
+`default` is exactly what the scripts do without speed flags on this machine. Peak memory is
+the process's peak RSS on CPU, max allocated on CUDA. Every table names the CPU capability
+(torch.backends.cpu.get_cpu_capability(): AVX2, AVX512, ...).
 """
 from __future__ import annotations
 
@@ -26,17 +27,24 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (cells, channels, batch size)
 CONFIGS = {"search1": (14, 16, 64), "search2": (20, 16, 64), "augment": (20, 36, 96)}
-FLAGS = {"base", "cl", "bf16", "fp16", "ckpt", "compile"}
+FLAGS = {"base", "cl", "bf16", "fp16", "ckpt", "compile", "plain"}
 
 
 def speed_args(variant: str) -> argparse.Namespace:
+    if variant == "default":  # the scripts' own defaults on this machine
+        sys.path.insert(0, ROOT)
+        import config
+        import torch
+        from utils import speed
+        return config.augment_parser().parse_args(["--name", "bench"])  # resolved in make_step
     parts = set(variant.split("+"))
     unknown = parts - FLAGS
     if unknown:
         raise ValueError(f"unknown variant part(s) {sorted(unknown)}; use {sorted(FLAGS)} joined by '+'")
     amp = "bf16" if "bf16" in parts else "fp16" if "fp16" in parts else "none"
     return argparse.Namespace(channels_last="cl" in parts, amp=amp, grad_checkpoint="ckpt" in parts,
-                              compile="compile" in parts)
+                              compile="compile" in parts, fast_path="plain" not in parts,
+                              force_amp=True)
 
 
 def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namespace):
@@ -52,6 +60,7 @@ def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namesp
     from utils.engine import loss_and_logits
 
     info = DatasetInfo(3, 32, 10)
+    speed.resolve(opts, dev, "final" if config == "augment" else "search")
     autocast, scaler = speed.autocast(opts, dev), speed.grad_scaler(opts, dev)
     if config == "augment":
         model = speed.prepare(build_final_network(gt.DARTS_V2, info, channels, cells,
@@ -117,6 +126,8 @@ def measure(config: str, variant: str, batch_size: int | None, steps: int, devic
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"config": config, "variant": variant, "cells": cells, "channels": channels,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "channels_last": opts.channels_last, "amp": opts.amp,
             "batch_size": batch_size, "device": device, "threads": torch.get_num_threads(),
             "images_per_s": round(batch_size * steps / seconds, 2),
             "seconds_per_step": round(seconds / steps, 3), "peak_memory_gb": round(peak / 1e9, 2)}
@@ -149,6 +160,10 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
             speed_args(v)
         except ValueError as err:
             p.error(str(err))
+    import torch
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; "
+          f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '-')}, "
+          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}", flush=True)
     print(f"{'config':<9} {'variant':<12} {'cells':>5} {'ch':>3} {'batch':>5} {'img/s':>8} "
           f"{'s/step':>8} {'peak GB':>8}  device", flush=True)
     for config in configs:

@@ -181,6 +181,6 @@ def test_test_py_on_an_authors_file_and_its_export(tmp_path):
 
 def test_bf16_autocast_training_on_cpu(tmp_path, cifar):
     # DARTS_V2 has separable, dilated, pooling and skip ops: all under bf16 autocast on CPU
-    assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--amp", "bf16") == 0
+    assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--amp", "bf16", "--force_amp") == 0
     record = json.loads((tmp_path / "net" / "augment" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["loss"] == record["loss"] and 0 < record["loss"] < 10

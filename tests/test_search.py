@@ -166,7 +166,9 @@ def test_custom_groups(tmp_path):
 
 def test_bf16_autocast_search_on_cpu_trains_with_finite_alphas(tmp_path):
     # every op of the DARTS space, under bf16 autocast on CPU (the fast backward paths included)
-    assert _run(tmp_path, "darts", "--amp", "bf16", "--optimization", "one-level", epochs=1) == 0
+    assert _run(tmp_path, "darts", "--amp", "bf16", "--force_amp", "--optimization", "one-level",
+                epochs=1) == 0
+    assert json.loads((tmp_path / "exp" / "darts" / "config.json").read_text())["amp"] == "bf16"
     alphas = gt.load_alphas(tmp_path / "exp" / "darts" / "alphas.json")
     values = [v for n in alphas["normal"] for e in n for v in e["alphas"]]
     assert all(abs(v) < 1.0 for v in values) and any(v != 0.0 for v in values)
@@ -224,3 +226,13 @@ def test_search2_with_the_released_identity_group(tmp_path):
     assert any("skip_connect" in ops for ops in lists)  # stage 1 chose the identity somewhere
     assert all(ops.count("skip_connect") == 2 for ops in lists if "skip_connect" in ops)
     gt.load_genotype(exp / "search2" / "genotype.json")
+
+
+def test_bf16_without_native_support_falls_back_to_float32_with_a_warning(tmp_path, monkeypatch):
+    """--amp bf16 on a CPU without native bf16 (AVX2 class): one warning, float32 training."""
+    from utils import speed
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
+    assert _run(tmp_path, "search1", "--amp", "bf16", epochs=1) == 0
+    stage = tmp_path / "exp" / "search1"
+    assert json.loads((stage / "config.json").read_text())["amp"] == "none"
+    assert (stage / "log.txt").read_text().count("warning: --amp bf16 ignored") == 1

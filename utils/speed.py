@@ -19,19 +19,56 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def add_speed_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC memory format (measured 1.3-1.9x faster on CPU; standard on GPUs); "
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format; default: chosen by the device where it was measured "
+                        "faster (GPUs: on; CPUs: see the README's speed table); "
                         "--no-channels_last for NCHW")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="autocast matmuls/convs to bf16 or fp16 (softmax of the alphas and the losses "
-                        "stay float32; fp16 uses a gradient scaler); bf16 about halves memory, and "
-                        "on a bf16-capable CPU trains a final network ~1.3x faster")
+                        "stay float32; fp16 uses a gradient scaler); bf16 about halves memory. On a "
+                        "CPU without native bf16 (e.g. AVX2 only) bf16 is ~10x slower: it is then "
+                        "refused with a warning (float32) unless --force_amp")
+    g.add_argument("--force_amp", action="store_true",
+                   help="use --amp even where the device has no native support for it")
     if training:
         g.add_argument("--compile", action="store_true",
                        help="torch.compile the network (slow first steps; opt-in)")
         g.add_argument("--grad_checkpoint", action="store_true",
                        help="recompute each cell in backward instead of keeping its activations "
                             "(16-35%% of the memory, 25-30%% less speed)")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX class), where
+    bf16 autocast pays; on AVX2-only CPUs it is emulated and about 10x slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
+
+
+def channels_last_default(device: torch.device, network: str) -> bool:
+    """The measured choice (README, "Speed, memory and multiple GPUs"): on GPUs channels_last;
+    on CPUs it speeds the supernets up everywhere measured, and the final networks on
+    AVX-512/AMX CPUs but not on AVX2-only ones."""
+    if device.type != "cpu":
+        return device.type == "cuda"
+    if network == "search":
+        return True
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
+
+
+def resolve(args: argparse.Namespace, device: torch.device, network: str, log=print) -> None:
+    """Fill the device-dependent speed defaults into `args` (network: "search" or "final"):
+    --channels_last when not given, and --amp bf16 refused (float32, one warning line) on a
+    CPU without native bf16 unless --force_amp."""
+    if getattr(args, "channels_last", None) is None:
+        args.channels_last = channels_last_default(device, network)
+    if (getattr(args, "amp", "none") == "bf16" and device.type == "cpu"
+            and not getattr(args, "force_amp", False) and not cpu_has_native_bf16()):
+        log(f"warning: --amp bf16 ignored: this CPU ({torch.backends.cpu.get_cpu_capability()}) has "
+            "no native bf16 and would run ~10x slower; training in float32 (--force_amp insists)")
+        args.amp = "none"
 
 
 def channels_last_for(args: argparse.Namespace, device: torch.device) -> bool:
