@@ -116,9 +116,11 @@ def prepare(model: nn.Module, args: argparse.Namespace, device: torch.device) ->
     network takes the fast path (models.fastpath: same function, less work) and the process
     keeps freed memory for reuse (`keep_freed_memory`)."""
     if device.type == "cpu":
-        keep_freed_memory()
-        if getattr(args, "fast_path", True):
-            fastpath.enable(model)
+        if getattr(args, "keep_freed_memory", True):
+            keep_freed_memory()
+        parts = getattr(args, "fast_path", fastpath.PARTS)
+        if parts:
+            fastpath.enable(model, tuple(parts))
     if channels_last_for(args, device):
         model.to(memory_format=torch.channels_last)
     if getattr(args, "grad_checkpoint", False):

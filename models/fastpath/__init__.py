@@ -31,15 +31,23 @@ def _is_depthwise(m: nn.Module) -> bool:
             and m.bias is None and m.kernel_size[0] == m.kernel_size[1])
 
 
-def enable(model: nn.Module) -> nn.Module:
+# The parts of the fast path, each measured on its own (bench/step_bench.py variants):
+# "cells": the fast forms of FAST_FORMS; "depthwise": DepthwiseConv2d's backward.
+PARTS = ("cells", "depthwise")
+
+
+def enable(model: nn.Module, parts: tuple[str, ...] = PARTS) -> nn.Module:
     """Switch `model` (and its submodules) to the fast path, in place; returns it."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown fast-path parts {sorted(unknown)}; choose from {PARTS}")
     for module in list(model.modules()):
-        if type(module) in FAST_FORMS:
+        if "cells" in parts and type(module) in FAST_FORMS:
             module.__class__ = FAST_FORMS[type(module)]
-        elif _is_depthwise(module):
+            if isinstance(module, SearchCell):
+                fast.share_weight_free_ops(module)
+        elif "depthwise" in parts and _is_depthwise(module):
             module.__class__ = DepthwiseConv2d
-        if isinstance(module, SearchCell):
-            fast.share_weight_free_ops(module)
     return model
 
 
