@@ -24,18 +24,18 @@ import torch.nn as nn
 import config
 import genotypes as gt
 from models.factory import build_from_spec, network_spec
-from models.summary import count_macs, count_params
+from models.summary import count_macs, count_params_without_aux
 from utils import distributed, speed
-from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.checkpoint import FINAL_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, make_loader, split_indices
+from utils.data import get_dataset, make_loader, split_indices, subset_size
 from utils.distributed import Dist
-from utils.engine import Interrupted, evaluate, loss_and_logits, train_epoch
+from utils.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
+from utils.genotype_files import format_genotype, load_genotype
 from utils.logging import run_info
+from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
 from utils.stage import GracefulStop, StageRun, check_same_config
-
-CHECKPOINT_FORMAT = "stacnas-final-1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: run(args), args.debug)
 
 
-def load_genotype(args: argparse.Namespace):
+def chosen_genotype(args: argparse.Namespace):
+    """--arch NAME or the --genotype file."""
     if args.arch:
         return gt.get_named_genotype(args.arch)
     if not Path(args.genotype).is_file():
         raise gt.GenotypeError(f"{args.genotype}: not found; pass --genotype FILE or --arch NAME, "
                                "or run search.py --stage search2 for this --name first")
-    return gt.load_genotype(args.genotype)
+    return load_genotype(args.genotype)
 
 
 class Augment:
@@ -61,7 +62,7 @@ class Augment:
         self.device, self.ranks = device, ranks
         self.dist = ranks if ranks.enabled else None
         seed_everything(args.seed, args.deterministic)
-        genotype = load_genotype(args)
+        genotype = chosen_genotype(args)
         spec_kwargs = dict(synthetic=config.synthetic_spec(args), download=not args.no_download,
                            log=log)
         with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
@@ -72,14 +73,14 @@ class Augment:
                                              transform="eval", **spec_kwargs)
         self.test_set, _ = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
                                        **spec_kwargs)
-        n = len(self.train_set) if args.subset is None else min(args.subset, len(self.train_set))
+        n = subset_size(len(self.train_set), args.subset)
         if args.valid_ratio is None:
             self.train_idx, self.valid_idx = list(range(n)), []
         else:
             self.train_idx, self.valid_idx = split_indices(n, 1 - args.valid_ratio, args.seed)
-        self.info = info
-        self.spec = network_spec(genotype, info, args.init_channels, args.num_cells,
-                                 auxiliary=args.aux_weight > 0, keep_zero=args.keep_zero)
+        self.spec = network_spec(genotype, **info.network_shape(), init_channels=args.init_channels,
+                                 num_cells=args.num_cells, auxiliary=args.aux_weight > 0,
+                                 keep_zero=args.keep_zero)
         self.model = build_from_spec(self.spec).to(self.device)
         if args.sync_bn and device.type != "cuda":
             raise ValueError("--sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); "
@@ -102,20 +103,18 @@ class Augment:
         self.best = {"valid_top1": None, "epoch": None}
         self.elapsed = 0.0
         self.last_test: tuple[int, dict] | None = None  # (epoch, figures) of the last test run
-        log(f"augment: {gt.format_genotype(genotype)}")
+        log(f"augment: {format_genotype(genotype)}")
         log(f"{len(self.train_idx)} training / {len(self.valid_idx)} held-out / "
             f"{len(self.test_set)} test images; {args.num_cells} cells, {args.init_channels} "
-            f"channels, {self.params_without_aux() / 1e6:.3f}M parameters without the auxiliary "
-            f"head; device {self.device}" + (f", {ranks.world_size} processes" if ranks.enabled else ""))
-
-    def params_without_aux(self) -> int:
-        return count_params(self.model) - count_params(getattr(self.model, "aux_head", None))
+            f"channels, {count_params_without_aux(self.model) / 1e6:.3f}M parameters without the "
+            f"auxiliary head; device {self.device}"
+            + (f", {ranks.world_size} processes" if ranks.enabled else ""))
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self, epoch: int, finished: bool = False, step: int = 0) -> dict:
         """`epoch` completed epochs (+ `step` steps of the next one, after an interruption)."""
-        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "finished": finished,
-                "config": config.config_dict(self.args), "network": self.spec,
+        return {"format": FINAL_FORMAT, "epoch": epoch, "step": step, "finished": finished,
+                "config": config_dict(self.args), "network": self.spec,
                 "dataset": self.args.dataset, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(), "best": dict(self.best), "elapsed": self.elapsed}
@@ -138,16 +137,8 @@ class Augment:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion, self.args.aux_weight)
-        if self.scaler is None:
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
-            self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        optimizer_step(loss, [self.optimizer], self.model.parameters(), self.args.grad_clip,
+                       self.scaler)
         return loss.detach(), logits.detach()
 
     def train(self, epoch: int, first_step: int = 0, should_stop=None) -> dict:
@@ -190,8 +181,9 @@ class Augment:
     def results(self, test: dict) -> dict:
         return {"best_valid_top1": self.best["valid_top1"], "best_epoch": self.best["epoch"],
                 "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-                "params_millions": round(self.params_without_aux() / 1e6, 4),
-                "macs": count_macs(self.model, self.info), "epochs": self.args.epochs,
+                "params_millions": round(count_params_without_aux(self.model) / 1e6, 4),
+                "macs": count_macs(self.model, self.spec["in_channels"], self.spec["input_size"]),
+                "epochs": self.args.epochs,
                 "wall_seconds": round(self.elapsed, 1), "device": run_info(self.device)["device"],
                 "genotype": self.spec["genotype"], "dataset": self.args.dataset}
 

@@ -1,17 +1,18 @@
 """Command-line configuration of every stage: shared option groups, one parser per script,
-derived paths computed in one place, the resolved config written as config.json."""
+the per-stage defaults, derived paths computed in one place (config.json: utils.runconfig)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
+from functools import partial
 
-from genotypes import IDENTITY_GROUP_CHOICES, NAMED_GENOTYPES
+from genotypes import IDENTITY_GROUP_CHOICES, NAMED_GENOTYPES, NUM_NODES
+from models.factory import SEARCH_STAGES
 from utils.data import DATASETS, SyntheticSpec
 from utils.speed import add_speed_args
 
-# Per-stage defaults of the search (StacNAS facts sheet; `darts` = DARTS's own settings).
+# Per-stage defaults of the search, one entry per SEARCH_STAGES (the paper's settings, README
+# "Searching"; `darts` = DARTS's own settings).
 SEARCH_DEFAULTS = {
     "search1": dict(num_cells=14, init_channels=16, batch_size=64, epochs=80, grad_clip=3.0,
                     optimization="one-level", train_ratio=1.0),
@@ -20,13 +21,15 @@ SEARCH_DEFAULTS = {
     "darts": dict(num_cells=8, init_channels=16, batch_size=64, epochs=50, grad_clip=5.0,
                   optimization="bilevel", train_ratio=0.5),
 }
-# Options that may differ when a run is resumed (they do not change its result).
-# (paths may change when a run folder moves; stage inputs are checked by content instead)
-RESUME_NEUTRAL = {"device", "gpu", "channels_last", "num_workers", "print_freq", "force", "debug", "data_dir",
-                  "save_dir", "run_dir", "stage_dir", "search1_dir", "genotype", "resume",
-                  "no_download"}
-# Cells have this many intermediate nodes (the DARTS space; the authors' --num_nodes).
-NUM_NODES = 4
+
+
+def defaults_text(table: dict[str, dict], key: str) -> str:
+    """A per-stage default as help strings state it: the first entry's value, then every entry
+    with another value (`80; darts 50`)."""
+    (_, first), *others = table.items()
+    text = lambda value: f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
+    return "; ".join([text(first[key])] + [f"{name} {text(entry[key])}" for name, entry in others
+                                           if entry[key] != first[key]])
 
 
 # -- argparse value types: each bad value gets a message naming the problem ---------------
@@ -147,16 +150,18 @@ def synthetic_spec(args: argparse.Namespace) -> SyntheticSpec:
 
 
 def search_parser() -> argparse.ArgumentParser:
+    default = partial(defaults_text, SEARCH_DEFAULTS)
     p = new_parser("search.py", "StacNAS search: stage 1 (operation groups), stage 2 (operations "
                    "inside the chosen groups), or the one-stage DARTS baseline.")
-    p.add_argument("--stage", required=True, choices=list(SEARCH_DEFAULTS),
-                   help="search1: group representatives, 14 cells; search2: members of the groups "
-                        "search1 chose, 20 cells; darts: the 8 DARTS ops, 8 cells, bilevel")
-    add_common_args(p, "batch size (default 64)")
+    p.add_argument("--stage", required=True, choices=SEARCH_STAGES,
+                   help="search1: group representatives; search2: members of the groups search1 "
+                        "chose; darts: the 8 DARTS ops, bilevel")
+    add_common_args(p, f"batch size (default: {default('batch_size')})")
     n = p.add_argument_group("network")
     n.add_argument("--num_cells", type=num_cells, default=None,
-                   help="cells (default: search1 14, search2 20, darts 8)")
-    n.add_argument("--init_channels", type=positive_int, default=None, help="initial channels (default 16)")
+                   help=f"cells (default: {default('num_cells')})")
+    n.add_argument("--init_channels", type=positive_int, default=None,
+                   help=f"initial channels (default: {default('init_channels')})")
     add_num_nodes(n)
     n.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="one set of alphas for all normal cells and one for all reduction cells "
@@ -171,15 +176,17 @@ def search_parser() -> argparse.ArgumentParser:
                         "paper); released: skip_connect twice, then none, as the authors' released "
                         "code lists them (two alphas, two FactorizedReduce at stride 2)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: 80; darts 50)")
+    o.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"epochs (default: {default('epochs')})")
     o.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
                    help="one-level: weights and alphas on the same batch (StacNAS); bilevel: DARTS's "
-                        "alternating scheme on a train/valid split (default: one-level; darts bilevel)")
+                        "alternating scheme on a train/valid split "
+                        f"(default: {default('optimization')})")
     o.add_argument("--unrolled", action="store_true",
                    help="bilevel: second-order (unrolled) alpha gradient")
     o.add_argument("--train_ratio", type=ratio, default=None,
                    help="share of the training set used for training; the rest is the held-out split "
-                        "(default: 1.0; darts 0.5). Bilevel needs < 1")
+                        f"(default: {default('train_ratio')}). Bilevel needs < 1")
     o.add_argument("--alphas_from", choices=["auto", "best", "last"], default="auto",
                    help="which epoch's alphas become alphas.json and the genotype: best = the epoch "
                         "with the best held-out top-1 (the authors' alphas_best), last = the final "
@@ -195,7 +202,7 @@ def search_parser() -> argparse.ArgumentParser:
     o.add_argument("--w_weight_decay", "--weight_decay", dest="w_weight_decay",
                    type=non_negative_float, default=3e-4, help="weight decay")
     o.add_argument("--grad_clip", type=positive_float, default=None,
-                   help="clip the weights' gradient norm (default: 3; darts 5)")
+                   help=f"clip the weights' gradient norm (default: {default('grad_clip')})")
     o.add_argument("--alpha_lr", "--alpha_learning_rate", dest="alpha_lr", type=positive_float,
                    default=3e-4, help="alpha learning rate (Adam)")
     o.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3, help="alpha weight decay")
@@ -278,34 +285,9 @@ def parse(parser: argparse.ArgumentParser, resolve, argv: list[str] | None) -> a
         parser.error(str(err))
 
 
-def config_dict(args: argparse.Namespace) -> dict:
-    """JSON-ready copy of the resolved configuration."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items())}
-
-
-def save_config(args: argparse.Namespace, path: str | Path) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config_dict(args), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-# Options added after runs were made: a config.json without them ran with these values.
-LATER_OPTIONS = {"num_nodes": NUM_NODES, "label_smooth": 0.0, "cutout": 0, "auto_aug": False,
-                 "power_lr": False, "alphas_from": "auto", "identity_group": "single"}
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Options whose values differ between a run folder's config and this command."""
-    saved = {**LATER_OPTIONS, **saved}
-    keys = (set(saved) | set(current)) - RESUME_NEUTRAL
-    return [f"--{k}: {saved.get(k)!r} -> {current.get(k, LATER_OPTIONS.get(k))!r}"
-            for k in sorted(keys) if saved.get(k) != current.get(k, LATER_OPTIONS.get(k))]
-
-
 # -- augment.py ----------------------------------------------------------------------------
-# CIFAR-style setting (StacNAS facts sheet) and the ImageNet mobile setting (DARTS).
+# The paper's CIFAR-style setting (README, "Training the found cells") and the ImageNet mobile
+# setting (DARTS).
 AUGMENT_DEFAULTS = {
     "cifar": dict(num_cells=20, init_channels=36, batch_size=96, epochs=600, lr=0.025,
                   lr_min=0.0, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4,
@@ -317,19 +299,21 @@ AUGMENT_DEFAULTS = {
 
 
 def augment_parser() -> argparse.ArgumentParser:
+    default = partial(defaults_text, AUGMENT_DEFAULTS)
     p = new_parser("augment.py", "Train a found (or named) genotype from scratch and evaluate it.")
     p.add_argument("--stage", type=only_stage("augment", "augment.py", "searches run with search.py"),
                    default="augment", help="accepted for the authors' commands: augment only")
-    add_common_args(p, "batch size (default: 96; imagenet 128)")
+    add_common_args(p, f"batch size (default: {default('batch_size')})")
     g = p.add_argument_group("architecture")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--genotype", metavar="FILE",
                      help="genotype.json or a file with a Genotype(...) repr "
                           "(default: <save_dir>/<name>/search2/genotype.json)")
     src.add_argument("--arch", choices=NAMED_GENOTYPES, help="a named genotype")
-    g.add_argument("--num_cells", type=num_cells, default=None, help="cells (default: 20; imagenet 14)")
+    g.add_argument("--num_cells", type=num_cells, default=None,
+                   help=f"cells (default: {default('num_cells')})")
     g.add_argument("--init_channels", type=positive_int, default=None,
-                   help="initial channels (default: 36; imagenet 48)")
+                   help=f"initial channels (default: {default('init_channels')})")
     add_num_nodes(g)
     g.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=None,
                    help="accepted for the authors' commands; the genotype file decides whether "
@@ -337,9 +321,10 @@ def augment_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep_zero", action="store_true",
                    help="a learned gate on every kept edge (the authors' unpublished 'keep ZERO')")
     o = p.add_argument_group("training")
-    o.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: 600; imagenet 250)")
+    o.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"epochs (default: {default('epochs')})")
     o.add_argument("--lr", "--learning_rate", dest="lr", type=positive_float, default=None,
-                   help="initial SGD lr (default: 0.025; imagenet 0.1)")
+                   help=f"initial SGD lr (default: {default('lr')})")
     o.add_argument("--lr_min", "--learning_rate_min", dest="lr_min", type=non_negative_float,
                    default=None, help="final lr of the cosine schedules")
     o.add_argument("--lr_gamma", type=positive_float, default=0.97,
@@ -348,17 +333,20 @@ def augment_parser() -> argparse.ArgumentParser:
                    help="cosine power annealing (p=2) instead of plain cosine")
     o.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     o.add_argument("--weight_decay", type=non_negative_float, default=None,
-                   help="weight decay (default: 3e-4; imagenet 3e-5)")
-    o.add_argument("--grad_clip", type=positive_float, default=None, help="gradient-norm clip (default 5)")
+                   help=f"weight decay (default: {default('weight_decay')})")
+    o.add_argument("--grad_clip", type=positive_float, default=None,
+                   help=f"gradient-norm clip (default: {default('grad_clip')})")
     o.add_argument("--aux_weight", type=non_negative_float, default=None,
-                   help="auxiliary head loss weight, head after cell 2*num_cells//3 (default 0.4; 0 = no head)")
+                   help="auxiliary head loss weight, head after cell 2*num_cells//3 "
+                        f"(default: {default('aux_weight')}; 0 = no head)")
     o.add_argument("--drop_path", "--drop_path_prob", dest="drop_path", type=non_negative_float, default=None,
-                   help="drop-path probability, ramped linearly from 0 (default: 0.2; imagenet 0)")
+                   help="drop-path probability, ramped linearly from 0 "
+                        f"(default: {default('drop_path')})")
     o.add_argument("--cutout", "--cutout_length", dest="cutout", type=non_negative_int, default=None,
-                   help="cutout length in pixels, 0 = off (default: 16; imagenet 0)")
+                   help=f"cutout length in pixels, 0 = off (default: {default('cutout')})")
     o.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
     o.add_argument("--label_smooth", type=non_negative_float, default=None,
-                   help="label smoothing (default: 0; imagenet 0.1)")
+                   help=f"label smoothing (default: {default('label_smooth')})")
     o.add_argument("--valid_ratio", type=ratio, default=None,
                    help="hold out this share of the training set; best.pt is kept by held-out top-1 "
                         "(default: none, the paper's protocol: train on all, keep the final epoch)")

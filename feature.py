@@ -5,11 +5,15 @@ the analysis behind StacNAS's operation groups, closed into the groups.json stag
     python search.py --stage search1 --name exp2 --groups runs/exp/darts/feature/groups.json
 
 Reads <save_dir>/<name>/<stage>/checkpoint.pt (or --checkpoint PATH), runs --num_samples
-training images (eval transform, eval mode) through the supernet, and accumulates per chosen
-edge the mean and covariance of every candidate op's output. Writes into
-<save_dir>/<name>/<stage>/feature/: correlation_<edge>.csv, correlation_mean.csv,
-heatmap_mean.png (+ heatmap_<edge>.png with --plots all), clusters_mean.png,
-dendrogram_mean.png, groups.json, summary.json, config.json, log.txt.
+training images (the train transform by default, as the authors; the model in eval mode)
+through the supernet, and accumulates per chosen edge every candidate op's per-position mean
+output and the pooled co-moments of the ops' outputs. The correlation is the authors'
+statistic by default (--statistic position: each output element centred by its own mean over
+the images) or one mean per op (--statistic global). Writes into --feature_dir (default
+<save_dir>/<name>/<stage>/feature/): correlation_<edge>.csv, correlation_mean.csv,
+heatmap_mean.png (+ heatmap_<edge>.png, kmeans_<edge>.png with --plots all),
+kmeans_edges.png (the authors' view: KMeans of each edge's mean feature maps),
+clusters_mean.png, dendrogram_mean.png, groups.json, summary.json, config.json, log.txt.
 """
 from __future__ import annotations
 
@@ -25,12 +29,12 @@ import torch
 import config
 import genotypes as gt
 from models.factory import build_supernet
-from search import CHECKPOINT_FORMAT
 from utils import features as ft
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader
 from utils.logging import close_logger, get_logger, resolve_device
+from utils.runconfig import config_dict, config_differences, save_config
 
 STAGES = ("darts", "search1")
 KMEANS_KS = (2, 3, 4)
@@ -58,14 +62,25 @@ def feature_parser() -> argparse.ArgumentParser:
     config.add_common_args(p, "batch size (default 64)")
     f = p.add_argument_group("features")
     f.add_argument("--num_samples", type=config.positive_int, default=10000,
-                   help="training images run through the supernet")
+                   help="training images run through the supernet (the authors use 10000)")
+    f.add_argument("--transform", choices=["train", "eval"], default="train",
+                   help="transform of those images: train (augmentation, the authors' choice) or "
+                        "eval (no augmentation)")
+    f.add_argument("--statistic", choices=list(ft.STATISTICS), default="position",
+                   help="position (the authors'): each output element (channel, y, x) is "
+                        "centred by its own mean over the images, covariances pooled over the "
+                        "elements; global: one mean per op over all elements of all images "
+                        "(shared spatial patterns then count as correlation)")
     f.add_argument("--edges", choices=["first_last", "all"], default="first_last",
                    help="first_last: the first and last edge of every cell (the authors' choice); "
                         "all: every edge")
     f.add_argument("--num_groups", type=at_least_two, default=4,
                    help="groups of non-zero ops in groups.json (the paper has 4, plus zero)")
     f.add_argument("--plots", choices=["mean", "all"], default="mean",
-                   help="heatmaps of the mean correlation only, or also one per edge")
+                   help="mean: heatmap of the mean correlation and the KMeans grid of all edges; "
+                        "all: also a heatmap and a KMeans scatter per edge")
+    f.add_argument("--feature_dir", metavar="DIR", default=None,
+                   help="output folder (default <save_dir>/<name>/<stage>/feature)")
     return p
 
 
@@ -75,7 +90,8 @@ def resolve_feature(args: argparse.Namespace) -> argparse.Namespace:
     config.set_paths(args, args.stage)
     if args.checkpoint is None:
         args.checkpoint = os.path.join(args.stage_dir, "checkpoint.pt")
-    args.feature_dir = os.path.join(args.stage_dir, "feature")
+    if args.feature_dir is None:
+        args.feature_dir = os.path.join(args.stage_dir, "feature")
     return args
 
 
@@ -95,7 +111,7 @@ def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
         raise CheckpointError(f"{path}: checkpoint not found; run `search.py --stage {args.stage} "
                               f"--name {args.name}` first, or pass --checkpoint PATH")
     state = load_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    if state.get("format") != SEARCH_FORMAT:
         raise CheckpointError(f"{path}: a {state.get('format')} checkpoint, not a search supernet")
     stage = state["config"].get("stage")
     if stage != args.stage:
@@ -117,7 +133,8 @@ def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
 
 def rebuild(state: dict, info, args: argparse.Namespace) -> torch.nn.Module:
     cfg = state["config"]
-    model = build_supernet(state["candidates"], info, cfg["init_channels"], cfg["num_cells"],
+    model = build_supernet(state["candidates"], **info.network_shape(),
+                           init_channels=cfg["init_channels"], num_cells=cfg["num_cells"],
                            auxiliary=cfg.get("aux_weight", 0) > 0)
     try:
         model.load_state_dict(state["model"])
@@ -134,7 +151,7 @@ def already_done(args: argparse.Namespace) -> bool:
     if args.force or not (out / "summary.json").is_file() or not (out / "config.json").is_file():
         return False
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    return not config.config_differences(saved, config.config_dict(args))
+    return not config_differences(saved, config_dict(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,59 +166,87 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         seed_everything(args.seed, args.deterministic)
-        data, info = get_dataset(args.dataset, args.data_dir, train=True, transform="eval",
-                                 synthetic=config.synthetic_spec(args))
+        data, info = get_dataset(args.dataset, args.data_dir, train=True, transform=args.transform,
+                                 synthetic=config.synthetic_spec(args), log=log.info,
+                                 download=not args.no_download)
         model = rebuild(state, info, args).to(device)
         n = len(data) if args.subset is None else min(args.subset, len(data))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
         indices = sorted(order[:args.num_samples])
         loader = make_loader(data, indices, args.batch_size, shuffle=False,
-                             num_workers=args.num_workers)
+                             num_workers=args.num_workers, seed=args.seed)
         edges = ft.select_edges(model, args.edges)
         log.info(f"{args.checkpoint} (epoch {state.get('epoch')}): {len(edges)} edges, ops "
-                 f"{', '.join(ops)}; {len(indices)} training images on {device}")
+                 f"{', '.join(ops)}; {len(indices)} training images ({args.transform} transform) "
+                 f"on {device}; statistic {args.statistic}")
         stats = ft.collect(model, loader, edges, device, log.info, args.print_freq)
-        corrs = {name: s.correlation() for name, s in stats.items()}
-        analyse(args, state, ops, corrs, len(indices), log.info)
-        config.save_config(args, out / "config.json")
+        analyse(args, state, ops, stats, len(indices), log.info)
+        save_config(args, out / "config.json")
     finally:
         close_logger(log)
     return 0
 
 
-def analyse(args: argparse.Namespace, state: dict, ops: list[str], corrs: dict,
+def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
             num_images: int, log) -> None:
     """Mean correlation, groups, KMeans views; CSVs, figures, groups.json, summary.json."""
     out = Path(args.feature_dir)
-    mean = np.mean(np.stack(list(corrs.values())), axis=0)
+    means = {s: np.mean(np.stack([st.correlation(s) for st in stats.values()]), axis=0)
+             for s in ft.STATISTICS}
+    corrs = {name: st.correlation(args.statistic) for name, st in stats.items()}
+    mean = means[args.statistic]
+    ks = [k for k in KMEANS_KS if k <= len(ops)]
+    # the authors' view: per edge, KMeans of the ops' mean feature maps
+    map_labels = {}
+    for name, st in stats.items():
+        maps = st.mean_maps()
+        map_labels[name] = ft.kmeans_mean_maps(maps, ks, args.seed)
+        if args.plots == "all":
+            stem = ft.file_stem(name)
+            ft.plot_heatmap(corrs[name], ops, f"correlation ({args.statistic}), {name}",
+                            out / f"heatmap_{stem}.png")
+            points, explained = ft.pca_plane(maps, args.seed)
+            ft.plot_clusters(points, explained, map_labels[name], ops, out / f"kmeans_{stem}.png",
+                             f"{name}: KMeans of the mean feature maps (drawn in their PCA plane)")
     for name, corr in corrs.items():
         ft.write_csv(corr, ops, out / f"correlation_{ft.file_stem(name)}.csv")
-        if args.plots == "all":
-            ft.plot_heatmap(corr, ops, f"correlation, {name}", out / f"heatmap_{ft.file_stem(name)}.png")
     ft.write_csv(mean, ops, out / "correlation_mean.csv")
-    title = f"{args.stage}: correlation of op outputs, mean of {len(corrs)} edges, {num_images} images"
+    title = (f"{args.stage}: correlation ({args.statistic}) of op outputs, mean of {len(corrs)} "
+             f"edges, {num_images} images")
     ft.plot_heatmap(mean, ops, title, out / "heatmap_mean.png")
+    ft.plot_kmeans_edges(map_labels, ops, out / "kmeans_edges.png", args.stage)
     with_none = any("none" in e for nodes in state["candidates"].values() for node in nodes for e in node)
     groups = ft.find_groups(mean, ops, args.num_groups, with_none)
     (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
-    ks = [k for k in KMEANS_KS if k <= len(ops)]
     points, explained, labels = ft.kmeans_views(mean, ks, args.seed)
-    ft.plot_clusters(points, explained, labels, ops, out / "clusters_mean.png")
+    ft.plot_clusters(points, explained, labels, ops, out / "clusters_mean.png",
+                     f"ops by their |correlation| ({args.statistic}) rows, PCA plane")
     ft.plot_dendrogram(mean, ops, args.num_groups, out / "dendrogram_mean.png")
     matches = ft.same_partition(groups) if sorted(ops) == sorted(gt.PRIMITIVES[1:]) else None
     summary = {"checkpoint": str(args.checkpoint), "stage": args.stage, "epoch": state.get("epoch"),
-               "num_images": num_images, "edges": list(corrs), "ops": ops,
+               "num_images": num_images, "transform": args.transform,
+               "statistic": args.statistic, "edges": list(corrs), "ops": ops,
                "mean_correlation": mean.round(6).tolist(),
+               "mean_correlation_by_statistic": {s: m.round(6).tolist() for s, m in means.items()},
                "clustering": "average linkage on 1 - |corr| of the mean correlation",
                "groups": groups, "matches_paper_groups": matches,
-               "kmeans": {str(k): dict(zip(ops, lab)) for k, lab in labels.items()}}
+               "kmeans_mean_maps": {name: {str(k): lab for k, lab in by_k.items()}
+                                    for name, by_k in map_labels.items()},
+               "kmeans_correlation_rows": {str(k): dict(zip(ops, lab)) for k, lab in labels.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    log(f"correlation of the candidate ops' outputs, mean over {len(corrs)} edges:")
+    log(f"correlation ({args.statistic}) of the candidate ops' outputs, mean over {len(corrs)} edges:")
     for line in ft.format_table(mean, ops):
         log("  " + line)
+    off = ~np.eye(len(ops), dtype=bool)
+    log("mean |corr| off the diagonal: " + ", ".join(
+        f"{s} {np.abs(m[off]).mean():.3f}" + (" (used)" if s == args.statistic else "")
+        for s, m in means.items()))
     log(f"groups (--num_groups {args.num_groups}):")
     for name, g in groups.items():
         log(f"  {name}: representative {g['representative']}, members {', '.join(g['members'])}")
+    log("KMeans of the mean feature maps (labels in ops order, first edges):")
+    for name in list(map_labels)[:4]:
+        log(f"  {name}: " + "; ".join(f"k={k} {lab}" for k, lab in map_labels[name].items()))
     if matches is not None:
         log(f"the paper's groups (pooling, identity, separable, dilated): "
             f"{'matched' if matches else 'not matched'}")

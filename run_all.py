@@ -28,7 +28,7 @@ from utils.summary import write_summary
 
 ROOT = Path(__file__).resolve().parent
 
-# Settings per preset; None = the stage script's own default (the facts sheet's values).
+# Settings per preset; None = the stage script's own default (the paper's settings, config.py).
 PRESETS = {
     "paper": dict(dataset="cifar10", subset=None, search1_epochs=None, search2_epochs=None,
                   augment_epochs=None, search_batch_size=None, augment_batch_size=None,

@@ -24,17 +24,18 @@ import genotypes as gt
 from models.factory import build_supernet, stage_candidates
 from utils import distributed, speed
 from utils.architect import Architect, make_optimizers
-from utils.checkpoint import load_checkpoint, rng_state, set_rng_state
+from utils.checkpoint import SEARCH_FORMAT, load_checkpoint, rng_state, set_rng_state
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, infinite, make_loader, split_indices
+from utils.data import get_dataset, infinite, make_loader, split_indices, subset_size
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
+from utils.genotype_files import (format_genotype, load_alphas, load_groups, save_alphas,
+                                  save_genotype, save_groups)
 from utils.logging import MetricsWriter
-from utils.plots import plot_alpha_history, softmax
+from utils.plots import plot_alpha_history, plot_genotype, softmax
+from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
 from utils.stage import GracefulStop, StageRun, check_same_config
-
-CHECKPOINT_FORMAT = "stacnas-search-1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def stage1_alphas(args: argparse.Namespace) -> dict:
     if not path.is_file():
         raise gt.GenotypeError(f"{path}: not found; run `search.py --stage search1` for this run "
                                "first, or point --search1_dir at a finished search1 folder")
-    alphas = gt.load_alphas(path)
+    alphas = load_alphas(path)
     if not gt.is_shared(alphas) and len(alphas) != args.num_cells:
         raise gt.GenotypeError(f"{path}: per-cell alphas of {len(alphas)} cells cannot seed a "
                                f"{args.num_cells}-cell search2; pass --num_cells {len(alphas)}")
@@ -57,10 +58,10 @@ def stage1_alphas(args: argparse.Namespace) -> dict:
 def stage_groups(args: argparse.Namespace) -> dict:
     """search1: --groups or the paper's; search2: the groups its search1 used (groups.json)."""
     if args.stage == "search1" and args.groups:
-        return gt.load_groups(args.groups)
+        return load_groups(args.groups)
     if args.stage == "search2":
         path = Path(args.search1_dir) / "groups.json"
-        groups = gt.load_groups(path) if path.is_file() else gt.GROUPS
+        groups = load_groups(path) if path.is_file() else gt.GROUPS
         return gt.identity_group(groups, args.identity_group)
     return gt.GROUPS
 
@@ -95,14 +96,16 @@ class Search:
                                                auto_aug=args.auto_aug, log=log,
                                                synthetic=config.synthetic_spec(args),
                                                download=not args.no_download)
-        n = len(self.train_set) if args.subset is None else min(args.subset, len(self.train_set))
+        n = subset_size(len(self.train_set), args.subset)
         self.train_idx, self.valid_idx = split_indices(n, args.train_ratio, args.seed)
         groups = stage_groups(args)
         candidates = stage_candidates(args.stage, args.num_cells, args.alpha_share,
                                       stage1_alphas(args) if args.stage == "search2" else None,
                                       groups)
         speed.resolve(args, device, "search", log)
-        self.model = speed.prepare(build_supernet(candidates, info, args.init_channels, args.num_cells,
+        self.model = speed.prepare(build_supernet(candidates, **info.network_shape(),
+                                                  init_channels=args.init_channels,
+                                                  num_cells=args.num_cells,
                                                   auxiliary=args.aux_weight > 0).to(self.device),
                                    args, device)
         self.memory_format = speed.memory_format(args, device)
@@ -123,7 +126,7 @@ class Search:
                                    dist_info=self.dist, autocast=self.autocast,
                                    scaler=speed.grad_scaler(args, device))
         if args.stage == "search1" and ranks.is_main:
-            (self.dir / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
+            save_groups(groups, self.dir / "groups.json")
         log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out images, "
             f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
             f"{sum(p.numel() for p in self.model.alphas())} alphas, {args.optimization}"
@@ -133,8 +136,8 @@ class Search:
     # -- checkpoints --------------------------------------------------------------------
     def state(self, epoch: int, finished: bool = False, step: int = 0) -> dict:
         """`epoch` completed epochs (+ `step` steps of the next one, after an interruption)."""
-        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "finished": finished,
-                "config": config.config_dict(self.args), "model": self.model.state_dict(),
+        return {"format": SEARCH_FORMAT, "epoch": epoch, "step": step, "finished": finished,
+                "config": config_dict(self.args), "model": self.model.state_dict(),
                 "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(), "genotype": gt.genotype_to_dict(self.model.genotype()),
@@ -201,7 +204,7 @@ class Search:
             return
         alphas = self.model.alphas_data()
         (self.dir / "alphas").mkdir(exist_ok=True)
-        gt.save_alphas(alphas, self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json")
+        save_alphas(alphas, self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json")
         genotype = self.model.genotype()
         record = {"epoch": epoch + 1, "lr": lr, **stats,
                   "alpha_entropy": alpha_entropy(alphas),
@@ -210,11 +213,11 @@ class Search:
         if metrics.tb is not None:
             for name, param in self.model.named_alphas():
                 metrics.tb.add_histogram(f"alphas/{name}", torch.softmax(param.detach(), -1), epoch + 1)
-            metrics.tb.add_text("genotype", gt.format_genotype(genotype), epoch + 1)
+            metrics.tb.add_text("genotype", format_genotype(genotype), epoch + 1)
         self.log(f"epoch {epoch + 1}/{self.args.epochs} done: train loss {stats['loss']:.4f} "
                  f"top1 {stats['top1']:.2f}%"
                  + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
-                 + f", {stats['seconds']:.0f}s; genotype {gt.format_genotype(genotype)}")
+                 + f", {stats['seconds']:.0f}s; genotype {format_genotype(genotype)}")
 
     def selected_alphas(self) -> tuple[dict, dict]:
         """(alphas handed to the next stage, selection.json): the last epoch's, or with
@@ -222,7 +225,7 @@ class Search:
         last = self.args.epochs
         if alphas_choice(self.args, bool(self.valid_idx)) == "best" and self.best["epoch"] is not None:
             epoch = self.best["epoch"]
-            return (gt.load_alphas(self.dir / "alphas" / f"epoch_{epoch:03d}.json"),
+            return (load_alphas(self.dir / "alphas" / f"epoch_{epoch:03d}.json"),
                     {"alphas_epoch": epoch, "last_epoch": last, "valid_top1": self.best["valid_top1"],
                      "rule": "best held-out top-1 (the authors' alphas_best)"})
         return self.model.alphas_data(), {"alphas_epoch": last, "last_epoch": last,
@@ -237,14 +240,14 @@ class Search:
         self.log(f"alphas.json and genotype.json take the alphas of epoch {selection['alphas_epoch']} "
                  f"of {selection['last_epoch']} ({selection['rule']}"
                  + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection else ")"))
-        gt.save_alphas(alphas, self.dir / "alphas.json")
-        gt.save_genotype(genotype, self.dir / "genotype.json")
-        (self.dir / "genotype.txt").write_text(gt.format_genotype(genotype) + "\n", encoding="utf-8")
+        save_alphas(alphas, self.dir / "alphas.json")
+        save_genotype(genotype, self.dir / "genotype.json")
+        (self.dir / "genotype.txt").write_text(format_genotype(genotype) + "\n", encoding="utf-8")
         plots = self.dir / "plots"
         plots.mkdir(exist_ok=True)
-        gt.plot_genotype(genotype, plots)
+        plot_genotype(genotype, plots)
         plot_alpha_history(sorted((self.dir / "alphas").glob("epoch_*.json")), plots)
-        self.log(f"final genotype: {gt.format_genotype(genotype)}")
+        self.log(f"final genotype: {format_genotype(genotype)}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,15 +23,13 @@ import torch.nn as nn
 
 import config
 from models.factory import build_from_spec
-from models.summary import count_params
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.summary import count_params, count_params_without_aux
+from utils.checkpoint import FINAL_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, make_loader
+from utils.data import get_dataset, make_loader, subset_size
 from utils.engine import evaluate
 from utils import distributed, speed
 from utils.logging import resolve_device, run_info
-
-FINAL_FORMAT = "stacnas-final-1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +134,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
     if args.export and ranks.is_main:
         export(model, spec, checkpoint, Path(args.export), args.force)
         print(f"exported {checkpoint} ({source}) to {args.export}")
-    count = len(test_set) if args.subset is None else min(args.subset, len(test_set))
+    count = subset_size(len(test_set), args.subset)
     loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
                          shuffle=False, num_workers=args.num_workers)
     speed.resolve(args, device, "final", lambda m: print(m, file=sys.stderr))
@@ -147,8 +145,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
                      autocast=speed.autocast(args, device))
     if not ranks.is_main:
         return 0
-    total = count_params(model)
-    params = total - count_params(getattr(model, "aux_head", None))
+    total, params = count_params(model), count_params_without_aux(model)
     results = {"checkpoint": str(checkpoint), "source": source, "dataset": args.dataset,
                "images": count,
                "test_top1": stats["top1"], "test_top5": stats["top5"], "test_loss": stats["loss"],

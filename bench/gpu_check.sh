@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One short GPU check for a lent machine (see DEVELOPERS.md): the step benchmarks on CUDA with
-# and without bf16 + channels_last, then a 200-step CIFAR-shaped synthetic search1 for seconds
-# per epoch. Writes its tables under ${OUT:-/tmp/gpu_check}. About 5 minutes on one H200.
+# One short GPU check for a CUDA machine (README, "Speed, memory and multiple GPUs"): the step
+# benchmarks on CUDA with and without bf16 + channels_last, then a 200-step CIFAR-shaped
+# synthetic search1 for seconds per epoch. Writes its tables under ${OUT:-/tmp/gpu_check}.
+# About 5 minutes on one H200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}

@@ -4,12 +4,15 @@ bench/augment_step.py pick the configurations).
 
     python bench/step_bench.py --configs search1,search2,augment --variants base,cl,cl+ckpt,cl+bf16
 
-search1: 14-cell supernet, one-level step (forward, backward, alpha and weight updates), batch
-64, 16 channels. search2: 20 cells, every edge given the separable group (sep_conv_3x3,
-sep_conv_5x5, none): the heaviest stage-2 supernet. augment: DARTS_V2, 20 cells, 36 channels,
-batch 96, auxiliary head (weight 0.4), drop path 0.2. CIFAR-sized inputs. Variants: base
+Each configuration takes its cells, channels, batch size and training settings from its
+script's defaults (config.py). search1: the stage-1 supernet, one-level step (forward, backward,
+alpha and weight updates). search2: every edge given the separable group (sep_conv_3x3,
+sep_conv_5x5, none): the heaviest stage-2 supernet. augment: DARTS_V2 in augment.py's CIFAR
+setting, auxiliary head, drop path at its final value. CIFAR-sized inputs. Variants: base
 (float32, NCHW), cl (--channels_last), bf16 (--amp bf16), fp16, ckpt (--grad_checkpoint),
-compile (--compile), plain (without the CPU fast path of models/fastpath), combined with '+';
+compile (--compile), plain (without the CPU fast path of models/fastpath), nodw / nocells
+(without its depthwise-backward / cells part), nomalloc (freed memory returned to the system),
+combined with '+';
 `default` is exactly what the scripts do without speed flags on this machine. Peak memory is
 the process's peak RSS on CPU, max allocated on CUDA. Every table names the CPU capability
 (torch.backends.cpu.get_cpu_capability(): AVX2, AVX512, ...).
@@ -25,9 +28,31 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import config as stage_config  # noqa: E402  (the scripts' defaults)
+
+
+def settings(name: str) -> argparse.Namespace:
+    """The resolved defaults of the script a configuration times: search.py --stage search1 /
+    search2, or augment.py (CIFAR setting)."""
+    if name == "augment":
+        return stage_config.parse(stage_config.augment_parser(), stage_config.resolve_augment,
+                                  ["--name", "bench"])
+    return stage_config.parse(stage_config.search_parser(), stage_config.resolve_search,
+                              ["--name", "bench", "--stage", name])
+
+
 # name -> (cells, channels, batch size)
-CONFIGS = {"search1": (14, 16, 64), "search2": (20, 16, 64), "augment": (20, 36, 96)}
-FLAGS = {"base", "cl", "bf16", "fp16", "ckpt", "compile", "plain"}
+CONFIGS = {name: (s.num_cells, s.init_channels, s.batch_size)
+           for name in ("search1", "search2", "augment") for s in [settings(name)]}
+FLAGS = {"base", "cl", "bf16", "fp16", "ckpt", "compile", "plain", "nodw", "nocells", "nomalloc"}
+
+
+def _fast_parts(parts: set) -> tuple:
+    """plain: no fast path; nodw / nocells: without its depthwise / cells part."""
+    if "plain" in parts:
+        return ()
+    return tuple(p for p in ("cells", "depthwise") if f"no{'dw' if p == 'depthwise' else p}" not in parts)
 
 
 def speed_args(variant: str) -> argparse.Namespace:
@@ -43,7 +68,8 @@ def speed_args(variant: str) -> argparse.Namespace:
         raise ValueError(f"unknown variant part(s) {sorted(unknown)}; use {sorted(FLAGS)} joined by '+'")
     amp = "bf16" if "bf16" in parts else "fp16" if "fp16" in parts else "none"
     return argparse.Namespace(channels_last="cl" in parts, amp=amp, grad_checkpoint="ckpt" in parts,
-                              compile="compile" in parts, fast_path="plain" not in parts,
+                              compile="compile" in parts, fast_path=_fast_parts(parts),
+                              keep_freed_memory="nomalloc" not in parts,
                               force_amp=True)
 
 
@@ -56,43 +82,38 @@ def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namesp
     from models.factory import build_final_network, build_supernet, stage_candidates
     from utils import speed
     from utils.architect import Architect, make_optimizers
-    from utils.data import DatasetInfo
-    from utils.engine import loss_and_logits
+    from utils.data import dataset_info
+    from utils.engine import loss_and_logits, optimizer_step
 
-    info = DatasetInfo(3, 32, 10)
+    shape = dataset_info("cifar10").network_shape()
+    s = settings(config)
     speed.resolve(opts, dev, "final" if config == "augment" else "search")
     autocast, scaler = speed.autocast(opts, dev), speed.grad_scaler(opts, dev)
     if config == "augment":
-        model = speed.prepare(build_final_network(gt.DARTS_V2, info, channels, cells,
-                                                  auxiliary=True).to(dev), opts, dev)
-        model.drop_path_prob = 0.2
+        model = speed.prepare(build_final_network(gt.DARTS_V2, **shape, init_channels=channels,
+                                                  num_cells=cells, auxiliary=True).to(dev), opts, dev)
+        model.drop_path_prob = s.drop_path
         forward = speed.maybe_compile(model, opts)
-        opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
+                              weight_decay=s.weight_decay)
         criterion = nn.CrossEntropyLoss()
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss, _ = loss_and_logits(forward, x, y, criterion, 0.4)
-            if scaler is None:
-                loss.backward()
-            else:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            if scaler is None:
-                opt.step()
-            else:
-                scaler.step(opt)
-                scaler.update()
+                loss, _ = loss_and_logits(forward, x, y, criterion, s.aux_weight)
+            optimizer_step(loss, [opt], model.parameters(), s.grad_clip, scaler)
         return model, step
     if config == "search1":
         candidates = stage_candidates("search1", cells)
     else:
         candidates = gt.uniform_candidates(gt.GROUPS["separable"]["members"], ["normal", "reduce"])
-    model = speed.prepare(build_supernet(candidates, info, channels, cells).to(dev), opts, dev)
-    w_opt, a_opt = make_optimizers(model)
-    architect = Architect(model, w_opt, a_opt, nn.CrossEntropyLoss(), grad_clip=3.0,
+    model = speed.prepare(build_supernet(candidates, **shape, init_channels=channels,
+                                         num_cells=cells).to(dev), opts, dev)
+    w_opt, a_opt = make_optimizers(model, w_lr=s.w_lr, w_momentum=s.w_momentum,
+                                   w_weight_decay=s.w_weight_decay, a_lr=s.alpha_lr,
+                                   a_weight_decay=s.alpha_weight_decay)
+    architect = Architect(model, w_opt, a_opt, nn.CrossEntropyLoss(), grad_clip=s.grad_clip,
                           forward_model=speed.maybe_compile(model, opts), autocast=autocast,
                           scaler=scaler)
     return model, architect.step
@@ -141,7 +162,8 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
     p.add_argument("--variants", default="base,cl",
                    help="comma-separated speed variants, e.g. base,cl,bf16,bf16+cl,ckpt")
     p.add_argument("--batch_size", type=int, default=None,
-                   help="override the batch size (default: 64 search, 96 augment)")
+                   help="override the batch size (default: "
+                        + ", ".join(f"{name} {batch}" for name, (_, _, batch) in CONFIGS.items()) + ")")
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON lines")

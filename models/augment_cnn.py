@@ -1,6 +1,10 @@
 """Final networks built from a genotype: CIFAR-style (any input size >= 8, any channels) and
-the ImageNet mobile setting, each with its auxiliary head (DARTS sec. 3.3 / StacNAS facts)."""
+the ImageNet mobile setting, each with its auxiliary head (DARTS sec. 3.3), and the forward
+through the cells that final networks and supernets share."""
 from __future__ import annotations
+
+from itertools import repeat
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -32,6 +36,21 @@ class AuxiliaryHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def run_cells(net: nn.Module, s0: torch.Tensor, s1: torch.Tensor, cell_args: Iterable):
+    """A network's forward after its stem: each cell reads the two previous outputs and its
+    entry of `cell_args` (a supernet cell its alphas' softmax, a final cell the drop-path
+    probability), under activation checkpointing when `net.grad_checkpoint` is set in
+    training; the auxiliary head reads cell `net.aux_pos` in training; then global pooling and
+    the classifier. Logits, or (logits, aux_logits) when the auxiliary head ran."""
+    aux_logits = None
+    for i, (cell, arg) in enumerate(zip(net.cells, cell_args)):
+        s0, s1 = s1, run_cell(cell, net.grad_checkpoint and net.training, s0, s1, arg)
+        if i == net.aux_pos and net.aux_head is not None and net.training:
+            aux_logits = net.aux_head(s1)
+    logits = net.classifier(torch.flatten(net.pool(s1), 1))
+    return (logits, aux_logits) if aux_logits is not None else logits
 
 
 def cell_specs(genotype, num_cells: int) -> list[tuple[list, list[int], bool]]:
@@ -76,14 +95,7 @@ class _FinalBase(nn.Module):
         return c_p, aux[0], aux[1]
 
     def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
-        aux_logits = None
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, run_cell(cell, self.grad_checkpoint and self.training, s0, s1,
-                                  self.drop_path_prob)
-            if i == self.aux_pos and self.aux_head is not None and self.training:
-                aux_logits = self.aux_head(s1)
-        logits = self.classifier(torch.flatten(self.pool(s1), 1))
-        return (logits, aux_logits) if aux_logits is not None else logits
+        return run_cells(self, s0, s1, repeat(self.drop_path_prob))
 
 
 class FinalNetwork(_FinalBase):

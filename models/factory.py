@@ -1,12 +1,12 @@
 """Build networks from plain settings: the one place scripts and tools turn a stage name or a
-genotype plus a dataset shape into a model."""
+genotype plus the data's shape (classes, input channels, input size) into a model."""
 from __future__ import annotations
 
 import genotypes as gt
 from models.augment_cnn import FinalNetwork, ImageNetNetwork
 from models.search_cnn import SearchNetwork
-from utils.data import DatasetInfo
 
+# The search stages: StacNAS's two (sec. 3) and the one-stage DARTS baseline.
 SEARCH_STAGES = ("search1", "search2", "darts")
 
 
@@ -32,42 +32,48 @@ def stage_candidates(stage: str, num_cells: int, alpha_share: bool = True,
     return gt.uniform_candidates(ops, gt.set_names(num_cells, alpha_share))
 
 
-def build_supernet(candidates: dict, info: DatasetInfo, init_channels: int, num_cells: int,
-                   auxiliary: bool = False) -> SearchNetwork:
-    return SearchNetwork(candidates, info.classes, in_channels=info.channels,
+def build_supernet(candidates: dict, *, num_classes: int, in_channels: int, input_size: int,
+                   init_channels: int, num_cells: int, auxiliary: bool = False) -> SearchNetwork:
+    return SearchNetwork(candidates, num_classes, in_channels=in_channels,
                          init_channels=init_channels, num_cells=num_cells,
-                         auxiliary=auxiliary, input_size=info.size)
+                         auxiliary=auxiliary, input_size=input_size)
 
 
-def build_final_network(genotype, info: DatasetInfo, init_channels: int, num_cells: int,
-                        auxiliary: bool = False, keep_zero: bool = False, imagenet: bool | None = None,
+def _is_imagenet(input_size: int, imagenet: bool | None = None) -> bool:
+    """Whether a final network takes the ImageNet mobile form: as asked, else for inputs of
+    128 pixels and more."""
+    return input_size >= 128 if imagenet is None else imagenet
+
+
+def build_final_network(genotype, *, num_classes: int, in_channels: int, input_size: int,
+                        init_channels: int, num_cells: int, auxiliary: bool = False,
+                        keep_zero: bool = False, imagenet: bool | None = None,
                         stem_multiplier: int = 3):
     """ImageNet mobile network for large inputs (or when `imagenet` is True), else CIFAR-style."""
-    if imagenet is None:
-        imagenet = info.size >= 128
-    kwargs = dict(num_classes=info.classes, init_channels=init_channels, num_cells=num_cells,
-                  auxiliary=auxiliary, in_channels=info.channels, input_size=info.size,
+    kwargs = dict(num_classes=num_classes, init_channels=init_channels, num_cells=num_cells,
+                  auxiliary=auxiliary, in_channels=in_channels, input_size=input_size,
                   keep_zero=keep_zero)
-    if imagenet:
+    if _is_imagenet(input_size, imagenet):
         return ImageNetNetwork(genotype, **kwargs)
     return FinalNetwork(genotype, stem_multiplier=stem_multiplier, **kwargs)
 
 
-def network_spec(genotype, info: DatasetInfo, init_channels: int, num_cells: int,
-                 auxiliary: bool, keep_zero: bool = False, imagenet: bool | None = None) -> dict:
+def network_spec(genotype, *, num_classes: int, in_channels: int, input_size: int,
+                 init_channels: int, num_cells: int, auxiliary: bool, keep_zero: bool = False,
+                 imagenet: bool | None = None) -> dict:
     """Plain data that rebuilds a final network (stored in checkpoints)."""
-    if imagenet is None:
-        imagenet = info.size >= 128
-    return {"kind": "imagenet" if imagenet else "cifar", "genotype": gt.genotype_to_dict(genotype),
-            "num_classes": info.classes, "in_channels": info.channels, "input_size": info.size,
-            "init_channels": init_channels, "num_cells": num_cells, "auxiliary": auxiliary,
-            "keep_zero": keep_zero}
+    return {"kind": "imagenet" if _is_imagenet(input_size, imagenet) else "cifar",
+            "genotype": gt.genotype_to_dict(genotype), "num_classes": num_classes,
+            "in_channels": in_channels, "input_size": input_size, "init_channels": init_channels,
+            "num_cells": num_cells, "auxiliary": auxiliary, "keep_zero": keep_zero}
 
 
 def build_from_spec(spec: dict, source: str = "checkpoint"):
     """The final network a `network_spec` describes (genotype validated)."""
     genotype = gt.genotype_from_dict(spec["genotype"], source)
-    info = DatasetInfo(spec["in_channels"], spec["input_size"], spec["num_classes"])
-    return build_final_network(genotype, info, spec["init_channels"], spec["num_cells"],
-                               spec["auxiliary"], spec["keep_zero"], spec["kind"] == "imagenet",
-                               spec.get("stem_multiplier", 3))
+    return build_final_network(genotype, num_classes=spec["num_classes"],
+                               in_channels=spec["in_channels"], input_size=spec["input_size"],
+                               init_channels=spec["init_channels"], num_cells=spec["num_cells"],
+                               auxiliary=spec["auxiliary"], keep_zero=spec["keep_zero"],
+                               imagenet=spec["kind"] == "imagenet",
+                               stem_multiplier=spec.get("stem_multiplier", 3))

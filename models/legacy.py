@@ -20,8 +20,9 @@ import torch.nn as nn
 
 import genotypes as gt
 from models.augment_cnn import FinalNetwork
-from models.legacy_pickle import (_DAMAGE, LegacyCheckpointError, _Pickled, _read_objects,
-                                  _TensorRef)
+from models.factory import network_spec
+from models.legacy_pickle import (DAMAGE_ERRORS, LegacyCheckpointError, Pickled, TensorRef,
+                                  read_objects)
 
 
 # ----------------------------------------------------------------------------- structure
@@ -29,15 +30,15 @@ def _fail(source: str, problem: str) -> LegacyCheckpointError:
     return LegacyCheckpointError(f"{source}: unexpected structure: {problem}")
 
 
-def _expect(obj: Any, qualified: str, source: str, where: str) -> "_Pickled":
-    if not isinstance(obj, _Pickled) or obj.qualified != qualified:
-        found = obj.qualified if isinstance(obj, _Pickled) else type(obj).__name__
+def _expect(obj: Any, qualified: str, source: str, where: str) -> Pickled:
+    if not isinstance(obj, Pickled) or obj.qualified != qualified:
+        found = obj.qualified if isinstance(obj, Pickled) else type(obj).__name__
         raise _fail(source, f"{where} is a {found}, expected a pickled {qualified} (only the "
                             "authors' CIFAR-style AugmentCNN is supported)")
     return obj
 
 
-def _attr(obj: "_Pickled", name: str, kind: type, source: str) -> Any:
+def _attr(obj: Pickled, name: str, kind: type, source: str) -> Any:
     if name not in obj.state:
         raise _fail(source, f"the {obj.qualified} has no attribute {name!r}")
     value = obj.state[name]
@@ -47,10 +48,10 @@ def _attr(obj: "_Pickled", name: str, kind: type, source: str) -> Any:
     return value
 
 
-def _children(obj: "_Pickled", source: str) -> dict:
+def _children(obj: Pickled, source: str) -> dict:
     children = obj.state.get("_modules", {})
     if not isinstance(children, dict) or not all(
-            c is None or isinstance(c, _Pickled) for c in children.values()):
+            c is None or isinstance(c, Pickled) for c in children.values()):
         raise _fail(source, f"the {obj.qualified} has malformed submodules")
     return {k: c for k, c in children.items() if c is not None}
 
@@ -74,7 +75,7 @@ def _join(prefix: Optional[str], key: str) -> Optional[str]:
     return None if prefix is None else (f"{prefix}.{key}" if prefix else key)
 
 
-def _is_wrapper(name: str, node: "_Pickled", source: str) -> bool:
+def _is_wrapper(name: str, node: Pickled, source: str) -> bool:
     """`_cells.K._dag.I.J` = Sequential(op, DropPath): the op is ours at `cells.K.nodes.I.J`."""
     if not (_DAG_EDGE.fullmatch(name) and node.qualified.endswith(".Sequential")):
         return False
@@ -85,7 +86,7 @@ def _is_wrapper(name: str, node: "_Pickled", source: str) -> bool:
 
 
 def _walk(node, a_name: str, o_name: Optional[str], source: str,
-          seen: set) -> Iterator[tuple[str, Optional[str], "_Pickled"]]:
+          seen: set) -> Iterator[tuple[str, Optional[str], Pickled]]:
     """(authors' name, our name or None, placeholder) for every module, pre-order."""
     if id(node) in seen:
         raise _fail(source, f"module {a_name} occurs twice")
@@ -103,7 +104,7 @@ def _walk(node, a_name: str, o_name: Optional[str], source: str,
             yield from _walk(child, a, _join(o_name, _RENAMES.get(key, key)), source, seen)
 
 
-def _tensors(node: "_Pickled", source: str, name: str) -> Iterator[tuple[str, _TensorRef]]:
+def _tensors(node: Pickled, source: str, name: str) -> Iterator[tuple[str, TensorRef]]:
     skip = node.state.get("_non_persistent_buffers_set", set())
     if not isinstance(skip, (set, list, tuple)):
         raise _fail(source, f"{name or 'the network'} has a malformed buffer set")
@@ -114,12 +115,12 @@ def _tensors(node: "_Pickled", source: str, name: str) -> Iterator[tuple[str, _T
         for key, ref in entries.items():
             if ref is None or (group == "_buffers" and key in skip):
                 continue
-            if not isinstance(ref, _TensorRef):
+            if not isinstance(ref, TensorRef):
                 raise _fail(source, f"{_join(name, key)} is not a tensor")
             yield key, ref
 
 
-def _materialise(ref: _TensorRef, storages: dict, source: str, name: str) -> torch.Tensor:
+def _materialise(ref: TensorRef, storages: dict, source: str, name: str) -> torch.Tensor:
     base, s = storages[ref.storage.key], ref.storage
     if 0 in ref.size:
         return torch.empty(ref.size, dtype=s.dtype)
@@ -130,7 +131,7 @@ def _materialise(ref: _TensorRef, storages: dict, source: str, name: str) -> tor
     return base.as_strided(ref.size, ref.stride, s.offset + ref.offset).clone()
 
 
-def _cell_info(cell: "_Pickled", index: int, source: str) -> dict:
+def _cell_info(cell: Pickled, index: int, source: str) -> dict:
     children = _children(cell, source)
     if "_dag" not in children:
         raise _fail(source, f"_cells.{index} has no _dag")
@@ -157,10 +158,10 @@ _NET_ATTRS = {"input_size": int, "channels_in": int, "channels_init": int, "num_
 
 
 def _read(path) -> tuple[dict, list]:
-    obj, storages, source = _read_objects(path)
+    obj, storages, source = read_objects(path)
     try:
         return _structure(obj, storages, source)
-    except _DAMAGE as exc:  # a hostile object graph (cycles, odd keys) that slipped past checks
+    except DAMAGE_ERRORS as exc:  # a hostile object graph (cycles, odd keys) past the checks
         raise _fail(source, f"{type(exc).__name__}: {str(exc)[:120]}") from None
 
 
@@ -292,7 +293,7 @@ def _check_modules(model: FinalNetwork, entries: list, source: str) -> None:
         if mine is None:
             continue
         theirs = node.qualified.rsplit(".", 1)[-1]
-        # our fast-backward convolutions (models/fast_convs.py) are Conv2d subclasses
+        # the fast path's depthwise convolutions (models/fastpath) are Conv2d subclasses
         mine_kind = "Conv2d" if isinstance(mine, nn.Conv2d) else type(mine).__name__
         if _SAME_ROLE.get(theirs, theirs) != mine_kind:
             raise LegacyCheckpointError(f"{source}: the authors' {a_name or 'network'} is a "
@@ -339,11 +340,11 @@ def load_authors_network(path: Union[str, Path]) -> tuple[FinalNetwork, dict]:
         raise LegacyCheckpointError(f"{source}: cannot rebuild the network ({exc})") from None
     _check_modules(model, entries, source)
     _load_weights(model, info, entries, source)
-    spec = {"kind": "cifar", "genotype": gt.genotype_to_dict(kwargs["genotype"]),
-            "num_classes": kwargs["num_classes"], "in_channels": kwargs["in_channels"],
-            "input_size": kwargs["input_size"], "init_channels": kwargs["init_channels"],
-            "num_cells": kwargs["num_cells"], "auxiliary": kwargs["auxiliary"],
-            "keep_zero": False, "stem_multiplier": kwargs["stem_multiplier"]}
+    spec = {**network_spec(kwargs["genotype"], num_classes=kwargs["num_classes"],
+                           in_channels=kwargs["in_channels"], input_size=kwargs["input_size"],
+                           init_channels=kwargs["init_channels"], num_cells=kwargs["num_cells"],
+                           auxiliary=kwargs["auxiliary"], imagenet=False),
+            "stem_multiplier": kwargs["stem_multiplier"]}
     return model.eval(), spec
 
 

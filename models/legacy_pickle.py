@@ -23,7 +23,8 @@ import torch
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
-# The classes of the format doc's "Classes pickled" list; each becomes a placeholder.
+# The classes the authors' released checkpoints pickle (their augment_cnn, cells and operators
+# modules, and torch.nn's); each becomes a placeholder.
 _MODULE_CLASSES = frozenset({
     "augment_cnn.AugmentCNN", "augment_cnn.AuxiliaryHead", "cells.AugmentCell",
     "operators.DilConv", "operators.DropPath", "operators.FactorizedReduce",
@@ -91,7 +92,7 @@ class _StorageRef(_Inert):
             object.__setattr__(self, name, value)
 
 
-class _TensorRef(_Inert):
+class TensorRef(_Inert):
     __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage, offset, size, stride):
@@ -99,7 +100,7 @@ class _TensorRef(_Inert):
             object.__setattr__(self, name, value)
 
 
-class _Pickled:
+class Pickled:
     """Stands in for an instance of an allowed module class: records the pickled state
     (`__dict__`) and constructor arguments; nothing of the real class runs."""
     qualified = "?"
@@ -130,11 +131,11 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored):
             and _is_ints(size) and _is_ints(stride, len(size))
             and all(s >= 0 for s in tuple(size) + tuple(stride))):
         raise pickle.UnpicklingError("malformed tensor record")
-    return _TensorRef(storage, offset, tuple(size), tuple(stride))
+    return TensorRef(storage, offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, *_ignored):
-    if not isinstance(data, _TensorRef):
+    if not isinstance(data, TensorRef):
         raise pickle.UnpicklingError("malformed parameter record")
     return data
 
@@ -178,14 +179,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if dotted in _STORAGES:
             return _StorageType(dotted, _STORAGES[dotted])
         if dotted not in self.classes:
-            self.classes[dotted] = type(name, (_Pickled,), {"qualified": dotted})
+            self.classes[dotted] = type(name, (Pickled,), {"qualified": dotted})
         return self.classes[dotted]
 
     def persistent_load(self, pid):
         kind = pid[0] if isinstance(pid, tuple) and pid else None
         kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
         if self.storages is not None and kind == "module" and len(pid) == 4:
-            if isinstance(pid[1], type) and issubclass(pid[1], _Pickled):
+            if isinstance(pid[1], type) and issubclass(pid[1], Pickled):
                 return pid[1]  # the class; its recorded source text is ignored
         if self.storages is not None and kind == "storage" and len(pid) in (5, 6):
             return self._storage(*pid[1:])
@@ -205,8 +206,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 # what a restricted unpickler or our reader raises on damaged or hostile bytes
-_DAMAGE = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
-           UnicodeDecodeError, MemoryError, RecursionError, struct.error)
+DAMAGE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+                 UnicodeDecodeError, MemoryError, RecursionError, struct.error)
 
 
 def _element_bytes(data: bytes, start: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -220,7 +221,7 @@ def _read_legacy(data: bytes, source: str) -> tuple[Any, dict]:
     f = io.BytesIO(data)
     try:
         magic = _RestrictedUnpickler(f, source).load()
-    except (pickle.UnpicklingError, EOFError, *_DAMAGE):
+    except (pickle.UnpicklingError, EOFError, *DAMAGE_ERRORS):
         magic = None
     if magic != MAGIC_NUMBER:
         raise LegacyCheckpointError(f"{source}: not a PyTorch checkpoint (bad magic number; "
@@ -280,7 +281,7 @@ def _read_zip(data: bytes, source: str) -> tuple[Any, dict]:
     return obj, tensors
 
 
-def _read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
+def read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
     """(unpickled object of placeholders, {storage key: 1-D tensor}, source name)."""
     source = str(path)
     try:
@@ -297,6 +298,6 @@ def _read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise LegacyCheckpointError(f"{source}: truncated or corrupt file ({str(exc)[:120]})"
                                     ) from None
-    except _DAMAGE as exc:
+    except DAMAGE_ERRORS as exc:
         raise LegacyCheckpointError(f"{source}: corrupt file ({type(exc).__name__}: "
                                     f"{str(exc)[:120]})") from None

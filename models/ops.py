@@ -2,7 +2,7 @@
 
 Every op maps a tensor with C channels to one with C channels; at stride 2 the spatial size
 becomes ceil(H / 2) for odd and even H alike. BatchNorm is affine=False in supernets and
-affine=True in final networks (StacNAS facts sheet, "Operations").
+affine=True in final networks, as in DARTS's code.
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 Alphas are registered parameters grouped by alpha set: "normal" and "reduce" when shared by
 all cells of a kind (`alpha_share`, the paper's setting), or "cell_<i>" with one set per cell.
 Each set holds one 1-D parameter per edge, as long as that edge's candidate list, initialised
-as 1e-3 * randn (StacNAS facts sheet, "Networks"). A list may repeat skip_connect (the released
-code's identity group, genotypes.released_groups): each copy has its own alpha entry, and the
-readout lists both under the name skip_connect.
+as 1e-3 * randn (as DARTS's code does). A list may repeat skip_connect (the released code's
+identity group, genotypes.released_groups): each copy has its own alpha entry, and the readout
+lists both under the name skip_connect.
 """
 from __future__ import annotations
 
@@ -15,20 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genotypes import derive_genotype, reduction_cells
-from models.augment_cnn import AuxiliaryHead
-from models.search_cells import SearchCell, edge_key, run_cell
+from genotypes import alpha_set_keys, cell_set, derive_genotype, is_shared, reduction_cells
+from models.augment_cnn import AuxiliaryHead, run_cells
+from models.search_cells import SearchCell, edge_key
 
 Candidates = dict[str, list[list[list[str]]]]
-
-
-def _shared(candidates: Candidates) -> bool:
-    keys = set(candidates)
-    if keys == {"normal", "reduce"}:
-        return True
-    if all(k.startswith("cell_") for k in keys):
-        return False
-    raise ValueError(f"alpha sets must be 'normal'+'reduce' or 'cell_<i>', got {sorted(keys)}")
 
 
 def _upcast(alpha: torch.Tensor) -> torch.Tensor:
@@ -49,7 +40,8 @@ class SearchNetwork(nn.Module):
         super().__init__()
         if num_cells < 3:
             raise ValueError(f"num_cells must be >= 3 (two reduction cells), got {num_cells}")
-        self.alpha_share = _shared(candidates)
+        alpha_set_keys(candidates, "candidates")  # normal + reduce, or cell_0, cell_1, ...
+        self.alpha_share = is_shared(candidates)
         if not self.alpha_share and len(candidates) != num_cells:
             raise ValueError(f"per-cell alphas need {num_cells} sets 'cell_0'..'cell_"
                              f"{num_cells - 1}', got {len(candidates)}")
@@ -74,7 +66,7 @@ class SearchNetwork(nn.Module):
             if reduction:
                 c_cur *= 2
                 size = -(-size // 2)
-            name = self.set_name(i, reduction)
+            name = cell_set(i, reduction, self.alpha_share)
             self.cells.append(SearchCell(candidates[name], c_pp, c_p, c_cur, reduction,
                                          reduction_prev))
             self.cell_sets.append(name)
@@ -91,11 +83,6 @@ class SearchNetwork(nn.Module):
             self.arch[name] = nn.ParameterDict({
                 edge_key(i, j): nn.Parameter(1e-3 * torch.randn(len(ops)))
                 for i, edges in enumerate(nodes) for j, ops in enumerate(edges)})
-
-    def set_name(self, cell: int, reduction: bool) -> str:
-        if self.alpha_share:
-            return "reduce" if reduction else "normal"
-        return f"cell_{cell}"
 
     # -- parameter groups -------------------------------------------------------------
     def alphas(self) -> Iterator[nn.Parameter]:
@@ -119,17 +106,8 @@ class SearchNetwork(nn.Module):
     def forward(self, x: torch.Tensor):
         """Logits; in training mode with an auxiliary head, (logits, aux_logits)."""
         weights = {name: self._softmaxed(name) for name in self.arch}
-        s0 = s1 = self.stem(x)
-        aux_logits = None
-        for i, (cell, name) in enumerate(zip(self.cells, self.cell_sets)):
-            s0, s1 = s1, run_cell(cell, self.grad_checkpoint and self.training, s0, s1,
-                                  weights[name])
-            if i == self.aux_pos and self.aux_head is not None and self.training:
-                aux_logits = self.aux_head(s1)
-        logits = self.classifier(torch.flatten(self.pool(s1), 1))
-        if aux_logits is not None:
-            return logits, aux_logits
-        return logits
+        s = self.stem(x)
+        return run_cells(self, s, s, [weights[name] for name in self.cell_sets])
 
     # -- architecture readout ---------------------------------------------------------
     def alphas_data(self) -> dict:

@@ -1,126 +1,31 @@
-"""Print one JSON line describing a network's size before training it.
-
-    python -m models.summary --arch DARTS_V2 --dataset cifar10 --init_channels 36 --num_cells 20 --auxiliary
-    python -m models.summary --stage search1 --dataset cifar10 --num_cells 14 --init_channels 16
-    python -m models.summary --stage search2 --alphas runs/exp/search1/alphas.json
-    python -m models.summary --stage search2 --alphas runs/exp/search1/alphas.json --identity_group released
+"""How large a network is: parameters (all, or without the auxiliary head) and multiply-adds.
 
 Multiply-adds are counted with torch.utils.flop_counter (convolutions and matrix products of
-one eval-mode forward pass for one image at the dataset's input size; FLOPs / 2).
+one eval-mode forward pass for one image at the network's input size; FLOPs / 2).
+`python summary.py` prints them for a network before training it.
 """
 from __future__ import annotations
-
-import argparse
-import json
-import sys
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
-
-import genotypes as gt
-from models.factory import SEARCH_STAGES, build_final_network, build_supernet, stage_candidates
-from utils.data import DATASET_INFO, DatasetInfo, dataset_info
 
 
 def count_params(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def count_macs(model: nn.Module, info: DatasetInfo) -> int:
+def count_params_without_aux(model: nn.Module) -> int:
+    """Parameters without the auxiliary head's (the size papers report)."""
+    return count_params(model) - count_params(getattr(model, "aux_head", None))
+
+
+def count_macs(model: nn.Module, in_channels: int, input_size: int) -> int:
     """Multiply-adds of one eval-mode forward pass for one image (FLOPs / 2)."""
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, info.channels, info.size, info.size)
+    x = torch.zeros(1, in_channels, input_size, input_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() // 2
-
-
-def describe(model: nn.Module, info: DatasetInfo) -> dict:
-    """params (all), params_without_aux, macs, and for supernets weights / alphas counts."""
-    out = {"params": count_params(model),
-           "params_without_aux": count_params(model) - count_params(getattr(model, "aux_head", None)),
-           "macs": count_macs(model, info)}
-    if hasattr(model, "alphas"):
-        out["weights"] = sum(p.numel() for p in model.weights())
-        out["alphas"] = sum(p.numel() for p in model.alphas())
-    return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m models.summary", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--arch", choices=gt.NAMED_GENOTYPES, help="named final genotype")
-    what.add_argument("--genotype", metavar="FILE", help="genotype.json or Genotype(...) repr file")
-    what.add_argument("--stage", choices=SEARCH_STAGES, help="a search supernet instead of a final network")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(DATASET_INFO),
-                   help="sets input channels, input size and classes")
-    p.add_argument("--init_channels", type=int, default=None,
-                   help="initial channels (default: 16 for supernets, 48 for imagenet, else 36)")
-    p.add_argument("--num_cells", type=int, default=None,
-                   help="cells (default: search1 14, search2 20, darts 8; final 14 imagenet, else 20)")
-    p.add_argument("--auxiliary", action="store_true", help="include the auxiliary head")
-    p.add_argument("--keep_zero", action="store_true", help="final network with keep-zero gates")
-    p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
-                   help="supernet: alphas shared by all normal / all reduction cells")
-    p.add_argument("--alphas", metavar="FILE", help="search2: the alphas.json written by search1")
-    p.add_argument("--identity_group", choices=gt.IDENTITY_GROUP_CHOICES, default="single",
-                   help="search2: the identity group's candidates: skip_connect once (ours) or "
-                        "twice as in the authors' released code (one more FactorizedReduce per "
-                        "reduction-cell input edge that activates it)")
-    return p
-
-
-def _default(value, fallback):
-    return fallback if value is None else value
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    info = dataset_info(args.dataset)
-    for flag in ("init_channels", "num_cells"):
-        value = getattr(args, flag)
-        if value is not None and value < (3 if flag == "num_cells" else 1):
-            parser.error(f"--{flag} must be >= {3 if flag == 'num_cells' else 1}, got {value}")
-    if args.identity_group != "single" and args.stage != "search2":
-        parser.error("--identity_group applies to --stage search2 only")
-    try:
-        if args.stage:
-            if args.stage == "search2" and not args.alphas:
-                parser.error("--stage search2 needs --alphas FILE (the alphas.json of search1)")
-            alphas = gt.load_alphas(args.alphas) if args.alphas else None
-            cells = _default(args.num_cells, {"search1": 14, "search2": 20, "darts": 8}[args.stage])
-            groups = gt.identity_group(gt.GROUPS, args.identity_group)
-            cands = stage_candidates(args.stage, cells, args.alpha_share, alphas, groups)
-            model = build_supernet(cands, info, _default(args.init_channels, 16), cells, args.auxiliary)
-            head = {"network": "supernet", "stage": args.stage}
-        else:
-            genotype = (gt.get_named_genotype(args.arch) if args.arch
-                        else gt.load_genotype(args.genotype))
-            imagenet = args.dataset == "imagenet"
-            model = build_final_network(
-                genotype, info, _default(args.init_channels, 48 if imagenet else 36),
-                _default(args.num_cells, 14 if imagenet else 20), args.auxiliary, args.keep_zero)
-            head = {"network": "final", "arch": args.arch or args.genotype}
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    head.update(dataset=args.dataset, init_channels=_first_cell_channels(model),
-                num_cells=len(model.cells))
-    head.update(describe(model, info))
-    print(json.dumps(head))
-    return 0
-
-
-def _first_cell_channels(model: nn.Module) -> int:
-    """C of the first cell (the network's initial channel count)."""
-    return model.cells[0].preproc1.net[1].out_channels
-
-
-if __name__ == "__main__":
-    sys.exit(main())

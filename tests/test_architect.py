@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 from models.factory import build_supernet, stage_candidates
-from utils.architect import Architect, loss_and_logits, make_optimizers
+from utils.architect import Architect, make_optimizers
 from utils.data import DatasetInfo
+from utils.engine import loss_and_logits
 
 TINY = DatasetInfo(3, 8, 4)
 CE = nn.CrossEntropyLoss()
@@ -21,8 +22,8 @@ CE = nn.CrossEntropyLoss()
 
 def _net(auxiliary: bool = False, double: bool = False, seed: int = 0):
     torch.manual_seed(seed)
-    net = build_supernet(stage_candidates("darts", 3), TINY, init_channels=2, num_cells=3,
-                         auxiliary=auxiliary)
+    net = build_supernet(stage_candidates("darts", 3), **TINY.network_shape(), init_channels=2,
+                         num_cells=3, auxiliary=auxiliary)
     if double:
         net = net.double()
     return net
@@ -64,7 +65,7 @@ def test_loss_and_logits_adds_weighted_aux_loss_in_training_mode():
     assert torch.allclose(loss_eval, CE(out_eval, y))
 
 
-def test_make_optimizers_follow_the_facts_sheet():
+def test_make_optimizers_follow_the_darts_search_settings():
     net = _net()
     w_opt, a_opt = make_optimizers(net)
     assert isinstance(w_opt, torch.optim.SGD) and isinstance(a_opt, torch.optim.Adam)
@@ -128,6 +129,26 @@ def test_one_level_with_default_optimisers_changes_weights_and_alphas():
     Architect(net, *make_optimizers(net), CE, grad_clip=3.0).step(*_batch(1))
     assert all(not torch.equal(a, b) for a, b in zip(net.alphas(), a0))
     assert sum(not torch.equal(p, q) for p, q in zip(net.weights(), w0)) > len(w0) // 2
+
+
+def test_one_level_with_a_grad_scaler_steps_as_without_one():
+    """fp16's GradScaler path (a CPU scaler on a float32 net): the loss scaled by a power of
+    two, the gradients unscaled before clipping, then the same update as without a scaler."""
+    nets = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)):
+        net = _net()
+        Architect(net, *make_optimizers(net), CE, grad_clip=1e-3, scaler=scaler).step(*_batch(1))
+        nets.append(net)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_a_grad_scaler_skips_a_step_whose_gradients_overflow():
+    net = _net()
+    params = _clone(net.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))  # every gradient overflows
+    Architect(net, *make_optimizers(net), CE, scaler=scaler).step(*_batch(1))
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), params))
 
 
 # -- bilevel, first order -------------------------------------------------------------------

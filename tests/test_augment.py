@@ -11,6 +11,7 @@ import augment
 from utils.schedules import power_cosine
 import genotypes as gt
 from tests.fakes import make_cifar10
+from utils import genotype_files as gf
 from utils.checkpoint import load_checkpoint, previous_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_genotype_from_search2_file_and_missing(tmp_path, cifar, capsys):
     assert _augment(tmp_path, cifar) == 1
     assert "search2/genotype.json: not found" in capsys.readouterr().err
     (tmp_path / "net" / "search2").mkdir(parents=True)
-    gt.save_genotype(gt.STACNAS_C10, tmp_path / "net" / "search2" / "genotype.json")
+    gf.save_genotype(gt.STACNAS_C10, tmp_path / "net" / "search2" / "genotype.json")
     assert _augment(tmp_path, cifar) == 0
     results = json.loads((tmp_path / "net" / "augment" / "results.json").read_text())
     assert results["genotype"] == gt.genotype_to_dict(gt.STACNAS_C10)
@@ -105,7 +106,7 @@ def test_genotype_from_search2_file_and_missing(tmp_path, cifar, capsys):
 
 def test_repr_genotype_file(tmp_path, cifar):
     path = tmp_path / "genotype.txt"
-    path.write_text(gt.format_genotype(gt.DARTS_V2))
+    path.write_text(gf.format_genotype(gt.DARTS_V2))
     assert _augment(tmp_path, cifar, "--genotype", str(path), "--aux_weight", "0") == 0
     assert not any("aux_head" in k for k in
                    load_checkpoint(tmp_path / "net" / "augment" / "checkpoint.pt")["model"])

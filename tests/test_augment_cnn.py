@@ -16,7 +16,8 @@ def _count(module):
                                   DatasetInfo(3, 8, 5), DatasetInfo(2, 9, 7), DatasetInfo(3, 13, 4)])
 def test_cifar_style_shapes_with_aux(info):
     torch.manual_seed(0)
-    net = build_final_network(gt.DARTS_V2, info, 4, 5, auxiliary=True)
+    net = build_final_network(gt.DARTS_V2, **info.network_shape(), init_channels=4, num_cells=5,
+                              auxiliary=True)
     net.train()
     logits, aux = net(torch.randn(2, info.channels, info.size, info.size))
     assert logits.shape == aux.shape == (2, info.classes)
@@ -33,15 +34,18 @@ def test_imagenet_network_shapes():
 
 
 def test_darts_v2_cifar10_parameter_count():
-    """DARTS's code prints 3,349,342; pool + affine BN (facts sheet) adds 5 pools x 2 x (72 + 144)."""
-    net = build_final_network(gt.DARTS_V2, dataset_info("cifar10"), 36, 20, auxiliary=True)
+    """DARTS's code prints 3,349,342; pool + affine BN (the StacNAS authors' code) adds 5 pools
+    x 2 x (72 + 144)."""
+    net = build_final_network(gt.DARTS_V2, **dataset_info("cifar10").network_shape(),
+                              init_channels=36, num_cells=20, auxiliary=True)
     without_aux = _count(net) - _count(net.aux_head)
     assert abs(without_aux - 3.35e6) / 3.35e6 < 0.01
     assert without_aux == 3_349_342 + 2_160  # golden: pins the structure
 
 
 def test_darts_v2_imagenet_parameter_count():
-    net = build_final_network(gt.DARTS_V2, dataset_info("imagenet"), 48, 14, auxiliary=True)
+    net = build_final_network(gt.DARTS_V2, **dataset_info("imagenet").network_shape(),
+                              init_channels=48, num_cells=14, auxiliary=True)
     assert isinstance(net, ImageNetNetwork)
     without_aux = _count(net) - _count(net.aux_head)
     assert abs(without_aux - 4.7e6) / 4.7e6 < 0.01

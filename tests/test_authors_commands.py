@@ -15,6 +15,7 @@ import config
 import genotypes as gt
 from tests.authors_format import make_authors_model, save_like_authors, to_nested
 from tests.fakes import make_cifar10
+from utils import genotype_files as gf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def test_search_commands(pipeline):
         # the authors' values arrived under our names; the appended overrides won
         assert saved["grad_clip"] == 3.0 and saved["aux_weight"] == 0.0 and saved["alpha_share"]
         assert saved["train_ratio"] == 1.0 and saved["seed"] == 1 and saved["num_cells"] == 3
-        gt.load_genotype(run_dir / stage / "genotype.json")
+        gf.load_genotype(run_dir / stage / "genotype.json")
         selection = json.loads((run_dir / stage / "selection.json").read_text())
         assert selection["alphas_epoch"] == 1 and selection["rule"] == "last epoch"
 

@@ -15,7 +15,8 @@ import feature
 import genotypes as gt
 import run_all
 import search
-from models import summary
+import summary
+from utils import genotype_files as gf
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("stacnas_test_script_bad", ROOT / "test.py")
@@ -24,7 +25,7 @@ _spec.loader.exec_module(test_script)
 
 SCRIPTS = {"search": search.main, "augment": augment.main, "test": test_script.main,
            "feature": feature.main, "run_all": run_all.main, "summary": summary.main,
-           "genotypes": gt.main}
+           "genotype_files": gf.main}
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu"]
 NET = ["--num_cells", "3", "--init_channels", "4"]
@@ -135,9 +136,9 @@ def _cases(d):
         ("summary", ["--stage", "search1", "--num_cells", "2"], 2, "--num_cells must be >= 3"),
         ("summary", ["--stage", "search2"], 2, "--alphas"),
         ("summary", ["--genotype", str(d / "genotype_unknown_op.json")], 1, "unknown op 'sep_conv_9x9'"),
-        ("genotypes", ["--alphas", str(d / "missing.json")], 1, "missing.json: not found"),
-        ("genotypes", ["--alphas", str(d / "malformed.json")], 1, "not JSON"),
-        ("genotypes", ["--genotype", str(d / "genotype_index.json")], 1, "out of range"),
+        ("genotype_files", ["--alphas", str(d / "missing.json")], 1, "missing.json: not found"),
+        ("genotype_files", ["--alphas", str(d / "malformed.json")], 1, "not JSON"),
+        ("genotype_files", ["--genotype", str(d / "genotype_index.json")], 1, "out of range"),
     ]
 
 

@@ -155,7 +155,7 @@ def test_missing_fashionmnist_names_paths_and_the_package(tmp_path):
 def test_imagefolder_rgb_info_read_from_data(tmp_path):
     make_image_folder(tmp_path, size=(12, 10))
     ds, info = D.get_dataset("imagefolder", str(tmp_path), train=True)
-    assert info == DatasetInfo(3, 10, 3) == D.dataset_info_for("imagefolder", str(tmp_path))
+    assert info == DatasetInfo(3, 10, 3)
     assert len(ds) == 6 and sorted(ds[i][1] for i in range(6)) == [0, 0, 1, 1, 2, 2]
     assert ds[0][0].shape == (3, 10, 10) and ds[0][0].min() >= -1 and ds[0][0].max() <= 1
     assert isinstance(ds.transform.transforms[1], T.RandomHorizontalFlip)
@@ -172,10 +172,10 @@ def test_imagefolder_grayscale_and_val_fallback(tmp_path):
 
 def test_imagenet_classes_counted_from_folders(tmp_path):
     make_image_folder(tmp_path, size=(40, 30), classes=("n01", "n02"), splits=("train", "val"))
-    assert D.dataset_info_for("imagenet", str(tmp_path)) == DatasetInfo(3, 224, 2)
     ds, info = D.get_dataset("imagenet", str(tmp_path), train=False, transform="eval")
     assert info == DatasetInfo(3, 224, 2) and ds[0][0].shape == (3, 224, 224)
-    train, _ = D.get_dataset("imagenet", str(tmp_path), train=True)
+    train, train_info = D.get_dataset("imagenet", str(tmp_path), train=True)
+    assert train_info == DatasetInfo(3, 224, 2)
     assert [type(t).__name__ for t in train.transform.transforms][:3] == \
         ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"]
     assert train[0][0].shape == (3, 224, 224)
@@ -184,7 +184,7 @@ def test_imagenet_classes_counted_from_folders(tmp_path):
 def test_missing_image_folders_are_data_errors(tmp_path):
     for name in ("imagenet", "imagefolder"):
         with pytest.raises(DataError) as err:
-            D.dataset_info_for(name, str(tmp_path))
+            D.get_dataset(name, str(tmp_path), train=True)
         assert str(tmp_path / "train") in str(err.value) and "\n" not in str(err.value)
 
 
@@ -194,11 +194,11 @@ def test_unknown_names_and_transforms():
     with pytest.raises(ValueError, match="cifar10, cifar100"):
         D.get_dataset("svhn", "/nowhere", train=True)
     with pytest.raises(ValueError, match="imagefolder"):
-        D.dataset_info_for("svhn", "/nowhere")
+        D.get_dataset("svhn", "/nowhere", train=False)
     with pytest.raises(ValueError, match="train, eval"):
         D.get_dataset("synthetic", "/nowhere", train=True, transform="test")
     assert set(D.DATASETS) >= set(D.DATASET_INFO)
-    assert D.dataset_info_for("cifar100", "/nowhere") == DatasetInfo(3, 32, 100)
+    assert D.dataset_info("cifar100") == DatasetInfo(3, 32, 100)
 
 
 def test_synthetic_deterministic_and_learnable():
@@ -206,7 +206,7 @@ def test_synthetic_deterministic_and_learnable():
     a, info = D.get_dataset("synthetic", "", train=True, synthetic=spec)
     b, _ = D.get_dataset("synthetic", "", train=True, synthetic=spec)
     test, _ = D.get_dataset("synthetic", "", train=False, synthetic=spec)
-    assert info == DatasetInfo(2, 8, 4) == D.dataset_info_for("synthetic", "", spec)
+    assert info == DatasetInfo(2, 8, 4)
     assert len(a) == 40 and len(test) == 20 and a[0][0].shape == (2, 8, 8)
     assert torch.equal(a.data, b.data) and torch.equal(a.targets, b.targets)
     assert not torch.equal(a.data[:20], test.data)
@@ -215,7 +215,7 @@ def test_synthetic_deterministic_and_learnable():
     means = torch.stack([a.data[a.targets == c].mean(0) for c in range(4)])
     dists = torch.cdist(test.data.flatten(1), means.flatten(1))
     assert (dists.argmin(1) == test.targets).float().mean() > 0.9
-    assert D.dataset_info_for("synthetic", "") == DatasetInfo(3, 32, 10)
+    assert D.get_dataset("synthetic", "", train=True)[1] == DatasetInfo(3, 32, 10)
 
 
 # ------------------------------------------------------------------------------ Cutout
@@ -258,11 +258,12 @@ def test_split_indices():
             D.split_indices(10, bad, seed=0)
 
 
-def test_first_n():
-    assert D.first_n(10, 3) == [0, 1, 2]
-    assert D.first_n(4, 100) == [0, 1, 2, 3]
+def test_subset_size():
+    assert D.subset_size(10, 3) == 3
+    assert D.subset_size(4, 100) == 4
+    assert D.subset_size(4, None) == 4
     with pytest.raises(ValueError):
-        D.first_n(4, 0)
+        D.subset_size(4, 0)
 
 
 def _order(loader):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import genotypes as gt
+from utils import genotype_files as gf
 from utils.checkpoint import load_checkpoint, previous_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_files_come_from_rank_0_only(search_run):
     assert log.count("epoch 1/2 done") == 1 and log.count("2 processes") == 1
     state = load_checkpoint(search_run / "checkpoint.pt")
     assert state["finished"] and state["epoch"] == 2
-    assert gt.load_genotype(search_run / "genotype.json") == gt.genotype_from_dict(state["genotype"])
+    assert gf.load_genotype(search_run / "genotype.json") == gt.genotype_from_dict(state["genotype"])
     assert sorted(p.name for p in search_run.iterdir() if p.suffix == ".pt") == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 

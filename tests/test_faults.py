@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import augment
-import genotypes as gt
 import search
+from utils import genotype_files as gf
 from utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,8 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path, argv,
     b = load_checkpoint(tmp_path / "killed" / stage / "checkpoint.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if stage == "search1":
-        assert gt.load_alphas(tmp_path / "straight" / stage / final) == \
-            gt.load_alphas(tmp_path / "killed" / stage / final)
+        assert gf.load_alphas(tmp_path / "straight" / stage / final) == \
+            gf.load_alphas(tmp_path / "killed" / stage / final)
 
 
 @pytest.mark.parametrize("argv, stage, sig", [(SEARCH, "search1", signal.SIGTERM),

@@ -1,5 +1,7 @@
-"""feature.py: streaming statistics, identical ops correlate 1 and share a group, the groups
-round-trip into search1, and bad inputs are one-line errors."""
+"""feature.py: both streaming statistics (the authors' per-position centring and one global
+mean per op) against a direct float64 computation, identical ops correlate 1 and share a
+group, the KMeans views are written, the groups round-trip into search1, and bad inputs are
+one-line errors."""
 import copy
 import json
 
@@ -12,6 +14,7 @@ import genotypes as gt
 import search
 from models.search_cnn import SearchNetwork
 from utils import features as ft
+from utils.genotype_files import load_alphas, load_groups
 
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu",
@@ -49,6 +52,85 @@ def test_streaming_statistics_equal_one_shot():
     np.testing.assert_allclose(stats.correlation(), np.corrcoef(data.T), atol=1e-10)
 
 
+def _direct(data: np.ndarray) -> dict[str, np.ndarray]:
+    """Both co-moments of (N images, K ops, P positions) straight from the definitions."""
+    n, k, p = data.shape
+    by_position = data - data.mean(axis=0, keepdims=True)             # mean_i[p] over images
+    by_op = data - data.mean(axis=(0, 2), keepdims=True)               # one mean per op
+    return {"position": np.einsum("nip,njp->ij", by_position, by_position),
+            "global": np.einsum("nip,njp->ij", by_op, by_op)}
+
+
+def _corr(m: np.ndarray) -> np.ndarray:
+    d = np.sqrt(np.diag(m))
+    return m / np.outer(d, d)
+
+
+def test_position_and_global_statistics_equal_a_direct_float64_computation():
+    rng = np.random.default_rng(1)
+    k, shape = 4, (3, 5, 5)
+    p = int(np.prod(shape))
+    # a large per-position offset (what would cancel in raw sums) plus correlated noise
+    offset = 1e3 + 50 * rng.normal(size=(1, k, p))
+    mix = rng.normal(size=(k, k))
+    batches = [(np.einsum("nip,ij->njp", rng.normal(size=(n, k, p)), mix) + offset)
+               for n in (1, 6, 17, 2, 40)]
+    stats = ft.PositionCovariance(k)
+    for b in batches:
+        stats.update(torch.tensor(b.reshape(len(b), k, *shape)))
+    data = np.concatenate(batches)
+    assert stats.count == len(data) and stats.positions == p
+    np.testing.assert_allclose(stats.mean_maps(), data.mean(axis=0), rtol=1e-13)
+    direct = _direct(data)
+    for statistic in ft.STATISTICS:
+        np.testing.assert_allclose(stats.comoment(statistic).numpy(), direct[statistic], rtol=1e-9)
+        np.testing.assert_allclose(stats.correlation(statistic), _corr(direct[statistic]), atol=1e-10)
+    n = len(data)
+    np.testing.assert_allclose(stats.covariance("position"), direct["position"] / (p * (n - 1)), rtol=1e-9)
+    # "global" is the old rows-as-observations statistic
+    rows = ft.StreamingCovariance(k)
+    rows.update(torch.tensor(data.transpose(0, 2, 1).reshape(-1, k)))
+    np.testing.assert_allclose(stats.covariance("global"), rows.covariance(), rtol=1e-9)
+
+
+def test_a_shared_spatial_pattern_correlates_globally_but_not_per_position():
+    """Two ops = one position-dependent pattern + independent noise per image: the same mean
+    map, nothing in common from image to image."""
+    rng = np.random.default_rng(2)
+    n, p = 300, 64
+    pattern = 3 * rng.normal(size=p)
+    data = pattern + rng.normal(size=(n, 2, p))
+    stats = ft.PositionCovariance(2)
+    for chunk in np.array_split(data, 7):
+        stats.update(torch.tensor(chunk, dtype=torch.float32))
+    position, global_ = stats.correlation("position")[0, 1], stats.correlation("global")[0, 1]
+    direct = _direct(data.astype(np.float32).astype(np.float64))
+    assert position == pytest.approx(_corr(direct["position"])[0, 1], abs=1e-9)
+    assert global_ == pytest.approx(_corr(direct["global"])[0, 1], abs=1e-9)
+    assert abs(position) < 0.05 and global_ > 0.85
+
+
+def test_statistic_input_errors():
+    stats = ft.PositionCovariance(2)
+    with pytest.raises(ValueError, match="observations"):
+        stats.correlation()
+    stats.update(torch.ones(1, 2, 3))
+    with pytest.raises(ValueError, match="more observations"):
+        stats.correlation("position")  # one image: no spread across images
+    with pytest.raises(ValueError, match="statistic must be"):
+        stats.correlation("pooled")
+    with pytest.raises(ValueError, match="3 positions"):
+        stats.update(torch.ones(1, 2, 4))
+    with pytest.raises(ValueError, match="shape"):
+        stats.update(torch.ones(1, 3, 3))
+
+
+def test_kmeans_labels_are_canonical():
+    assert ft.canonical([2, 2, 0, 1, 0]) == [0, 0, 1, 2, 1]
+    maps = np.array([[-9, 3], [5, 5], [0.0, 0], [5.1, 5], [0.1, 0], [-9.1, 3]])
+    assert ft.kmeans_mean_maps(maps, [3]) == {3: [0, 1, 2, 1, 2, 0]}
+
+
 def test_zero_variance_op_correlates_zero():
     stats = ft.StreamingCovariance(2)
     stats.update(torch.stack([torch.arange(10.0), torch.zeros(10)], 1))
@@ -71,7 +153,10 @@ def test_identical_ops_correlate_one_and_share_a_group():
     assert ops == gt.PRIMITIVES[1:]
     i, j = ops.index("max_pool_3x3"), ops.index("avg_pool_3x3")
     for s in stats.values():
-        assert abs(s.correlation()[i, j] - 1) < 1e-6
+        for statistic in ft.STATISTICS:
+            assert abs(s.correlation(statistic)[i, j] - 1) < 1e-6
+        labels = ft.kmeans_mean_maps(s.mean_maps(), [2, 3, 4])
+        assert all(lab[i] == lab[j] for lab in labels.values())  # identical mean maps
     mean = np.mean([s.correlation() for s in stats.values()], axis=0)
     groups = ft.find_groups(mean, ops, 4)
     assert sum(len(g["members"]) - 1 for g in groups.values() if g["representative"] != "none") == 7
@@ -98,32 +183,51 @@ def test_groups_and_representatives_from_a_known_matrix():
 def test_end_to_end_groups_round_trip_into_search1(darts_run, capsys):
     assert _feature(darts_run, "--plots", "all") == 0
     out = darts_run / "exp" / "darts" / "feature"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["statistic"] == "position" and summary["transform"] == "train"  # the authors'
+    np.testing.assert_allclose(summary["mean_correlation"],
+                               summary["mean_correlation_by_statistic"]["position"])
     ops, mean = ft.read_csv(out / "correlation_mean.csv")
     assert ops == gt.PRIMITIVES[1:] and mean.shape == (7, 7)
     np.testing.assert_allclose(np.diag(mean), 1.0)
     edge_csvs = sorted(out.glob("correlation_cell*.csv"))
     assert [p.name for p in edge_csvs][:2] == ["correlation_cell00_2from0.csv", "correlation_cell00_5from4.csv"]
     assert len(edge_csvs) == 6 and len(list(out.glob("heatmap_cell*.png"))) == 6
-    for name in ("heatmap_mean.png", "clusters_mean.png", "dendrogram_mean.png"):
+    assert len(list(out.glob("kmeans_cell*.png"))) == 6
+    for name in ("heatmap_mean.png", "clusters_mean.png", "dendrogram_mean.png", "kmeans_edges.png",
+                 "kmeans_cell00_2from0.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
-    groups = gt.load_groups(out / "groups.json")
+    groups = load_groups(out / "groups.json")
     assert len(groups) == 5 and groups["zero"]["members"] == ["none"]
-    summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"] == groups and len(summary["edges"]) == 6
-    assert set(summary["kmeans"]) == {"2", "3", "4"}
+    assert set(summary["kmeans_correlation_rows"]) == {"2", "3", "4"}
+    assert list(summary["kmeans_mean_maps"]) == summary["edges"]
+    for by_k in summary["kmeans_mean_maps"].values():
+        assert set(by_k) == {"2", "3", "4"}
+        for k, lab in by_k.items():
+            assert len(lab) == 7 and lab[0] == 0 and set(lab) <= set(range(int(k)))
     printed = capsys.readouterr().out
     assert "mean over 6 edges" in printed and "representative" in printed
     assert _feature(darts_run, "--plots", "all") == 0  # same options: not measured again
     assert "already finished" in capsys.readouterr().out
+    # the other statistic on the same supernet and images, into another folder
+    other = darts_run / "global"
+    assert _feature(darts_run, "--statistic", "global", "--transform", "eval",
+                    "--feature_dir", str(other)) == 0
+    summary_g = json.loads((other / "summary.json").read_text())
+    assert summary_g["statistic"] == "global" and summary_g["transform"] == "eval"
+    np.testing.assert_allclose(ft.read_csv(other / "correlation_mean.csv")[1],
+                               summary_g["mean_correlation_by_statistic"]["global"], atol=1e-6)
+    assert (other / "kmeans_edges.png").is_file() and not list(other.glob("kmeans_cell*.png"))
 
     assert search.main(["--stage", "search1", "--name", "s1", "--save_dir", str(darts_run),
                         "--groups", str(out / "groups.json"), "--epochs", "1", *TINY, *NET]) == 0
-    alphas = gt.load_alphas(darts_run / "s1" / "search1" / "alphas.json")
+    alphas = load_alphas(darts_run / "s1" / "search1" / "alphas.json")
     reps = [g["representative"] for g in groups.values()]
     assert all(e["ops"] == reps for nodes in alphas.values() for node in nodes for e in node)
     # and a search1 supernet (the representatives) can be analysed in turn
     assert _feature(darts_run, "--num_groups", "2", "--edges", "all", stage="search1", name="s1") == 0
-    groups1 = gt.load_groups(darts_run / "s1" / "search1" / "feature" / "groups.json")
+    groups1 = load_groups(darts_run / "s1" / "search1" / "feature" / "groups.json")
     assert sorted(m for g in groups1.values() for m in g["members"] if m != "none") == sorted(reps[:-1])
 
 
@@ -147,6 +251,8 @@ def test_wrong_stage_checkpoint_is_refused(darts_run, capsys):
     (["--num_groups", "8"], "8 groups of 7 ops"),
     (["--stage", "search2"], "invalid choice"),
     (["--edges", "some"], "invalid choice"),
+    (["--statistic", "pooled"], "invalid choice"),
+    (["--transform", "test"], "invalid choice"),
     (["--num_sample", "3"], "unrecognized arguments"),
 ])
 def test_bad_flags_exit_2(darts_run, capsys, extra, message):
@@ -154,3 +260,13 @@ def test_bad_flags_exit_2(darts_run, capsys, extra, message):
         _feature(darts_run, *extra)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_names_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        feature.main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--statistic {position,global}" in text and "position (the authors')" in text
+    assert "(default: position)" in text and "(default: train)" in text
+    assert "--transform {train,eval}" in text and "train (augmentation, the authors' choice)" in text

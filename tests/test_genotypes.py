@@ -1,5 +1,6 @@
-"""Tests for genotypes.py: named cells, I/O round trips, validation messages, derivation,
-stage-1 -> stage-2 candidates, plots and the CLI. Pure CPU, no torch."""
+"""Tests for genotypes.py and its files (utils/genotype_files.py): named cells, I/O round
+trips, validation messages, derivation, stage-1 -> stage-2 candidates, plots and the CLI.
+Pure CPU, no torch."""
 import json
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import genotypes as G
+from utils import genotype_files as GF
+from utils import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -52,11 +55,12 @@ def test_primitives_groups_and_stage1_ops():
     assert G.STAGE1_PRIMITIVES == ["max_pool_3x3", "skip_connect", "sep_conv_3x3",
                                    "dil_conv_3x3", "none"]
     assert G.stage1_primitives(G.GROUPS) == G.STAGE1_PRIMITIVES
-    assert G.validate_groups(G.GROUPS) == G.GROUPS
+    assert GF.validate_groups(G.GROUPS) == G.GROUPS
 
 
-def test_module_does_not_import_torch():
-    code = "import sys, genotypes; print('torch' in sys.modules, 'graphviz' in sys.modules)"
+def test_modules_do_not_import_torch():
+    code = ("import sys, genotypes, utils.genotype_files; "
+            "print('torch' in sys.modules, 'graphviz' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -89,20 +93,20 @@ def test_reduction_cells_and_set_names():
 
 # ----------------------------------------------------------------------------- repr / JSON
 def test_repr_round_trip_including_range():
-    text = G.format_genotype(G.DARTS_V2)
+    text = GF.format_genotype(G.DARTS_V2)
     assert text.startswith("Genotype(normal=[")
-    assert G.parse_genotype_repr(text) == G.DARTS_V2
+    assert GF.parse_genotype_repr(text) == G.DARTS_V2
     ranged = text.replace("[2, 3, 4, 5]", "range(2, 6)")
     assert "range(2, 6)" in ranged
-    assert G.parse_genotype_repr(ranged) == G.DARTS_V2
+    assert GF.parse_genotype_repr(ranged) == G.DARTS_V2
 
 
 def test_repr_parsing_never_evaluates_code(tmp_path):
     marker = tmp_path / "pwned"
-    text = G.format_genotype(G.DARTS_V1).replace(
+    text = GF.format_genotype(G.DARTS_V1).replace(
         "normal_concat=[2, 3, 4, 5]", f"normal_concat=__import__('os').mkdir({str(marker)!r})")
     with pytest.raises(G.GenotypeError, match="normal_concat: not a literal"):
-        G.parse_genotype_repr(text)
+        GF.parse_genotype_repr(text)
     assert not marker.exists()
 
 
@@ -116,13 +120,13 @@ def per_cell_genotype(num_cells=5):
                          ids=["shared", "per-cell"])
 def test_json_and_repr_file_round_trip(tmp_path, genotype):
     path = tmp_path / "genotype.json"
-    G.save_genotype(genotype, path)
-    assert G.load_genotype(path) == genotype
+    GF.save_genotype(genotype, path)
+    assert GF.load_genotype(path) == genotype
     assert json.loads(path.read_text()) == G.genotype_to_dict(genotype)
     assert [p.name for p in tmp_path.iterdir()] == ["genotype.json"]  # no temp file left
     txt = tmp_path / "genotype.txt"
-    txt.write_text(G.format_genotype(genotype))
-    assert G.load_genotype(txt) == genotype
+    txt.write_text(GF.format_genotype(genotype))
+    assert GF.load_genotype(txt) == genotype
 
 
 def test_per_cell_dict_shape():
@@ -163,7 +167,7 @@ def test_malformed_genotype_files_are_rejected(tmp_path, content, expected):
     path.write_text(content)
     before = path.stat().st_mtime_ns
     with pytest.raises(G.GenotypeError) as info:
-        G.load_genotype(path)
+        GF.load_genotype(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and expected in message
     assert "\n" not in message
@@ -172,7 +176,7 @@ def test_malformed_genotype_files_are_rejected(tmp_path, content, expected):
 
 def test_missing_genotype_file(tmp_path):
     with pytest.raises(G.GenotypeError, match="nope.json: not found"):
-        G.load_genotype(tmp_path / "nope.json")
+        GF.load_genotype(tmp_path / "nope.json")
 
 
 def test_validate_genotype_rejects_other_objects():
@@ -241,12 +245,12 @@ def test_candidates_from_stage1_rejects_stage2_alphas():
 def test_alphas_round_trip(tmp_path):
     alphas = {"normal": hand_made_cell(), "reduce": hand_made_cell(G.STAGE1_PRIMITIVES)}
     path = tmp_path / "alphas.json"
-    G.save_alphas(alphas, path)
-    assert G.load_alphas(path) == alphas
+    GF.save_alphas(alphas, path)
+    assert GF.load_alphas(path) == alphas
     assert G.is_shared(alphas)
     per_cell = uniform_alphas(["cell_0", "cell_1"], ["sep_conv_3x3", "none"], num_nodes=2)
-    G.save_alphas(per_cell, path)
-    assert G.load_alphas(path) == per_cell and not G.is_shared(per_cell)
+    GF.save_alphas(per_cell, path)
+    assert GF.load_alphas(path) == per_cell and not G.is_shared(per_cell)
 
 
 def _alphas_json(mutate):
@@ -280,14 +284,14 @@ def test_malformed_alphas_are_rejected(tmp_path, content, expected):
     path = tmp_path / "alphas.json"
     path.write_text(content)
     with pytest.raises(G.GenotypeError) as info:
-        G.load_alphas(path)
+        GF.load_alphas(path)
     assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
 
 
 def test_save_alphas_validates_before_writing(tmp_path):
     path = tmp_path / "alphas.json"
     with pytest.raises(G.GenotypeError, match="alphas.json: unknown alpha set"):
-        G.save_alphas({"bogus": []}, path)
+        GF.save_alphas({"bogus": []}, path)
     assert not path.exists()
 
 
@@ -299,8 +303,8 @@ def test_groups_round_trip(tmp_path):
               "pool": {"representative": "max_pool_3x3", "members": ["none"]}}
     for groups in (G.GROUPS, custom):
         path.write_text(json.dumps(groups))
-        assert G.load_groups(path) == groups
-    assert G.stage1_primitives(G.load_groups(path)) == ["sep_conv_3x3", "max_pool_3x3"]
+        assert GF.load_groups(path) == groups
+    assert G.stage1_primitives(GF.load_groups(path)) == ["sep_conv_3x3", "max_pool_3x3"]
 
 
 @pytest.mark.parametrize("groups, expected", [
@@ -321,7 +325,7 @@ def test_bad_groups_rejected(tmp_path, groups, expected):
     path = tmp_path / "groups.json"
     path.write_text(json.dumps(groups))
     with pytest.raises(G.GenotypeError) as info:
-        G.load_groups(path)
+        GF.load_groups(path)
     assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
 
 
@@ -331,20 +335,20 @@ def test_plot_with_dot(tmp_path):
     if shutil.which("dot") is None:
         pytest.skip("graphviz 'dot' is not installed")
     pytest.importorskip("graphviz")
-    path = G.plot_cell(G.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / "normal", caption="normal")
+    path = plots.plot_cell(G.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / "normal", caption="normal")
     assert path == str(tmp_path / "normal.png")
     assert Path(path).read_bytes()[:8] == PNG_MAGIC
-    written = G.plot_genotype(per_cell_genotype(3), tmp_path / "cells", prefix="ep1_")
+    written = plots.plot_genotype(per_cell_genotype(3), tmp_path / "cells", prefix="ep1_")
     assert [Path(p).name for p in written] == ["ep1_cell_0.png", "ep1_cell_1.png", "ep1_cell_2.png"]
     assert all(Path(p).read_bytes()[:8] == PNG_MAGIC for p in written)
 
 
 def test_plot_without_dot_warns_and_returns_none(tmp_path, monkeypatch):
-    monkeypatch.setattr(G.shutil, "which", lambda name: None)
+    monkeypatch.setattr(plots.shutil, "which", lambda name: None)
     with pytest.warns(UserWarning, match="graphviz 'dot' not found; skipping cell plot .*normal"):
-        assert G.plot_cell(G.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / "normal") is None
+        assert plots.plot_cell(G.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / "normal") is None
     with pytest.warns(UserWarning, match="install the Debian/Ubuntu package 'graphviz'"):
-        assert G.plot_genotype(G.DARTS_V2, tmp_path / "plots") == []
+        assert plots.plot_genotype(G.DARTS_V2, tmp_path / "plots") == []
     assert list(tmp_path.iterdir()) == []
 
 
@@ -352,28 +356,28 @@ def test_plot_without_dot_warns_and_returns_none(tmp_path, monkeypatch):
 def test_cli_derives_from_alphas(tmp_path, capsys):
     alphas = {"normal": hand_made_cell(), "reduce": hand_made_cell()}
     path = tmp_path / "alphas.json"
-    G.save_alphas(alphas, path)
-    assert G.main(["--alphas", str(path)]) == 0
+    GF.save_alphas(alphas, path)
+    assert GF.main(["--alphas", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0]) == G.genotype_to_dict(G.derive_genotype(alphas))
 
 
-def test_cli_checks_genotype_file_as_script(tmp_path):
+def test_cli_checks_genotype_file_as_module(tmp_path):
     path = tmp_path / "genotype.txt"
-    path.write_text(G.format_genotype(G.STACNAS_C10))
-    proc = subprocess.run([sys.executable, str(ROOT / "genotypes.py"), "--genotype", str(path)],
-                          capture_output=True, text=True)
+    path.write_text(GF.format_genotype(G.STACNAS_C10))
+    proc = subprocess.run([sys.executable, "-m", "utils.genotype_files", "--genotype", str(path)],
+                          cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == G.genotype_to_dict(G.STACNAS_C10)
 
 
 def test_cli_errors(tmp_path, capsys):
     missing = tmp_path / "missing.json"
-    assert G.main(["--alphas", str(missing)]) == 1
+    assert GF.main(["--alphas", str(missing)]) == 1
     err = capsys.readouterr().err
     assert err == f"error: {missing}: not found\n"
     for argv in (["--alphas", "a.json", "--genotype", "g.json"], ["--alpha", "a.json"], []):
         with pytest.raises(SystemExit) as info:
-            G.main(argv)
+            GF.main(argv)
         assert info.value.code == 2

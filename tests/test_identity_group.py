@@ -11,7 +11,8 @@ import genotypes as gt
 from models.factory import build_supernet, stage_candidates
 from models.ops import FactorizedReduce, Identity
 from models.search_cells import MixedOp, edge_key, module_keys
-from models.summary import main as summary_main
+from summary import main as summary_main
+from utils import genotype_files as gf
 from utils.data import DatasetInfo
 
 TINY = DatasetInfo(3, 16, 10)
@@ -28,7 +29,8 @@ def stage1_alphas(winner=lambda i, j: REPS[(i + j) % 4]):
 
 def _net(candidates, num_cells=5, channels=4):
     torch.manual_seed(0)
-    return build_supernet(candidates, TINY, channels, num_cells)
+    return build_supernet(candidates, **TINY.network_shape(), init_channels=channels,
+                          num_cells=num_cells)
 
 
 def _forward_backward(net):
@@ -51,7 +53,7 @@ def test_released_groups_lists():
     assert gt.stage1_primitives(released) == gt.STAGE1_PRIMITIVES  # stage 1 unchanged
     assert gt.GROUPS["identity"]["members"] == ["skip_connect", "none"]  # a new dict
     assert gt.released_groups() == released == gt.released_groups(released)  # idempotent
-    assert gt.validate_groups(released) == released
+    assert gf.validate_groups(released) == released
 
 
 def test_identity_group_choices():
@@ -77,7 +79,7 @@ def test_released_groups_of_custom_groups():
 def test_released_groups_file_round_trip(tmp_path):
     path = tmp_path / "groups.json"
     path.write_text(json.dumps(gt.released_groups()))
-    assert gt.load_groups(path) == gt.released_groups()
+    assert gf.load_groups(path) == gt.released_groups()
 
 
 @pytest.mark.parametrize("ops, problem", [
@@ -90,7 +92,7 @@ def test_only_skip_connect_twice_side_by_side(ops, problem):
     assert problem in gt.duplicate_problem(ops)
     groups = {"g": {"representative": ops[0], "members": ops}}
     with pytest.raises(gt.GenotypeError, match=f"g: members must be distinct: .*{problem}"):
-        gt.validate_groups(groups)
+        gf.validate_groups(groups)
     with pytest.raises(ValueError, match=f"duplicate candidate ops on one edge: .*{problem}"):
         MixedOp(4, 1, ops)
 
@@ -128,14 +130,14 @@ def test_alphas_round_trip_and_derivation_with_duplicates(tmp_path):
     alphas["normal"][0][1] = {"ops": SKIP2, "alphas": [0.2, 0.8, 5.0]}  # second copy wins
     alphas["reduce"][0][1] = {"ops": SKIP2, "alphas": [0.05, 0.05, 5.0]}  # tie, below sep's 0.1
     path = tmp_path / "alphas.json"
-    gt.save_alphas(alphas, path)
-    assert gt.load_alphas(path) == alphas
-    g = gt.derive_genotype(gt.load_alphas(path))
+    gf.save_alphas(alphas, path)
+    assert gf.load_alphas(path) == alphas
+    g = gt.derive_genotype(gf.load_alphas(path))
     assert g.normal[:2] == [("skip_connect", 0), ("skip_connect", 1)]  # 0.9 first, then 0.8
     assert g.reduce[:2] == [("sep_conv_3x3", 0), ("skip_connect", 1)]  # one name, either copy
     assert gt.count_ops(g, "skip_connect") == 3
     assert gt.validate_genotype(g) == g
-    assert gt.main(["--alphas", str(path)]) == 0
+    assert gf.main(["--alphas", str(path)]) == 0
 
 
 # ----------------------------------------------------------------------------- mixed op
@@ -252,8 +254,8 @@ def test_released_supernet_readout_and_state_dict_round_trip(tmp_path):
         net.arch["normal"][edge_key(0, 1)].copy_(torch.tensor([0.0, 3.0, 1.0]))  # 2nd skip wins
     data = net.alphas_data()
     assert data["normal"][0][1]["ops"] == SKIP2
-    gt.save_alphas(data, tmp_path / "alphas.json")
-    assert gt.load_alphas(tmp_path / "alphas.json") == data
+    gf.save_alphas(data, tmp_path / "alphas.json")
+    assert gf.load_alphas(tmp_path / "alphas.json") == data
     assert ("skip_connect", 1) in net.genotype().normal[:2]
     other = _net(net.candidates)
     other.load_state_dict(net.state_dict())
@@ -270,7 +272,7 @@ def _summary(capsys, *argv):
 
 def test_summary_identity_group_option(capsys, tmp_path):
     path = tmp_path / "alphas.json"
-    gt.save_alphas(stage1_alphas(lambda i, j: "skip_connect"), path)
+    gf.save_alphas(stage1_alphas(lambda i, j: "skip_connect"), path)
     args = ("--stage", "search2", "--alphas", str(path), "--num_cells", "5", "--init_channels", "4")
     single = _summary(capsys, *args)
     released = _summary(capsys, *args, "--identity_group", "released")

@@ -21,7 +21,7 @@ from tests import authors_format as af
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# authors-checkpoint-format.md, "Classes pickled" (8 cells, 16 channels, aux, StacNAS C10)
+# The classes an authors' checkpoint pickles, counted (8 cells, 16 channels, aux, StacNAS C10)
 DOC_CLASS_COUNTS = {
     "augment_cnn.AugmentCNN": 1, "augment_cnn.AuxiliaryHead": 1, "cells.AugmentCell": 8,
     "operators.DilConv": 82, "operators.DropPath": 52, "operators.FactorizedReduce": 4,
@@ -59,7 +59,7 @@ def _saved(model, path):
 
 @pytest.fixture(scope="module")
 def c10(tmp_path_factory):
-    """The format doc's network: StacNAS C10 cells, 8 cells, 16 channels, aux head."""
+    """An authors'-format network: StacNAS C10 cells, 8 cells, 16 channels, aux head."""
     model = _authors(channels_init=16, num_cells=8)
     return model, _saved(model, tmp_path_factory.mktemp("authors") / "cifar10.pth.tar")
 
@@ -303,14 +303,14 @@ def test_storage_views_gpu_storages_and_strides(tmp_path):
            "n": _Tensor(longs, 0, (), ())}
     path = tmp_path / "v1.pth.tar"
     _write_legacy(path, obj, {"7": data, "9": torch.tensor([42])})
-    refs, storages, source = legacy_pickle._read_objects(path)
+    refs, storages, source = legacy_pickle.read_objects(path)
     got = {k: legacy._materialise(r, storages, source, k) for k, r in refs.items()}
     assert torch.equal(got["view"], data[4:10].view(2, 3))
     assert torch.equal(got["t"], data.as_strided((3, 2), (1, 3), 1))
     assert got["n"].dtype == torch.int64 and got["n"].item() == 42
     obj["bad"] = _Tensor(view, 4, (2, 3), (3, 1))
     _write_legacy(path, obj, {"7": data, "9": torch.tensor([42])})
-    refs, storages, source = legacy_pickle._read_objects(path)
+    refs, storages, source = legacy_pickle.read_objects(path)
     with pytest.raises(LegacyCheckpointError, match="tensor bad reaches past its storage"):
         legacy._materialise(refs["bad"], storages, source, "bad")
 

@@ -6,6 +6,7 @@ import pytest
 
 import genotypes as gt
 import run_all
+from utils import genotype_files as gf
 from utils.summary import genotype_agreement, write_summary
 
 SMOKE = ["--preset", "smoke", "--device", "cpu", "--num_workers", "0"]
@@ -123,7 +124,7 @@ def test_summary_across_seeds(tmp_path):
         d = tmp_path / f"seed_{seed}"
         (d / "search2").mkdir(parents=True)
         (d / "test").mkdir()
-        gt.save_genotype(genotype, d / "search2" / "genotype.json")
+        gf.save_genotype(genotype, d / "search2" / "genotype.json")
         (d / "test" / "results.json").write_text(json.dumps({"test_top1": top1, "test_top5": 99.0}))
     md, data = write_summary(tmp_path, ["seed_0", "seed_1"])
     assert data["test_error_mean"] == pytest.approx(15.0)

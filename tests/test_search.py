@@ -7,6 +7,7 @@ import torch
 
 import genotypes as gt
 import search
+from utils import genotype_files as gf
 from utils.checkpoint import load_checkpoint, previous_path
 
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
@@ -34,23 +35,23 @@ def test_search1_then_search2(tmp_path):
                 "skip_connections"):
         assert key in records[0], key
     assert records[1]["lr"] < records[0]["lr"]  # cosine schedule steps once per epoch
-    alphas1 = gt.load_alphas(s1 / "alphas.json")
+    alphas1 = gf.load_alphas(s1 / "alphas.json")
     assert all(e["ops"] == gt.STAGE1_PRIMITIVES for n in alphas1["normal"] for e in n)
-    genotype = gt.load_genotype(s1 / "genotype.json")
+    genotype = gf.load_genotype(s1 / "genotype.json")
     assert genotype == gt.derive_genotype(alphas1)
-    assert gt.load_genotype(s1 / "genotype.txt") == genotype
+    assert gf.load_genotype(s1 / "genotype.txt") == genotype
     assert json.loads((s1 / "config.json").read_text())["optimization"] == "one-level"
 
     assert _run(tmp_path, "search2") == 0
     s2 = tmp_path / "exp" / "search2"
-    alphas2 = gt.load_alphas(s2 / "alphas.json")
+    alphas2 = gf.load_alphas(s2 / "alphas.json")
     expected = gt.candidates_from_stage1(alphas1)
     got = {k: [[e["ops"] for e in node] for node in nodes] for k, nodes in alphas2.items()}
     assert got == expected
     # stage 2 starts from fresh alphas, not stage 1's
-    first = gt.load_alphas(s2 / "alphas" / "epoch_001.json")
+    first = gf.load_alphas(s2 / "alphas" / "epoch_001.json")
     assert first != alphas1
-    assert gt.load_genotype(s2 / "genotype.json") == gt.derive_genotype(alphas2)
+    assert gf.load_genotype(s2 / "genotype.json") == gt.derive_genotype(alphas2)
 
 
 def test_darts_stage_runs_bilevel(tmp_path):
@@ -60,14 +61,14 @@ def test_darts_stage_runs_bilevel(tmp_path):
     assert cfg["optimization"] == "bilevel" and cfg["train_ratio"] == 0.5
     record = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
     assert "valid_top1" in record and "valid_loss" in record
-    alphas = gt.load_alphas(d / "alphas.json")
+    alphas = gf.load_alphas(d / "alphas.json")
     assert all(e["ops"] == gt.PRIMITIVES for n in alphas["normal"] for e in n)
 
 
 def test_unrolled_and_per_cell_alphas(tmp_path):
     assert _run(tmp_path, "search1", "--optimization", "bilevel", "--unrolled",
                 "--train_ratio", "0.5", "--no-alpha_share", epochs=1) == 0
-    g = gt.load_genotype(tmp_path / "exp" / "search1" / "genotype.json")
+    g = gf.load_genotype(tmp_path / "exp" / "search1" / "genotype.json")
     assert isinstance(g, list) and len(g) == 3
 
 
@@ -82,8 +83,8 @@ def test_resume_gives_the_same_alphas(tmp_path):
         (run / name).unlink()
     assert _run(tmp_path, "search1", "--deterministic", epochs=3, name="resumed") == 0
     assert "resuming from" in (run / "log.txt").read_text()
-    a = gt.load_alphas(tmp_path / "straight" / "search1" / "alphas.json")
-    b = gt.load_alphas(run / "alphas.json")
+    a = gf.load_alphas(tmp_path / "straight" / "search1" / "alphas.json")
+    b = gf.load_alphas(run / "alphas.json")
     assert a == b
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -155,11 +156,11 @@ def test_custom_groups(tmp_path):
     path = tmp_path / "groups.json"
     path.write_text(json.dumps(groups))
     assert _run(tmp_path, "search1", "--groups", str(path), epochs=1) == 0
-    alphas = gt.load_alphas(tmp_path / "exp" / "search1" / "alphas.json")
+    alphas = gf.load_alphas(tmp_path / "exp" / "search1" / "alphas.json")
     assert alphas["normal"][0][0]["ops"] == ["avg_pool_3x3", "sep_conv_5x5"]
     # search2 maps stage-1 winners through the groups search1 used
     assert _run(tmp_path, "search2", epochs=1) == 0
-    alphas2 = gt.load_alphas(tmp_path / "exp" / "search2" / "alphas.json")
+    alphas2 = gf.load_alphas(tmp_path / "exp" / "search2" / "alphas.json")
     assert all(e["ops"] in (groups["pool"]["members"], groups["conv"]["members"])
                for n in alphas2["normal"] for e in n)
 
@@ -169,7 +170,7 @@ def test_bf16_autocast_search_on_cpu_trains_with_finite_alphas(tmp_path):
     assert _run(tmp_path, "darts", "--amp", "bf16", "--force_amp", "--optimization", "one-level",
                 epochs=1) == 0
     assert json.loads((tmp_path / "exp" / "darts" / "config.json").read_text())["amp"] == "bf16"
-    alphas = gt.load_alphas(tmp_path / "exp" / "darts" / "alphas.json")
+    alphas = gf.load_alphas(tmp_path / "exp" / "darts" / "alphas.json")
     values = [v for n in alphas["normal"] for e in n for v in e["alphas"]]
     assert all(abs(v) < 1.0 for v in values) and any(v != 0.0 for v in values)
     record = json.loads((tmp_path / "exp" / "darts" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -192,10 +193,10 @@ def test_held_out_split_hands_on_the_best_epochs_alphas(tmp_path, monkeypatch, e
     s1 = tmp_path / "exp" / "search1"
     selection = json.loads((s1 / "selection.json").read_text())
     assert selection["alphas_epoch"] == expected_epoch and selection["last_epoch"] == 3
-    chosen = gt.load_alphas(s1 / "alphas" / f"epoch_{expected_epoch:03d}.json")
-    assert gt.load_alphas(s1 / "alphas.json") == chosen
-    assert gt.load_genotype(s1 / "genotype.json") == gt.derive_genotype(chosen)
-    assert chosen != gt.load_alphas(s1 / "alphas" / "epoch_001.json")  # the alphas did move
+    chosen = gf.load_alphas(s1 / "alphas" / f"epoch_{expected_epoch:03d}.json")
+    assert gf.load_alphas(s1 / "alphas.json") == chosen
+    assert gf.load_genotype(s1 / "genotype.json") == gt.derive_genotype(chosen)
+    assert chosen != gf.load_alphas(s1 / "alphas" / "epoch_001.json")  # the alphas did move
     assert f"take the alphas of epoch {expected_epoch} of 3" in (s1 / "log.txt").read_text()
 
 
@@ -217,15 +218,15 @@ def test_search2_with_the_released_identity_group(tmp_path):
     assert _run(tmp_path, "search1", epochs=1) == 0
     assert _run(tmp_path, "search2", "--identity_group", "released", epochs=1) == 0
     exp = tmp_path / "exp"
-    expected = gt.candidates_from_stage1(gt.load_alphas(exp / "search1" / "alphas.json"),
+    expected = gt.candidates_from_stage1(gf.load_alphas(exp / "search1" / "alphas.json"),
                                          gt.released_groups())
-    alphas2 = gt.load_alphas(exp / "search2" / "alphas.json")
+    alphas2 = gf.load_alphas(exp / "search2" / "alphas.json")
     got = {k: [[e["ops"] for e in node] for node in nodes] for k, nodes in alphas2.items()}
     assert got == expected
     lists = [ops for nodes in got.values() for node in nodes for ops in node]
     assert any("skip_connect" in ops for ops in lists)  # stage 1 chose the identity somewhere
     assert all(ops.count("skip_connect") == 2 for ops in lists if "skip_connect" in ops)
-    gt.load_genotype(exp / "search2" / "genotype.json")
+    gf.load_genotype(exp / "search2" / "genotype.json")
 
 
 def test_bf16_without_native_support_falls_back_to_float32_with_a_warning(tmp_path, monkeypatch):

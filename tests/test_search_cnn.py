@@ -7,6 +7,7 @@ from models.factory import build_supernet, stage_candidates
 from models.ops import make_op
 from models.search_cells import MixedOp
 from models.search_cnn import SearchNetwork
+from utils import genotype_files as gf
 from utils.data import DatasetInfo
 
 TINY = DatasetInfo(3, 16, 10)
@@ -14,7 +15,8 @@ TINY = DatasetInfo(3, 16, 10)
 
 def _net(candidates, num_cells=5, channels=4, auxiliary=False):
     torch.manual_seed(0)
-    return build_supernet(candidates, TINY, channels, num_cells, auxiliary)
+    return build_supernet(candidates, **TINY.network_shape(), init_channels=channels,
+                          num_cells=num_cells, auxiliary=auxiliary)
 
 
 def _check_forward_backward(net, batch=2):
@@ -128,8 +130,8 @@ def test_alphas_data_readout_and_genotype(tmp_path):
                     a[gt.STAGE1_PRIMITIVES.index("none")] = 10.0  # never chosen
     data = net.alphas_data()
     path = tmp_path / "alphas.json"
-    gt.save_alphas(data, path)
-    assert gt.load_alphas(path) == data
+    gf.save_alphas(data, path)
+    assert gf.load_alphas(path) == data
     g = net.genotype()
     # node i keeps its two latest inputs, strongest (latest) first
     assert g.normal == [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_3x3", 1),

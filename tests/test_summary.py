@@ -1,12 +1,16 @@
-"""python -m models.summary: the published figures and the golden supernet sizes."""
+"""python summary.py: the published figures and the golden supernet sizes."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import genotypes as gt
-from models.summary import main
+from summary import main
+from utils import genotype_files as gf
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _summary(capsys, *argv):
@@ -50,14 +54,14 @@ def test_search2_from_alphas_file(capsys, tmp_path):
     alphas = {k: [[{"ops": ops, "alphas": [float(o == "sep_conv_3x3") for o in ops]} for ops in node]
                   for node in nodes] for k, nodes in cands.items()}
     path = tmp_path / "alphas.json"
-    gt.save_alphas(alphas, path)
+    gf.save_alphas(alphas, path)
     out = _summary(capsys, "--stage", "search2", "--alphas", str(path))
     assert out["num_cells"] == 20 and out["alphas"] == 2 * 14 * 3
 
 
 def test_genotype_file_and_errors(capsys, tmp_path):
     path = tmp_path / "g.json"
-    gt.save_genotype(gt.DARTS_V2, path)
+    gf.save_genotype(gt.DARTS_V2, path)
     from_file = _summary(capsys, "--genotype", str(path))
     named = _summary(capsys, "--arch", "DARTS_V2")
     assert from_file["params"] == named["params"]
@@ -69,8 +73,8 @@ def test_genotype_file_and_errors(capsys, tmp_path):
     assert "--alphas" in capsys.readouterr().err
 
 
-def test_runs_as_module():
-    proc = subprocess.run([sys.executable, "-m", "models.summary", "--arch", "STACNAS_C10",
+def test_runs_as_script():
+    proc = subprocess.run([sys.executable, str(ROOT / "summary.py"), "--arch", "STACNAS_C10",
                            "--num_cells", "5", "--init_channels", "8"],
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout)["num_cells"] == 5

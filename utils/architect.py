@@ -1,10 +1,10 @@
 """The alpha step of the search: one-level (StacNAS) or bilevel (DARTS, first or second order).
 
-StacNAS (arXiv 1909.11926, sec. 3 and the facts sheet) updates weights and alphas together on
-the same training batch: one forward/backward, then both optimisers step. DARTS (arXiv
-1806.09055, sec. 2.3) alternates an alpha step on a validation batch with a weight step on a
-training batch; its second-order variant differentiates through one virtual SGD step
-(eq. 6-7) and approximates the Hessian-vector product by central differences (eq. 8).
+StacNAS (arXiv 1909.11926, sec. 3) updates weights and alphas together on the same training
+batch: one forward/backward, then both optimisers step. DARTS (arXiv 1806.09055, sec. 2.3)
+alternates an alpha step on a validation batch with a weight step on a training batch; its
+second-order variant differentiates through one virtual SGD step (eq. 6-7) and approximates
+the Hessian-vector product by central differences (eq. 8).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from utils.engine import loss_and_logits  # noqa: F401  (re-exported: the step's loss)
+from utils.engine import loss_and_logits, optimizer_step
 
 MODES = ("one-level", "bilevel")
 
@@ -26,7 +26,7 @@ def make_optimizers(model: nn.Module, w_lr: float = 0.025, w_momentum: float = 0
                     a_betas: tuple[float, float] = (0.5, 0.999),
                     a_weight_decay: float = 1e-3) -> tuple[torch.optim.SGD, torch.optim.Adam]:
     """SGD over `model.weights()` and Adam over `model.alphas()` with the search settings of
-    the StacNAS facts sheet (hyper-parameter table; the same as DARTS sec. 3.1.1)."""
+    DARTS sec. 3.1.1, which StacNAS keeps."""
     w_opt = torch.optim.SGD(model.weights(), lr=w_lr, momentum=w_momentum,
                             weight_decay=w_weight_decay)
     a_opt = torch.optim.Adam(model.alphas(), lr=a_lr, betas=a_betas, weight_decay=a_weight_decay)
@@ -103,19 +103,8 @@ class Architect:
             self.a_optimizer.zero_grad()
             self.w_optimizer.zero_grad()
             loss, logits = self._loss(x, y, self.forward_model)
-            if self.scaler is None:
-                loss.backward()
-                self._clip_weight_grads()
-                self.a_optimizer.step()
-                self.w_optimizer.step()
-            else:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.w_optimizer)
-                self.scaler.unscale_(self.a_optimizer)
-                self._clip_weight_grads()
-                self.scaler.step(self.a_optimizer)
-                self.scaler.step(self.w_optimizer)
-                self.scaler.update()
+            optimizer_step(loss, [self.a_optimizer, self.w_optimizer], self._weights(),
+                           self.grad_clip, self.scaler)
             return loss.detach(), logits.detach()
 
         if x_valid is None or y_valid is None:
@@ -124,14 +113,8 @@ class Architect:
         self._alpha_step(x, y, x_valid, y_valid)
         self.w_optimizer.zero_grad()
         loss, logits = self._loss(x, y, self.forward_model)
-        loss.backward()
-        self._clip_weight_grads()
-        self.w_optimizer.step()
+        optimizer_step(loss, [self.w_optimizer], self._weights(), self.grad_clip)
         return loss.detach(), logits.detach()
-
-    def _clip_weight_grads(self) -> None:
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self._weights(), self.grad_clip)
 
     def _alpha_step(self, x: Tensor, y: Tensor, x_valid: Tensor, y_valid: Tensor) -> None:
         """DARTS sec. 2.3: alphas descend dL_val/da, first order (xi = 0) or eq. 7-8."""
@@ -195,12 +178,13 @@ class Architect:
                 p.sub_(group["lr"] * self._sgd_direction(p, g, group))
 
     @contextmanager
-    def virtual_step(self, x: Tensor, y: Tensor) -> Iterator[None]:
+    def virtual_step(self, x: Tensor, y: Tensor) -> Iterator[list[Tensor]]:
         """Inside the block the weights are w' (one virtual SGD step on (x, y), DARTS eq. 6);
-        on exit weights and BatchNorm buffers are restored exactly."""
-        with self._preserved():
+        yields the weights w before the step; on exit weights and BatchNorm buffers are
+        restored exactly."""
+        with self._preserved() as saved:
             self._move_to_virtual(x, y)
-            yield
+            yield saved
 
     def hypergradient(self, x: Tensor, y: Tensor, x_valid: Tensor,
                       y_valid: Tensor) -> list[Tensor]:
@@ -217,8 +201,7 @@ class Architect:
         alphas = self._alphas()
         weights = self._weights()
         groups = self._groups()
-        with self._preserved() as w0:
-            self._move_to_virtual(x, y)
+        with self.virtual_step(x, y) as w0:
             loss_val, _ = self._loss(x_valid, y_valid)
             grads = _grads(loss_val, alphas + weights)
             d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]

@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The "format" entry of each kind of checkpoint: a search stage's (search.py: supernet, alphas,
+# optimisers) and a final network's (augment.py's checkpoints, test.py --export).
+SEARCH_FORMAT = "stacnas-search-1"
+FINAL_FORMAT = "stacnas-final-1"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or does not fit; the message is one line."""

@@ -5,7 +5,7 @@ CIFAR-10/100, MNIST and Fashion-MNIST are downloaded into ``data_dir`` when they
 place only once verified); Fashion-MNIST falls back to Debian's ``dataset-fashion-mnist`` copy.
 ImageNet and image folders are never downloaded. A dataset that is not on disk and could not be
 downloaded is a one-line ``DataError`` naming where it was looked for (or the URL that failed) and
-how to get it. Transforms follow DARTS / pt.darts (see the facts sheet, "Data").
+how to get it. Transforms follow DARTS's code and pt.darts (the code StacNAS builds on).
 """
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ class DatasetInfo(NamedTuple):
     channels: int
     size: int
     classes: int
+
+    def network_shape(self) -> dict[str, int]:
+        """The data's shape as the network builders of models.factory take it."""
+        return {"num_classes": self.classes, "in_channels": self.channels, "input_size": self.size}
 
 
 # Shapes of the built-in datasets, known without touching the data.
@@ -427,21 +431,6 @@ def get_dataset(name: str, data_dir: str, train: bool, transform: str = "train",
     return _mnist(name, data_dir, train, pipeline, download, log or log_to_stderr), DATASET_INFO[name]
 
 
-def dataset_info_for(name: str, data_dir: str, synthetic: SyntheticSpec | None = None) -> DatasetInfo:
-    """The shape of ``name`` without loading it: built in, or read from the folders
-    (imagenet: class count; imagefolder: channels, size and classes), or the synthetic spec."""
-    _check_name(name)
-    if name == "synthetic":
-        spec = synthetic or SyntheticSpec()
-        return DatasetInfo(spec.channels, spec.size, spec.classes)
-    if name == "imagefolder":
-        return _imagefolder_info(data_dir)
-    if name == "imagenet":
-        classes, _ = _class_dir(Path(data_dir) / "train", "imagenet", _IMAGENET_HOW)
-        return DatasetInfo(3, 224, len(classes))
-    return DATASET_INFO[name]
-
-
 def split_indices(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
     """Split range(n) into round(n * ratio) indices and the rest, shuffled by ``seed``
     (the DARTS search split: weights train on the first part, alphas on the second)."""
@@ -454,11 +443,14 @@ def split_indices(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]
     return order[:k], order[k:]
 
 
-def first_n(n_total: int, subset: int) -> list[int]:
-    """Indices of the first ``subset`` items (all of them when there are fewer): ``--subset N``."""
+def subset_size(n_total: int, subset: int | None) -> int:
+    """How many of ``n_total`` items ``--subset N`` keeps (the first ones): N, or all of them
+    when there are fewer or without ``--subset`` (None)."""
+    if subset is None:
+        return n_total
     if subset < 1:
         raise ValueError(f"subset must be >= 1, got {subset}")
-    return list(range(min(subset, n_total)))
+    return min(subset, n_total)
 
 
 # --------------------------------------------------------------------------------- loaders

@@ -1,10 +1,11 @@
 """The one training engine: `train_epoch` runs a caller-supplied step over a loader (search
-passes its architect step, augment its weight step), `evaluate` measures a model."""
+passes its architect step, augment its weight step), `optimizer_step` is the backward and
+update every step ends with, `evaluate` measures a model."""
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,28 @@ def loss_and_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterio
             loss = loss + aux_weight * criterion(aux_logits, y)
         return loss, logits
     return criterion(out, y), out
+
+
+def optimizer_step(loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer],
+                   params: Iterable[torch.Tensor], grad_clip: float | None, scaler=None) -> None:
+    """Backward `loss`, clip the gradient norm of `params` to `grad_clip` (None: no clipping),
+    then step every optimiser in order. With an fp16 GradScaler the loss is scaled, the
+    gradients unscaled before clipping, and a step with inf/NaN gradients skipped."""
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    for optimizer in optimizers:
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+    if scaler is not None:
+        scaler.update()
 
 
 class Interrupted(Exception):

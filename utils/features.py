@@ -1,11 +1,22 @@
 """How strongly the candidate operations of a supernet edge agree: streaming feature-map
 statistics, clustering of the ops into groups, and the figures (StacNAS sec. 3.1).
 
-Per edge the variables are the edge's candidate ops (`none` excluded: it outputs zeros) and
-every element of an op's output over a batch (image, channel, row, column) is one observation
-of that op's feature. Correlation = covariance / (std_i * std_j). StacNAS's observation: ops of
-one family (max/avg pooling, sep_conv 3x3/5x5, dil_conv 3x3/5x5) are highly correlated, which
-makes DARTS's alphas unstable (multicollinearity), so stage 1 searches over groups of them.
+Per edge the variables are the edge's candidate ops (`none` excluded: it outputs zeros); an
+op's output for one image has P elements (channel, row, column), its "positions". Two
+statistics, both from one streaming accumulator (`PositionCovariance`):
+
+- "position" (the authors' feature.py): each position p is centred by ITS OWN mean over the
+  images, mean_i[p]; cov_ij = sum_p sum_n (x_i[n,p] - mean_i[p]) (x_j[n,p] - mean_j[p]),
+  pooled over the positions; corr_ij = cov_ij / sqrt(cov_ii cov_jj). Only how the ops vary
+  together from image to image counts.
+- "global": every element of every image is one observation of the op, centred by ONE mean
+  per op; a spatial pattern the ops share (borders, a channel's offset) adds to the
+  correlation. Equal to the position co-moment plus N * sum_p (mean_i[p] - g_i)(mean_j[p] - g_j)
+  with g_i the grand mean (law of total covariance), so no second pass is needed.
+
+StacNAS's observation: ops of one family (max/avg pooling, sep_conv 3x3/5x5, dil_conv 3x3/5x5)
+are highly correlated, which makes DARTS's alphas unstable (multicollinearity), so stage 1
+searches over groups of them.
 """
 from __future__ import annotations
 
@@ -18,6 +29,7 @@ import torch
 import torch.nn as nn
 
 import genotypes as gt
+from utils.genotype_files import validate_groups
 
 # Short op names for tables and scatter labels.
 SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip",
@@ -31,7 +43,9 @@ def short(op: str) -> str:
 
 # ------------------------------------------------------------------------ statistics
 class StreamingCovariance:
-    """Mean and covariance of `dim` variables from batches of observations (rows).
+    """Mean and covariance of `dim` variables from batches of observations (rows): the
+    "global" statistic when the rows are every element of every image (feature.py itself uses
+    `PositionCovariance`, which gives both statistics from one pass).
 
     Each batch is reduced to (count, mean, co-moment M2 = sum (x - mean)(x - mean)^T) around
     its own mean and merged with Chan, Golub & LeVeque's pairwise update, in float64 on the
@@ -70,14 +84,104 @@ class StreamingCovariance:
 
     def correlation(self) -> np.ndarray:
         """Pearson correlation; a variable with zero variance correlates 0 with the others."""
-        cov = self.covariance()
-        std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-        denom = np.outer(std, std)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.where(denom > 0, cov / denom, 0.0)
-        corr = np.clip((corr + corr.T) / 2, -1.0, 1.0)
-        np.fill_diagonal(corr, 1.0)
-        return corr
+        return correlation_from(self.covariance())
+
+
+def correlation_from(cov: np.ndarray) -> np.ndarray:
+    """cov_ij / sqrt(cov_ii cov_jj), symmetric, in [-1, 1], ones on the diagonal; a variable
+    with zero variance correlates 0 with the others."""
+    cov = np.asarray(cov, dtype=np.float64)
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    denom = np.outer(std, std)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(denom > 0, cov / denom, 0.0)
+    corr = np.clip((corr + corr.T) / 2, -1.0, 1.0)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+STATISTICS = ("position", "global")
+
+
+class PositionCovariance:
+    """Per-position means and the pooled co-moment of `dim` ops observed at P positions.
+
+    Each batch x of shape (n, dim, P) (n images; anything after dim is flattened into P) is
+    reduced to its per-position mean (dim, P) and its co-moment around those means,
+    sum_p sum_n (x[n, :, p] - mean_b[:, p]) (x[n, :, p] - mean_b[:, p])^T, a (dim, dim)
+    matrix, and merged with Chan, Golub & LeVeque's pairwise update applied per position (every
+    position has the same count, so the per-position corrections add up to one product
+    delta @ delta^T of the (dim, P) mean differences). Everything in float64 on the device of
+    the first batch; memory dim x P for the means plus dim x dim, nothing stored per image.
+
+    Why not the shorter sums S_i[p] and raw products sum x_i x_j, with sum_p S_i[p] S_j[p] / N
+    subtracted at the end: that subtracts two large numbers whenever a position's mean is large
+    next to its spread across images (pooling and identity outputs carry the input's offsets),
+    and loses (mean / std)^2 of float64's 16 digits. The merge costs the same matmul per batch
+    and only ever adds centred terms.
+    """
+
+    def __init__(self, dim: int):
+        self.dim, self.count = dim, 0           # count = images N
+        self.mean: torch.Tensor | None = None   # (dim, P) per-position means over the images
+        self.m2: torch.Tensor | None = None     # (dim, dim) pooled co-moment around them
+
+    @property
+    def positions(self) -> int:
+        return 0 if self.mean is None else self.mean.shape[1]
+
+    def update(self, x: torch.Tensor) -> None:
+        """Absorb `x` of shape (n, dim, ...): the `dim` ops' outputs for n images."""
+        if x.dim() < 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected outputs of shape (n, {self.dim}, ...), got {tuple(x.shape)}")
+        n = x.shape[0]
+        if n == 0:
+            return
+        x = x.detach().to(torch.float64).reshape(n, self.dim, -1)
+        if self.mean is not None and x.shape[2] != self.positions:
+            raise ValueError(f"expected {self.positions} positions per op, got {x.shape[2]}")
+        mean_b = x.mean(dim=0)
+        centred = x - mean_b
+        m2_b = torch.tensordot(centred, centred, dims=([0, 2], [0, 2]))
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean_b, m2_b
+            return
+        total = self.count + n
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2_b + (delta @ delta.T) * (self.count * n / total)
+        self.count = total
+
+    def comoment(self, statistic: str = "position") -> torch.Tensor:
+        """The (dim, dim) co-moment: around the per-position means ("position", the authors')
+        or around one grand mean per op ("global": plus the spread of the per-position means)."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+        if self.mean is None:
+            raise ValueError("no observations")
+        if statistic == "position":
+            return self.m2
+        spread = self.mean - self.mean.mean(dim=1, keepdim=True)
+        return self.m2 + (spread @ spread.T) * self.count
+
+    def covariance(self, statistic: str = "position", ddof: int = 1) -> np.ndarray:
+        """The co-moment over its degrees of freedom: P (N - ddof) for "position" (each
+        position loses ddof to its own mean), N P - ddof for "global"."""
+        n, p = self.count, self.positions
+        dof = p * (n - ddof) if statistic == "position" else n * p - ddof
+        if dof <= 0:
+            raise ValueError(f"the {statistic} covariance needs more observations "
+                             f"(images {n}, positions {p})")
+        return (self.comoment(statistic) / dof).cpu().numpy()
+
+    def correlation(self, statistic: str = "position") -> np.ndarray:
+        return correlation_from(self.covariance(statistic))
+
+    def mean_maps(self) -> np.ndarray:
+        """(dim, P): each op's output averaged over the images, flattened (KMeans's features)."""
+        if self.mean is None:
+            raise ValueError("no observations")
+        return self.mean.cpu().numpy()
 
 
 # ------------------------------------------------------------------------ supernet edges
@@ -111,14 +215,14 @@ def measured_ops(mixed: nn.Module) -> list[str]:
 
 class OpFeatureRecorder:
     """A forward hook on each chosen MixedOp calls every measured candidate op on the edge's
-    input and feeds the outputs, as one (elements, ops) matrix, to the edge's
-    StreamingCovariance. Calling the op modules directly (rather than hooking them) keeps the
+    input and feeds the outputs, as one (images, ops, positions) tensor, to the edge's
+    PositionCovariance. Calling the op modules directly (rather than hooking them) keeps the
     measurement independent of how MixedOp schedules its ops (e.g. a shared ReLU). Use as a
     context manager; the hooks are removed on exit."""
 
     def __init__(self, edges: dict[str, nn.Module]):
         self.ops = {name: measured_ops(m) for name, m in edges.items()}
-        self.stats = {name: StreamingCovariance(len(ops)) for name, ops in self.ops.items()}
+        self.stats = {name: PositionCovariance(len(ops)) for name, ops in self.ops.items()}
         self._edges, self._handles = edges, []
 
     def __enter__(self) -> "OpFeatureRecorder":
@@ -135,15 +239,15 @@ class OpFeatureRecorder:
         def hook(module, inputs, output):
             x = inputs[0]
             with torch.no_grad():
-                outs = [module.ops[op](x).reshape(-1) for op in self.ops[name]]
+                outs = [module.ops[op](x).reshape(x.shape[0], -1) for op in self.ops[name]]
                 self.stats[name].update(torch.stack(outs, dim=1))
         return hook
 
 
 def collect(model: nn.Module, batches: Iterable, edges: dict[str, nn.Module],
-            device: torch.device, log=None, print_freq: int = 50) -> dict[str, StreamingCovariance]:
+            device: torch.device, log=None, print_freq: int = 50) -> dict[str, PositionCovariance]:
     """Run `batches` ((x, y) or x) through `model` in eval mode without gradients and return
-    the per-edge statistics of the candidate ops' outputs."""
+    the per-edge statistics of the candidate ops' outputs (both statistics, the mean maps)."""
     model.eval()
     seen = 0
     with OpFeatureRecorder(edges) as rec, torch.no_grad():
@@ -223,7 +327,7 @@ def find_groups(corr: np.ndarray, ops: list[str], num_groups: int, with_none: bo
             "members": members + (["none"] if with_none else [])}
     if with_none:
         groups["zero"] = {"representative": "none", "members": ["none"]}
-    return gt.validate_groups(groups, "feature groups")
+    return validate_groups(groups, "feature groups")
 
 
 def same_partition(groups: dict, reference: dict = gt.GROUPS) -> bool:
@@ -233,25 +337,51 @@ def same_partition(groups: dict, reference: dict = gt.GROUPS) -> bool:
     return partition(groups) == partition(reference)
 
 
-def kmeans_views(corr: np.ndarray, ks: Iterable[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The authors' view: each op's feature is its row of |corr| (how it correlates with every
-    op); PCA projects the rows onto 2 components and KMeans clusters the projected points.
-    Returns (points (ops, 2), explained variance ratios, {k: labels})."""
+def canonical(labels: Iterable[int]) -> list[int]:
+    """Cluster labels renumbered in order of first appearance ([2, 2, 0, 1] -> [0, 0, 1, 2]):
+    the same partition gets the same labels, so the first op's cluster is always 0."""
+    seen: dict[int, int] = {}
+    return [seen.setdefault(int(v), len(seen)) for v in labels]
+
+
+def kmeans(features: np.ndarray, ks: Iterable[int], seed: int = 0) -> dict[int, list[int]]:
+    """{k: canonical KMeans labels of the rows of `features`} (scikit-learn, 10 restarts)."""
     from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
     from sklearn.exceptions import ConvergenceWarning
-    features = np.abs(corr)
-    pca = PCA(n_components=min(2, *features.shape), random_state=seed)
-    points = pca.fit_transform(features)
-    if points.shape[1] == 1:
-        points = np.hstack([points, np.zeros_like(points)])
     labels = {}
     for k in ks:
         with warnings.catch_warnings():  # identical ops give fewer distinct points than k
             warnings.simplefilter("ignore", ConvergenceWarning)
             km = KMeans(n_clusters=k, n_init=10, random_state=seed)
-            labels[k] = [int(v) for v in km.fit_predict(points)]
-    return points, pca.explained_variance_ratio_, labels
+            labels[k] = canonical(km.fit_predict(features))
+    return labels
+
+
+def pca_plane(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `features` projected onto their first 2 principal components (a second
+    column of zeros when there is only one), and the explained variance ratios."""
+    from sklearn.decomposition import PCA
+    pca = PCA(n_components=min(2, *features.shape), random_state=seed)
+    points = pca.fit_transform(features)
+    if points.shape[1] == 1:
+        points = np.hstack([points, np.zeros_like(points)])
+    return points, pca.explained_variance_ratio_
+
+
+def kmeans_views(corr: np.ndarray, ks: Iterable[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Our summary view of a correlation matrix (not the authors'): each op is described by its
+    row of |corr| (how it correlates with every op); PCA projects the rows onto 2 components
+    and KMeans clusters the projected points.
+    Returns (points (ops, 2), explained variance ratios, {k: labels})."""
+    points, explained = pca_plane(np.abs(corr), seed)
+    return points, explained, kmeans(points, ks, seed)
+
+
+def kmeans_mean_maps(maps: np.ndarray, ks: Iterable[int], seed: int = 0) -> dict[int, list[int]]:
+    """The authors' view of one edge: each op is described by its mean feature map (its output
+    averaged over the images, flattened: a row of `maps`), and KMeans clusters those rows in
+    their full dimension, for each k."""
+    return kmeans(np.asarray(maps, dtype=np.float64), ks, seed)
 
 
 # ------------------------------------------------------------------------ tables and figures
@@ -302,7 +432,7 @@ def plot_heatmap(corr: np.ndarray, ops: list[str], title: str, path: str | Path)
 
 def _labels(points: np.ndarray, ops: list[str]) -> list[tuple[np.ndarray, str]]:
     """One label per bunch of nearby points ("max3/avg3"), so close ops stay readable."""
-    radius = 0.08 * max(float(np.ptp(points)), 1e-9)
+    radius = 0.12 * max(float(np.ptp(points)), 1e-9)
     labels: list[tuple[np.ndarray, str]] = []
     for point, op in zip(points, ops):
         for k, (anchor, text) in enumerate(labels):
@@ -315,8 +445,8 @@ def _labels(points: np.ndarray, ops: list[str]) -> list[tuple[np.ndarray, str]]:
 
 
 def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: list[str],
-                  path: str | Path) -> None:
-    """One scatter panel per k: the ops in the PCA plane, coloured by their KMeans cluster."""
+                  path: str | Path, title: str = "ops by their |correlation| rows, PCA plane") -> None:
+    """One scatter panel per k: the ops in a PCA plane, coloured by their KMeans cluster."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.4), squeeze=False)
     pcs = [f"PC{i + 1} ({100 * v:.0f}%)" for i, v in enumerate(list(explained) + [0.0])][:2]
@@ -328,7 +458,35 @@ def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: 
         ax.set_xlabel(pcs[0], fontsize=8)
         ax.set_ylabel(pcs[1], fontsize=8)
         ax.margins(0.2)
-    fig.suptitle("ops by their |correlation| rows, PCA plane", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], path: str | Path,
+                      title: str = "", max_edges: int = 28) -> None:
+    """The authors' KMeans view, one panel per k: a row per edge (the first `max_edges`), a
+    column per op, coloured and numbered by the op's cluster on that edge (canonical labels:
+    the first op's cluster is 0, so equal colours in a row are one cluster)."""
+    plt = _pyplot()
+    edges = list(labels)[:max_edges]
+    ks = list(labels[edges[0]]) if edges else []
+    n = len(ops)
+    fig, axes = plt.subplots(1, max(len(ks), 1), squeeze=False,
+                             figsize=(0.6 + (1.1 + 0.42 * n) * max(len(ks), 1), 1.3 + 0.26 * len(edges)))
+    for ax, k in zip(axes.flat, ks):
+        grid = np.array([labels[e][k] for e in edges])
+        ax.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
+        for r in range(grid.shape[0]):
+            for c in range(n):
+                ax.text(c, r, str(grid[r, c]), ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(n), [short(op) for op in ops], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(edges)), edges if ax is axes.flat[0] else [""] * len(edges), fontsize=7)
+        ax.set_title(f"KMeans k={k}", fontsize=9)
+    shown = f"first {len(edges)} of {len(labels)} edges" if len(edges) < len(labels) else f"{len(edges)} edges"
+    fig.suptitle(f"{title + ': ' if title else ''}ops clustered by their mean feature maps, {shown}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,9 +1,17 @@
-"""Figures drawn from a run's files (matplotlib, headless)."""
+"""Figures of a run: cell plots of a genotype (graphviz's `dot`, skipped with a warning where
+it is missing), alphas over epochs and training curves (matplotlib, headless)."""
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import warnings
 from pathlib import Path
+from typing import Optional, Union
+
+from genotypes import AnyGenotype, cell_kinds
 
 
 def _pyplot():
@@ -77,3 +85,53 @@ def plot_curves(stage_metrics: dict[str, list[dict]], path: str | Path) -> str |
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return str(path)
+
+
+# ----------------------------------------------------------------------------- cells
+def _skip_plot(path: str, why: str = "not found") -> None:
+    warnings.warn(f"graphviz 'dot' {why}; skipping cell plot {path} "
+                  "(install the Debian/Ubuntu package 'graphviz' to get plots)", stacklevel=3)
+
+
+def plot_cell(ops: list, concat: list, path_without_ext: Union[str, Path],
+              caption: Optional[str] = None) -> Optional[str]:
+    """Draw one cell to ``<path>.png``; warn and return None (never raise) without ``dot``."""
+    path = str(path_without_ext)
+    try:
+        import graphviz
+    except ImportError:
+        _skip_plot(path, "unavailable (no graphviz Python package)")
+        return None
+    if shutil.which("dot") is None:
+        _skip_plot(path)
+        return None
+    dot = graphviz.Digraph(format="png", graph_attr={"rankdir": "LR", "label": caption or ""},
+                           node_attr={"style": "filled", "shape": "rect"})
+    inputs = ["c_{k-2}", "c_{k-1}"]
+    for name in inputs:
+        dot.node(name, fillcolor="darkseagreen2")
+    for i in range(len(ops) // 2):
+        dot.node(str(i), fillcolor="lightblue")
+    for k, (op, inp) in enumerate(ops):
+        dot.edge(inputs[inp] if inp < 2 else str(inp - 2), str(k // 2), label=op)
+    dot.node("c_{k}", fillcolor="palegoldenrod")
+    for c in concat:
+        dot.edge(str(c - 2), "c_{k}")
+    try:
+        return dot.render(filename=path, cleanup=True)
+    except graphviz.ExecutableNotFound:
+        _skip_plot(path)
+    except subprocess.CalledProcessError as exc:
+        _skip_plot(path, f"failed (exit {exc.returncode})")
+    return None
+
+
+def plot_genotype(g: AnyGenotype, directory: Union[str, Path], prefix: str = "") -> list[str]:
+    """Plot every cell kind (normal/reduce, or every cell) into ``directory``; written paths."""
+    if shutil.which("dot") is None:
+        _skip_plot(os.path.join(str(directory), f"{prefix}*"))
+        return []
+    os.makedirs(directory, exist_ok=True)
+    paths = [plot_cell(ops, concat, os.path.join(str(directory), prefix + name), caption=name)
+             for name, ops, concat, _ in cell_kinds(g)]
+    return [p for p in paths if p]

@@ -8,8 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
-import config
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.runconfig import config_dict, config_differences, save_config
 
 
 def is_finished(stage_dir: str | Path, output: str) -> bool:
@@ -23,7 +23,7 @@ def is_finished(stage_dir: str | Path, output: str) -> bool:
 
 def check_same_config(state: dict, args: argparse.Namespace, path: str | Path) -> None:
     """Refuse to resume with other options than the run was started with (unless --force)."""
-    diffs = config.config_differences(state["config"], config.config_dict(args))
+    diffs = config_differences(state["config"], config_dict(args))
     if diffs and not args.force:
         raise ValueError(f"{path} was written with other options ({'; '.join(diffs)}); rerun "
                          "with the same options, --force to resume anyway, or a new --name")
@@ -158,7 +158,7 @@ class StageRun:
                      + (f", step {first_step}" if first_step else ""))
         metrics = MetricsWriter(self.dir) if self.ranks.is_main else NullMetrics()
         if self.ranks.is_main:
-            config.save_config(self.args, self.dir / "config.json")
+            save_config(self.args, self.dir / "config.json")
             metrics.truncate_after(start)
         self.log(f"run info: {run_info(self.device)}")
         return start, first_step, metrics

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import genotypes as gt
+from utils.genotype_files import format_genotype, load_genotype
 from utils.plots import plot_curves
 
 STAGES = ("search1", "search2", "augment", "test", "feature")
@@ -24,12 +25,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _choices(genotype) -> set[tuple]:
-    """(cell, node, input, op) of every kept edge; cell = normal/reduce or the cell index."""
-    if isinstance(genotype, gt.Genotype):
-        cells = [("normal", genotype.normal), ("reduce", genotype.reduce)]
-    else:
-        cells = [(i, c.ops) for i, c in enumerate(genotype)]
-    return {(cell, k // 2, int(src), op) for cell, ops in cells for k, (op, src) in enumerate(ops)}
+    """(cell, node, input, op) of every kept edge; cell = normal/reduce or cell_<i>."""
+    return {(cell, k // 2, int(src), op) for cell, ops, _, _ in gt.cell_kinds(genotype)
+            for k, (op, src) in enumerate(ops)}
 
 
 def genotype_agreement(genotypes: list) -> dict:
@@ -50,7 +48,7 @@ def genotype_agreement(genotypes: list) -> dict:
 
 def seed_summary(seed_dir: Path) -> dict:
     genotype_file = seed_dir / "search2" / "genotype.json"
-    genotype = gt.load_genotype(genotype_file) if genotype_file.is_file() else None
+    genotype = load_genotype(genotype_file) if genotype_file.is_file() else None
     augment = read_json(seed_dir / "augment" / "results.json") or {}
     test = read_json(seed_dir / "test" / "results.json") or {}
     curves = plot_curves({s: read_jsonl(seed_dir / s / "metrics.jsonl")
@@ -58,7 +56,7 @@ def seed_summary(seed_dir: Path) -> dict:
     plots = sorted(str(p.relative_to(seed_dir.parent)) for p in (seed_dir / "search2" / "plots").glob("*.png")
                    if not p.name.startswith("alphas_")) if (seed_dir / "search2" / "plots").is_dir() else []
     return {"seed": seed_dir.name, "genotype": gt.genotype_to_dict(genotype) if genotype else None,
-            "genotype_repr": gt.format_genotype(genotype) if genotype else None,
+            "genotype_repr": format_genotype(genotype) if genotype else None,
             "cell_plots": plots, "curves": str(Path(curves).relative_to(seed_dir.parent)) if curves else None,
             "held_out_top1": augment.get("best_valid_top1"),
             "test_top1": test.get("test_top1", augment.get("test_top1")),

@@ -1,0 +1,262 @@
+"""The files of the search space: genotype.json / genotype.txt, alphas.json and groups.json,
+written atomically and checked when read (every error a one-line GenotypeError naming the file
+and the entry). Genotypes are stored as JSON; a ``Genotype(...)`` repr (genotype.txt) is also
+read, with ``ast`` and never ``eval``. Standard library only, like genotypes.py.
+
+alphas.json: the alphas of genotypes.py's docstring, ``{set: [node][edge] -> {"ops": [names],
+"alphas": [raw values]}}``. groups.json: ``{name: {"representative": op, "members": [ops]}}``.
+
+    python -m utils.genotype_files --alphas runs/exp/search1/alphas.json --plot plots/
+    python -m utils.genotype_files --genotype runs/exp/search2/genotype.txt
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import numbers
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from genotypes import (KNOWN_OPS, NUM_NODES, AnyGenotype, CellGenotype, Genotype, GenotypeError,
+                       alpha_set_keys, derive_genotype, duplicate_problem, genotype_from_dict,
+                       genotype_to_dict, require_keys, short_repr, unknown_op)
+from utils.plots import plot_genotype
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_edge(edge: Any, source: str, where: str) -> None:
+    require_keys(edge, ("ops", "alphas"), source, where)
+    ops, values = edge["ops"], edge["alphas"]
+    if not isinstance(ops, list) or not isinstance(values, list) or not ops:
+        raise GenotypeError.at(source, where, "'ops' and 'alphas' must be non-empty lists")
+    if len(ops) != len(values):
+        raise GenotypeError.at(source, where, f"{len(ops)} ops but {len(values)} alphas")
+    for op, value in zip(ops, values):
+        if op not in KNOWN_OPS:
+            raise GenotypeError.at(source, where, unknown_op(op))
+        if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                or not math.isfinite(value)):
+            raise GenotypeError.at(source, where, f"alpha of {op!r} is {short_repr(value)}, "
+                                                  "expected a finite number")
+    problem = duplicate_problem(ops)
+    if problem:
+        raise GenotypeError.at(source, where, problem)
+
+
+def validate_alphas(alphas: Any, source: str = "alphas") -> dict:
+    """Check the alphas.json structure (module docstring); raise GenotypeError, else return it."""
+    keys = alpha_set_keys(alphas, source)
+    sizes = set()
+    for key in keys:
+        nodes = alphas[key]
+        if not isinstance(nodes, list) or not nodes:
+            raise GenotypeError.at(source, key, "expected a non-empty list over intermediate nodes")
+        sizes.add(len(nodes))
+        for i, edges in enumerate(nodes):
+            if not isinstance(edges, list) or len(edges) != i + 2:
+                got = len(edges) if isinstance(edges, list) else short_repr(edges)
+                raise GenotypeError.at(source, f"{key} node {i}",
+                                       f"{got} edges, expected {i + 2} (node i has i+2 incoming "
+                                       "edges)")
+            for j, edge in enumerate(edges):
+                _check_edge(edge, source, f"{key} node {i} edge {j}")
+    if len(sizes) > 1:
+        raise GenotypeError.at(source, "", f"alpha sets have different node counts {sorted(sizes)}")
+    return alphas
+
+
+def validate_groups(groups: Any, source: str = "groups") -> dict:
+    """Check ``{name: {"representative": op, "members": [ops]}}``; return a clean copy."""
+    if not isinstance(groups, dict) or not groups:
+        raise GenotypeError.at(source, "", "expected a non-empty object of groups")
+    clean, seen = {}, set()
+    for name, group in groups.items():
+        require_keys(group, ("representative", "members"), source, name)
+        rep, members = group["representative"], group["members"]
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise GenotypeError.at(source, name, f"members must be a list of op names, got "
+                                                 f"{short_repr(members)}")
+        if not members:
+            raise GenotypeError.at(source, name, f"members must be non-empty and distinct, got "
+                                                 f"{members}")
+        for op in [rep] + members:
+            if op not in KNOWN_OPS:
+                raise GenotypeError.at(source, name, unknown_op(op))
+        problem = duplicate_problem(members)
+        if problem:
+            raise GenotypeError.at(source, name, f"members must be distinct: {problem}")
+        if rep not in members and members != ["none"]:
+            raise GenotypeError.at(source, name, f"representative {rep!r} is not among the members")
+        if rep in seen:
+            raise GenotypeError.at(source, name, f"representative {rep!r} already represents "
+                                                 "another group")
+        seen.add(rep)
+        clean[name] = {"representative": rep, "members": list(members)}
+    return clean
+
+
+# ----------------------------------------------------------------------------- text
+def _dumps(obj: Any, indent: str = "") -> str:
+    """Indented JSON that keeps innermost lists/dicts (e.g. [op, input]) on one line."""
+    scalar = lambda v: not isinstance(v, (list, dict))  # noqa: E731
+    if scalar(obj) or all(scalar(v) for v in (obj.values() if isinstance(obj, dict) else obj)):
+        return json.dumps(obj)
+    inner = indent + "  "
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(k)}: {_dumps(v, inner)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in obj) + "\n" + indent + "]"
+
+
+def _atomic_write(text: str, path: Union[str, Path]) -> None:
+    """Write via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _read_text(path: Union[str, Path]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GenotypeError(f"{path}: not found") from None
+
+
+def _parse_json(text: str, path: Union[str, Path], hint: str = "") -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GenotypeError(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column "
+                            f"{exc.colno}){hint}") from None
+
+
+# ----------------------------------------------------------------------------- genotypes
+def save_genotype(g: AnyGenotype, path: Union[str, Path]) -> None:
+    """Write a genotype as readable JSON, atomically."""
+    _atomic_write(_dumps(genotype_to_dict(g)), path)
+
+
+def load_genotype(path: Union[str, Path], num_nodes: int = NUM_NODES) -> AnyGenotype:
+    """Read a genotype from JSON or from a ``Genotype(...)`` repr (genotype.txt), validated."""
+    text = _read_text(path)
+    if re.match(r"\s*(Genotype\(|\[\s*CellGenotype\()", text):
+        return parse_genotype_repr(text, str(path), num_nodes)
+    data = _parse_json(text, path, " and not a Genotype(...) repr; write it with save_genotype")
+    return genotype_from_dict(data, str(path), num_nodes)
+
+
+def format_genotype(g: AnyGenotype) -> str:
+    """The Python repr (as in genotype.txt); :func:`parse_genotype_repr` reads it back."""
+    return repr(g)
+
+
+def _literal(node: ast.AST, source: str, name: str) -> Any:
+    """A literal value, or ``range(a, b)`` turned into a list."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+            and not node.keywords):
+        args = [_literal(a, source, name) for a in node.args]
+        if 1 <= len(args) <= 3 and all(isinstance(a, int) for a in args) and args[-1] != 0:
+            values = range(*args)
+            if len(values) <= 1024:  # a concat list; refuse absurd sizes
+                return list(values)
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        raise GenotypeError.at(source, name, "not a literal value (only lists, tuples, numbers, "
+                                             "strings and range(a, b) are read)") from None
+
+
+def _call_args(node: ast.AST, cls: type, source: str, entry: str) -> dict:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == cls.__name__):
+        raise GenotypeError.at(source, entry, f"expected {cls.__name__}(...)")
+    if len(node.args) > len(cls._fields) or any(k.arg is None for k in node.keywords):
+        raise GenotypeError.at(source, entry, f"too many arguments for {cls.__name__}")
+    values = {f: _literal(a, source, f) for f, a in zip(cls._fields, node.args)}
+    for kw in node.keywords:
+        if kw.arg in values or kw.arg not in cls._fields:
+            raise GenotypeError.at(source, entry, f"unexpected or repeated argument {kw.arg!r}")
+        values[kw.arg] = _literal(kw.value, source, kw.arg)
+    return values
+
+
+def parse_genotype_repr(text: str, source: str = "genotype",
+                        num_nodes: int = NUM_NODES) -> AnyGenotype:
+    """Parse ``Genotype(...)`` or ``[CellGenotype(...), ...]`` with ``ast``, never ``eval``."""
+    try:
+        body = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise GenotypeError.at(source, "", f"not a Genotype(...) repr (syntax error at line "
+                                           f"{exc.lineno})") from None
+    if isinstance(body, ast.List):
+        cells = [_call_args(c, CellGenotype, source, f"cell[{i}]") for i, c in enumerate(body.elts)]
+        cells = [{"cell": i, **c} for i, c in enumerate(cells)]
+        return genotype_from_dict(cells, source, num_nodes)
+    return genotype_from_dict(_call_args(body, Genotype, source, ""), source, num_nodes)
+
+
+# ----------------------------------------------------------------------------- alphas, groups
+def save_alphas(alphas: dict, path: Union[str, Path]) -> None:
+    """Validate and write alphas as readable JSON, atomically (values as plain floats)."""
+    validate_alphas(alphas, str(path))
+    plain = {k: [[{"ops": list(e["ops"]), "alphas": [float(a) for a in e["alphas"]]} for e in node]
+                 for node in nodes] for k, nodes in alphas.items()}
+    _atomic_write(_dumps(plain), path)
+
+
+def load_alphas(path: Union[str, Path]) -> dict:
+    """Read and validate an alphas.json; errors name the file and the entry."""
+    return validate_alphas(_parse_json(_read_text(path), path), str(path))
+
+
+def save_groups(groups: dict, path: Union[str, Path]) -> None:
+    """Validate and write groups as JSON (2-space indent), atomically."""
+    _atomic_write(json.dumps(validate_groups(groups, str(path)), indent=2), path)
+
+
+def load_groups(path: Union[str, Path]) -> dict:
+    """Read and validate a groups JSON file."""
+    return validate_groups(_parse_json(_read_text(path), path), str(path))
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.genotype_files",
+        description="Derive a genotype from alphas.json, or check a genotype file; prints it as "
+                    "one JSON line.", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--alphas", help="alphas.json of a search stage to derive from")
+    source.add_argument("--genotype", help="genotype file (JSON or Genotype(...) repr) to check")
+    parser.add_argument("--plot", metavar="DIR", help="also draw the cells into DIR")
+    args = parser.parse_args(argv)
+    try:
+        if args.alphas:
+            g = derive_genotype(load_alphas(args.alphas))
+        else:
+            g = load_genotype(args.genotype)
+        print(json.dumps(genotype_to_dict(g)))
+        if args.plot:
+            plot_genotype(g, args.plot)
+    except (GenotypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
