@@ -10,23 +10,27 @@ from utils import speed
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-@pytest.mark.parametrize("capability, network, expected", [
-    ("AVX2", "search", True), ("AVX2", "final", False),
-    ("AVX512", "search", True), ("AVX512", "final", True), ("AMX", "final", True),
+@pytest.mark.parametrize("capability, network, amp, parts, keep", [
+    ("AVX2", "search", "none", ("cells",), False), ("AVX2", "final", "none", (), False),
+    ("AVX2", "final", "bf16", ("depthwise",), False),
+    ("AVX512", "search", "none", ("cells", "depthwise"), True),
+    ("AMX", "final", "none", ("cells", "depthwise"), True),
 ])
-def test_channels_last_default_per_cpu_class(monkeypatch, capability, network, expected):
+def test_speed_defaults_per_cpu_class(monkeypatch, capability, network, amp, parts, keep):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    args = argparse.Namespace(channels_last=None, amp="none")
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    args = argparse.Namespace(channels_last=None, amp=amp)
     speed.resolve(args, CPU, network)
-    assert args.channels_last is expected
+    assert args.channels_last is True and args.fast_path == parts and args.keep_freed_memory is keep
     assert speed.channels_last_default(CUDA, network) is True
+    assert speed.fast_path_default(CUDA, network, amp) == ()
 
 
 def test_an_explicit_channels_last_flag_wins(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    args = argparse.Namespace(channels_last=True, amp="none")
+    args = argparse.Namespace(channels_last=False, amp="none")
     speed.resolve(args, CPU, "final")
-    assert args.channels_last is True
+    assert args.channels_last is False
 
 
 @pytest.mark.parametrize("native, force, expected", [(False, False, "none"), (False, True, "bf16"),

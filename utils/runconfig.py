@@ -11,7 +11,7 @@ from genotypes import NUM_NODES
 
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
-RESUME_NEUTRAL = {"device", "gpu", "channels_last", "num_workers", "print_freq", "force", "debug", "data_dir",
+RESUME_NEUTRAL = {"device", "gpu", "channels_last", "fast_path", "keep_freed_memory", "num_workers", "print_freq", "force", "debug", "data_dir",
                   "save_dir", "run_dir", "stage_dir", "search1_dir", "genotype", "resume",
                   "no_download"}
 # Options added after runs were made: a config.json without them ran with these values.

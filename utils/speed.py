@@ -47,21 +47,36 @@ def cpu_has_native_bf16() -> bool:
         return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
 
 
+def _avx2_class() -> bool:
+    """A CPU without AVX-512 (AVX2 or older): where the tricks below were measured not to pay."""
+    return torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2", "NO AVX")
+
+
 def channels_last_default(device: torch.device, network: str) -> bool:
-    """The measured choice (README, "Speed, memory and multiple GPUs"): on GPUs channels_last;
-    on CPUs it speeds the supernets up everywhere measured, and the final networks on
-    AVX-512/AMX CPUs but not on AVX2-only ones."""
+    """The measured choice (README, "Speed, memory and multiple GPUs"): channels_last on GPUs
+    and on CPUs, where it was faster for every network on AVX2 and on AVX-512/AMX."""
+    return device.type in ("cuda", "cpu")
+
+
+def fast_path_default(device: torch.device, network: str, amp: str) -> tuple[str, ...]:
+    """The models.fastpath parts a network takes by default, as measured (README): none on
+    GPUs; on CPUs the fast cells for supernets (about half the memory), and everything on
+    AVX-512/AMX CPUs; the depthwise backward also under bf16, where the library's weight
+    gradient of dilated kernels is wrong. On AVX2 CPUs the rest gave under 10%."""
     if device.type != "cpu":
-        return device.type == "cuda"
-    if network == "search":
-        return True
-    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
+        return ()
+    parts = []
+    if network == "search" or not _avx2_class():
+        parts.append("cells")
+    if not _avx2_class() or amp == "bf16":
+        parts.append("depthwise")
+    return tuple(parts)
 
 
 def resolve(args: argparse.Namespace, device: torch.device, network: str, log=print) -> None:
     """Fill the device-dependent speed defaults into `args` (network: "search" or "final"):
-    --channels_last when not given, and --amp bf16 refused (float32, one warning line) on a
-    CPU without native bf16 unless --force_amp."""
+    --channels_last when not given, --amp bf16 refused (float32, one warning line) on a CPU
+    without native bf16 unless --force_amp, the fast-path parts and keep_freed_memory."""
     if getattr(args, "channels_last", None) is None:
         args.channels_last = channels_last_default(device, network)
     if (getattr(args, "amp", "none") == "bf16" and device.type == "cpu"
@@ -69,6 +84,10 @@ def resolve(args: argparse.Namespace, device: torch.device, network: str, log=pr
         log(f"warning: --amp bf16 ignored: this CPU ({torch.backends.cpu.get_cpu_capability()}) has "
             "no native bf16 and would run ~10x slower; training in float32 (--force_amp insists)")
         args.amp = "none"
+    if getattr(args, "fast_path", None) is None:
+        args.fast_path = fast_path_default(device, network, args.amp)
+    if getattr(args, "keep_freed_memory", None) is None:
+        args.keep_freed_memory = device.type == "cpu" and not _avx2_class()
 
 
 def channels_last_for(args: argparse.Namespace, device: torch.device) -> bool:
@@ -112,13 +131,12 @@ def keep_freed_memory() -> bool:
 
 
 def prepare(model: nn.Module, args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """Apply memory format and checkpointing to `model` (in place); returns it. On CPU the
-    network takes the fast path (models.fastpath: same function, less work) and the process
-    keeps freed memory for reuse (`keep_freed_memory`)."""
+    """Apply memory format, the fast-path parts `resolve` chose (models.fastpath: same
+    function, less work), keep_freed_memory and checkpointing to `model` (in place)."""
     if device.type == "cpu":
-        if getattr(args, "keep_freed_memory", True):
+        if getattr(args, "keep_freed_memory", False):
             keep_freed_memory()
-        parts = getattr(args, "fast_path", fastpath.PARTS)
+        parts = getattr(args, "fast_path", ())
         if parts:
             fastpath.enable(model, tuple(parts))
     if channels_last_for(args, device):
