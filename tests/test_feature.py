@@ -41,13 +41,13 @@ def test_streaming_statistics_equal_one_shot():
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(5, 5))
     batches = [rng.normal(size=(n, 5)) @ mix + 1e3 for n in (1, 7, 64, 3, 200, 2)]
-    stats = ft.StreamingCovariance(5)
+    stats = ft.PositionCovariance(5)  # one position: every row is one observation
     for b in batches:
-        stats.update(torch.tensor(b, dtype=torch.float32 if len(b) == 7 else torch.float64))
+        stats.update(torch.tensor(b, dtype=torch.float32 if len(b) == 7 else torch.float64)[:, :, None])
     batches[1] = batches[1].astype(np.float32).astype(np.float64)
     data = np.concatenate(batches)
     assert stats.count == len(data)
-    np.testing.assert_allclose(stats.mean.numpy(), data.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.mean.numpy()[:, 0], data.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats.covariance(), np.cov(data.T), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(stats.correlation(), np.corrcoef(data.T), atol=1e-10)
 
@@ -88,8 +88,8 @@ def test_position_and_global_statistics_equal_a_direct_float64_computation():
     n = len(data)
     np.testing.assert_allclose(stats.covariance("position"), direct["position"] / (p * (n - 1)), rtol=1e-9)
     # "global" is the old rows-as-observations statistic
-    rows = ft.StreamingCovariance(k)
-    rows.update(torch.tensor(data.transpose(0, 2, 1).reshape(-1, k)))
+    rows = ft.PositionCovariance(k)
+    rows.update(torch.tensor(data.transpose(0, 2, 1).reshape(-1, k))[:, :, None])
     np.testing.assert_allclose(stats.covariance("global"), rows.covariance(), rtol=1e-9)
 
 
@@ -132,8 +132,8 @@ def test_kmeans_labels_are_canonical():
 
 
 def test_zero_variance_op_correlates_zero():
-    stats = ft.StreamingCovariance(2)
-    stats.update(torch.stack([torch.arange(10.0), torch.zeros(10)], 1))
+    stats = ft.PositionCovariance(2)
+    stats.update(torch.stack([torch.arange(10.0), torch.zeros(10)], 1)[:, :, None])
     np.testing.assert_array_equal(stats.correlation(), np.eye(2))
 
 

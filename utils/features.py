@@ -42,51 +42,6 @@ def short(op: str) -> str:
 
 
 # ------------------------------------------------------------------------ statistics
-class StreamingCovariance:
-    """Mean and covariance of `dim` variables from batches of observations (rows): the
-    "global" statistic when the rows are every element of every image (feature.py itself uses
-    `PositionCovariance`, which gives both statistics from one pass).
-
-    Each batch is reduced to (count, mean, co-moment M2 = sum (x - mean)(x - mean)^T) around
-    its own mean and merged with Chan, Golub & LeVeque's pairwise update, in float64 on the
-    device of the first batch: no sum of squares of raw values, so no cancellation.
-    """
-
-    def __init__(self, dim: int):
-        self.dim, self.count = dim, 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def update(self, x: torch.Tensor) -> None:
-        """Absorb `x` of shape (n, dim): n observations of the `dim` variables."""
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected observations of shape (n, {self.dim}), got {tuple(x.shape)}")
-        n = x.shape[0]
-        if n == 0:
-            return
-        x = x.detach().to(torch.float64)
-        mean_b = x.mean(dim=0)
-        centred = x - mean_b
-        m2_b = centred.T @ centred
-        if self.mean is None:
-            self.count, self.mean, self.m2 = n, mean_b, m2_b
-            return
-        total = self.count + n
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (self.count * n / total)
-        self.count = total
-
-    def covariance(self, ddof: int = 1) -> np.ndarray:
-        if self.count <= ddof:
-            raise ValueError(f"covariance needs more than {ddof} observations, got {self.count}")
-        return (self.m2 / (self.count - ddof)).cpu().numpy()
-
-    def correlation(self) -> np.ndarray:
-        """Pearson correlation; a variable with zero variance correlates 0 with the others."""
-        return correlation_from(self.covariance())
-
-
 def correlation_from(cov: np.ndarray) -> np.ndarray:
     """cov_ij / sqrt(cov_ii cov_jj), symmetric, in [-1, 1], ones on the diagonal; a variable
     with zero variance correlates 0 with the others."""
