@@ -49,7 +49,3 @@ def enable(model: nn.Module, parts: tuple[str, ...] = PARTS) -> nn.Module:
         elif "depthwise" in parts and _is_depthwise(module):
             module.__class__ = DepthwiseConv2d
     return model
-
-
-def is_enabled(model: nn.Module) -> bool:
-    return any(type(m) in FAST_FORMS.values() for m in model.modules())
