@@ -13,6 +13,7 @@ import pytest
 
 import config
 import genotypes as gt
+from utils.genotype_files import load_groups
 from tests.authors_format import make_authors_model, save_like_authors, to_nested
 from tests.fakes import make_cifar10
 from utils import genotype_files as gf
@@ -100,8 +101,13 @@ def test_search_commands(pipeline):
 
 
 def test_feature_command(pipeline):
+    """The authors' defaults: their statistic and transform, their stage-1 supernet's ops."""
     run_dir, _ = pipeline
-    assert (run_dir / "search1" / "feature" / "groups.json").is_file()
+    out = run_dir / "search1" / "feature"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["statistic"] == "position" and summary["transform"] == "train"
+    assert summary["num_images"] == 8 and set(summary["ops"]) == set(gt.STAGE1_PRIMITIVES) - {"none"}
+    load_groups(out / "groups.json")  # a valid groups file for search.py --groups
 
 
 def test_augment_command(pipeline):

@@ -15,6 +15,9 @@ ones. What they save, all without changing outputs, gradients or BatchNorm stati
 """
 from __future__ import annotations
 
+from itertools import repeat
+from typing import Iterable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,19 +120,26 @@ class FastSearchCell(SearchCell):
         return concat_channels(states[2:])
 
 
+def run_cells_relued(net: nn.Module, s0: torch.Tensor, s1: torch.Tensor, cell_args: Iterable):
+    """models.augment_cnn.run_cells with one ReLU per cell output, shared by the two cells
+    that read it (their preprocessing starts with that ReLU)."""
+    aux_logits = None
+    r0 = torch.relu(s0)
+    r1 = r0 if s1 is s0 else torch.relu(s1)
+    for i, (cell, arg) in enumerate(zip(net.cells, cell_args)):
+        s1 = run_cell(cell, net.grad_checkpoint and net.training, r0, r1, arg, True)
+        r0, r1 = r1, (torch.relu(s1) if i + 1 < len(net.cells) else None)
+        if i == net.aux_pos and net.aux_head is not None and net.training:
+            aux_logits = net.aux_head(s1)
+    logits = net.classifier(torch.flatten(net.pool(s1), 1))
+    return (logits, aux_logits) if aux_logits is not None else logits
+
+
 class FastSearchNetwork(SearchNetwork):
     def forward(self, x: torch.Tensor):
         weights = {name: self._softmaxed(name) for name in self.arch}
-        s1 = self.stem(x)
-        r0 = r1 = torch.relu(s1)  # every cell output is read ReLU'd, by the next two cells
-        aux_logits = None
-        for i, (cell, name) in enumerate(zip(self.cells, self.cell_sets)):
-            s1 = run_cell(cell, self.grad_checkpoint and self.training, r0, r1, weights[name], True)
-            r0, r1 = r1, (torch.relu(s1) if i + 1 < len(self.cells) else None)
-            if i == self.aux_pos and self.aux_head is not None and self.training:
-                aux_logits = self.aux_head(s1)
-        logits = self.classifier(torch.flatten(self.pool(s1), 1))
-        return (logits, aux_logits) if aux_logits is not None else logits
+        s = self.stem(x)
+        return run_cells_relued(self, s, s, [weights[name] for name in self.cell_sets])
 
 
 class FastFinalCell(FinalCell):
@@ -155,24 +165,11 @@ class FastFinalCell(FinalCell):
         return concat_channels([states[i] for i in self.concat])
 
 
-def _run_final_cells(net: nn.Module, s0: torch.Tensor, s1: torch.Tensor):
-    aux_logits = None
-    r0 = torch.relu(s0)
-    r1 = r0 if s1 is s0 else torch.relu(s1)
-    for i, cell in enumerate(net.cells):
-        s1 = run_cell(cell, net.grad_checkpoint and net.training, r0, r1, net.drop_path_prob, True)
-        r0, r1 = r1, (torch.relu(s1) if i + 1 < len(net.cells) else None)
-        if i == net.aux_pos and net.aux_head is not None and net.training:
-            aux_logits = net.aux_head(s1)
-    logits = net.classifier(torch.flatten(net.pool(s1), 1))
-    return (logits, aux_logits) if aux_logits is not None else logits
-
-
 class FastFinalNetwork(FinalNetwork):
     def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
-        return _run_final_cells(self, s0, s1)
+        return run_cells_relued(self, s0, s1, repeat(self.drop_path_prob))
 
 
 class FastImageNetNetwork(ImageNetNetwork):
     def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
-        return _run_final_cells(self, s0, s1)
+        return run_cells_relued(self, s0, s1, repeat(self.drop_path_prob))
