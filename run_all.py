@@ -1,55 +1,40 @@
 """The whole StacNAS pipeline from one command: search1 -> search2 -> augment -> test
-(-> feature), for one or several seeds, then a summary across seeds.
+(-> feature), for one or several seeds, then a summary across seeds; with --method darts or
+both, the DARTS baseline (darts -> augment -> test) on the same seeds and data, compared in the
+summary; with --alpha_efficiency, the stand-alone training of each kept edge's candidates.
 
     python run_all.py                                            # the paper's pipeline on CIFAR-10
     python run_all.py --preset quick --name demo                 # Fashion-MNIST, offline, ~15 min on 2 cores
     python run_all.py --preset paper --dataset cifar10 --name c10 --seeds 1,2,3
+    python run_all.py --preset quick --name cmp --method both --seeds 1,2,3 --alpha_efficiency
     python run_all.py --preset smoke --name smoke --dry_run      # print the commands only
 
 Each stage runs as its own process with the flags a user would type, and is handed the files
 of the stage before explicitly. The chain stops at the first stage that fails; rerunning the
 command skips finished stages and resumes the unfinished one. Outputs:
-<save_dir>/<name>/seed_<k>/<stage>/ per seed, and <save_dir>/<name>/summary.md + summary.json.
+<save_dir>/<name>/seed_<k>/<stage>/ per seed (DARTS: <save_dir>/<name>/darts/seed_<k>/),
+<save_dir>/<name>/alpha_efficiency/seed_<k>/, and <save_dir>/<name>/summary.md + summary.json.
+A SIGTERM or SIGINT stops the running stage at its next step (checkpoint saved) and run_all.py
+with the stage's exit code; rerunning the command resumes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import config
+from utils import pipeline
 from utils.cli import run_guarded
-from utils.stage import is_finished
+from utils.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.summary import write_summary
 
 ROOT = Path(__file__).resolve().parent
-
-# Settings per preset; None = the stage script's own default (the paper's settings, config.py).
-PRESETS = {
-    "paper": dict(dataset="cifar10", subset=None, search1_epochs=None, search2_epochs=None,
-                  augment_epochs=None, search_batch_size=None, augment_batch_size=None,
-                  search1_cells=None, search2_cells=None, augment_cells=None,
-                  search_channels=None, augment_channels=None, extra=[]),
-    # Fashion-MNIST on 2 CPU cores in about 15 minutes, far above chance.
-    "quick": dict(dataset="fashionmnist", subset=2000, search1_epochs=5, search2_epochs=5,
-                  augment_epochs=5, search_batch_size=64, augment_batch_size=64,
-                  search1_cells=5, search2_cells=5, augment_cells=8, search_channels=8,
-                  augment_channels=16, augment_subset=5000, extra=[]),
-    # Seconds, on synthetic data: for tests.
-    "smoke": dict(dataset="synthetic", subset=None, search1_epochs=1, search2_epochs=1,
-                  augment_epochs=1, search_batch_size=16, augment_batch_size=16,
-                  search1_cells=3, search2_cells=3, augment_cells=3, search_channels=4,
-                  augment_channels=4, extra=["--synthetic_shape", "3,8,8",
-                                             "--synthetic_samples", "32",
-                                             "--synthetic_classes", "4"]),
-}
-OVERRIDES = ("search1_epochs", "search2_epochs", "augment_epochs", "search_batch_size",
-             "augment_batch_size", "search1_cells", "search2_cells", "augment_cells",
-             "search_channels", "augment_channels")
 
 
 def seeds(text: str) -> list[int]:
@@ -80,8 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
     p.add_argument("--seeds", type=seeds, default=[2], help="comma-separated seeds, one pipeline each")
+    p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
+                   help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
+                        "baseline (darts -> augment -> test, in <name>/darts/); both: the two on "
+                        "the same seeds and data, compared in the summary (test error, genotype "
+                        "agreement across seeds, skips and parameter-free ops per normal cell, "
+                        "alpha entropy, search time)")
     p.add_argument("--feature", action="store_true",
                    help="also run feature.py on each seed's search1 supernet")
+    p.add_argument("--alpha_efficiency", action="store_true",
+                   help="after each seed's pipeline, alpha_efficiency.py on its final search "
+                        "(search2 and/or darts, side by side): every candidate of every kept "
+                        "normal edge trained stand-alone at the preset's scale, alpha against "
+                        "held-out accuracy, in <name>/alpha_efficiency/seed_<k>/")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--gpus", type=config.positive_int, default=1,
                    help="processes (GPUs) per stage; > 1 launches search, augment and test with "
@@ -90,57 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=config.positive_int, default=None,
                    help="search on the first N training images (default: the preset's)")
     p.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
-                   help="search optimisation (default one-level)")
-    p.add_argument("--train_ratio", type=config.ratio, default=None, help="search's training share")
+                   help="StacNAS's search optimisation (default one-level; the DARTS baseline is "
+                        "always bilevel)")
+    p.add_argument("--train_ratio", type=config.ratio, default=None, help="StacNAS's search training share (default 1; the DARTS baseline keeps 0.5)")
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="shared alphas (paper) or one set per cell")
     for key in OVERRIDES:
         p.add_argument(f"--{key}", type=config.positive_int if "cells" not in key else config.num_cells,
                        default=None, help=f"override the preset's {key.replace('_', ' ')}")
     return p
-
-
-def stage_commands(args: argparse.Namespace, seed: int) -> list[tuple[str, list[str]]]:
-    """(stage, argv) per stage of one seed, every input file passed explicitly."""
-    preset = PRESETS[args.preset]
-    pick = {k: getattr(args, k) if getattr(args, k, None) is not None else preset.get(k)
-            for k in OVERRIDES}
-    dataset = args.dataset or preset["dataset"]
-    run_name = f"seed_{seed}"
-    base = Path(args.save_dir) / args.name
-    seed_dir = base / run_name
-    common = ["--name", run_name, "--save_dir", str(base), "--dataset", dataset,
-              "--data_dir", args.data_dir, "--device", args.device, "--seed", str(seed),
-              "--num_workers", str(args.num_workers), *preset["extra"]]
-    if args.no_download:
-        common.append("--no-download")
-    subset = args.subset or preset.get("subset")
-
-    def opt(flag: str, value) -> list[str]:
-        return [] if value is None else [flag, str(value)]
-
-    search = [*common, *opt("--subset", subset), *opt("--batch_size", pick["search_batch_size"]),
-              *opt("--init_channels", pick["search_channels"]),
-              *opt("--optimization", args.optimization), *opt("--train_ratio", args.train_ratio)]
-    if not args.alpha_share:
-        search.append("--no-alpha_share")
-    commands = [
-        ("search1", ["search.py", "--stage", "search1", *search,
-                     *opt("--num_cells", pick["search1_cells"]), *opt("--epochs", pick["search1_epochs"])]),
-        ("search2", ["search.py", "--stage", "search2", *search,
-                     "--search1_dir", str(seed_dir / "search1"),
-                     *opt("--num_cells", pick["search2_cells"]), *opt("--epochs", pick["search2_epochs"])]),
-        ("augment", ["augment.py", *common, "--genotype", str(seed_dir / "search2" / "genotype.json"),
-                     *opt("--subset", preset.get("augment_subset") if args.subset is None else subset),
-                     *opt("--batch_size", pick["augment_batch_size"]),
-                     *opt("--num_cells", pick["augment_cells"]),
-                     *opt("--init_channels", pick["augment_channels"]),
-                     *opt("--epochs", pick["augment_epochs"])]),
-        ("test", ["test.py", *common, "--checkpoint", str(seed_dir / "augment" / "checkpoint.pt")]),
-    ]
-    if args.feature:
-        commands.append(("feature", ["feature.py", *common, "--stage", "search1", *opt("--subset", subset)]))
-    return commands
 
 
 def launcher(gpus: int) -> list[str]:
@@ -150,59 +104,113 @@ def launcher(gpus: int) -> list[str]:
     return [sys.executable]
 
 
-def stage_done(seed_dir: Path, stage: str) -> bool:
-    """A finished search/augment stage (checkpoint marked finished), or test/feature results."""
-    if stage in ("search1", "search2"):
-        return is_finished(seed_dir / stage, "genotype.json")
-    if stage == "augment":
-        return is_finished(seed_dir / stage, "results.json")
-    marker = {"test": seed_dir / "test" / "results.json",
-              "feature": seed_dir / "search1" / "feature" / "groups.json"}[stage]
-    return marker.is_file()
+class Forwarder:
+    """While a stage runs, SIGTERM / SIGINT sent to run_all.py are passed on to the stage (which
+    saves its checkpoint and exits); run_all then stops with the stage's exit code. A signal
+    sent to the whole process group reaches the stage directly; the forwarded copy is then
+    harmless (the stage is already stopping)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.signum: int | None = None
+
+    def __enter__(self) -> "Forwarder":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def run(self, cmd: list[str]) -> int:
+        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+        try:
+            return self.proc.wait()
+        finally:
+            self.proc = None
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> int:
-    seed_dir = Path(args.save_dir) / args.name / f"seed_{seed}"
+def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str, argv: list[str],
+              label: str, timings: dict) -> int:
+    """Run one stage unless finished; its exit code (0 when skipped)."""
+    cmd = launcher(args.gpus if stage in ("search1", "search2", "darts", "augment", "test") else 1) \
+        + [str(ROOT / argv[0]), *argv[1:]]
+    print(f"[run_all] {label} {stage}: {shlex.join(cmd)}", flush=True)
+    if args.dry_run:
+        return 0
+    if pipeline.stage_done(seed_dir, stage):
+        print(f"[run_all] {label} {stage}: finished earlier, skipped", flush=True)
+        return 0
+    began = time.perf_counter()
+    code = forwarder.run(cmd)
+    if forwarder.signum is not None:
+        name = signal.Signals(forwarder.signum).name
+        print(f"[run_all] stopped by {name} during {label} {stage} (exit code {code}); rerun the "
+              "same command to resume", file=sys.stderr, flush=True)
+        return code if code != 0 else 128 + forwarder.signum
+    if code != 0:
+        log = seed_dir / {"feature": "search1/feature", "alpha_efficiency": "."}.get(stage, stage) \
+            / "log.txt"
+        print(f"[run_all] stage {stage} ({label}) failed with exit code {code}; "
+              f"its log: {log if log.is_file() else 'none written'}", file=sys.stderr)
+        return code
+    timings[stage] = round(time.perf_counter() - began, 1)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    (seed_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    return 0
+
+
+def run_seed(args: argparse.Namespace, forwarder: Forwarder, seed: int, method: str) -> int:
+    seed_dir = pipeline.method_dir(args, method, seed)
     timings_path = seed_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    for stage, argv in stage_commands(args, seed):
-        cmd = launcher(args.gpus if stage != "feature" else 1) + [str(ROOT / argv[0]), *argv[1:]]
-        print(f"[run_all] seed {seed} {stage}: {shlex.join(cmd)}", flush=True)
-        if args.dry_run:
-            continue
-        if stage_done(seed_dir, stage):
-            print(f"[run_all] seed {seed} {stage}: finished earlier, skipped", flush=True)
-            continue
-        began = time.perf_counter()
-        code = subprocess.run(cmd, cwd=ROOT).returncode
+    label = f"seed {seed}" if args.method == "stacnas" else f"{method} seed {seed}"
+    for stage, argv in pipeline.stage_commands(args, seed, method):
+        code = run_stage(args, forwarder, seed_dir, seed, stage, argv, label, timings)
         if code != 0:
-            log = seed_dir / (stage if stage != "feature" else "search1/feature") / "log.txt"
-            print(f"[run_all] stage {stage} (seed {seed}) failed with exit code {code}; "
-                  f"its log: {log if log.is_file() else 'none written'}", file=sys.stderr)
             return code
-        timings[stage] = round(time.perf_counter() - began, 1)
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     if args.name is None:
-        args.name = f"stacnas_{args.dataset or PRESETS[args.preset]['dataset']}"
+        args.name = f"stacnas_{args.dataset or pipeline.PRESETS[args.preset]['dataset']}"
     # the stages run in the project folder: relative paths mean the caller's folder
     args.save_dir, args.data_dir = (str(Path(d).resolve()) for d in (args.save_dir, args.data_dir))
-    print(f"[run_all] preset {args.preset}, seeds {','.join(map(str, args.seeds))}: "
-          f"{'would write' if args.dry_run else 'writing'} into "
-          f"{(Path(args.save_dir) / args.name).resolve()} (--save_dir, --name)", flush=True)
-    for seed in args.seeds:
-        code = run_seed(args, seed)
-        if code != 0:
-            return code
+    methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
+    print(f"[run_all] preset {args.preset}, {' and '.join(methods)}, seeds "
+          f"{','.join(map(str, args.seeds))}: {'would write' if args.dry_run else 'writing'} into "
+          f"{Path(args.save_dir) / args.name} (--save_dir, --name)", flush=True)
+    with Forwarder() as forwarder:
+        for seed in args.seeds:
+            for method in methods:
+                code = run_seed(args, forwarder, seed, method)
+                if code != 0:
+                    return code
+            if args.alpha_efficiency:
+                code = run_stage(args, forwarder, pipeline.alpha_efficiency_dir(args, seed), seed,
+                                 "alpha_efficiency",
+                                 pipeline.alpha_efficiency_command(args, seed, methods),
+                                 f"seed {seed}", {})
+                if code != 0:
+                    return code
     if args.dry_run:
         return 0
-    out = Path(args.save_dir) / args.name
-    md, _ = write_summary(out, [f"seed_{s}" for s in args.seeds])
+    md, data = write_summary(Path(args.save_dir) / args.name, args.seeds, methods)
     print(f"[run_all] summary: {md}")
+    missing = [f"{s['method']} {s['seed']}" for m in data["methods"].values() for s in m["seeds"]
+               if s["test_top1"] is None or s["genotype"] is None]
+    if missing:
+        raise RuntimeError(f"the summary found no genotype or test result for {', '.join(missing)} "
+                           f"under {Path(args.save_dir) / args.name}; the stages wrote elsewhere "
+                           "or their outputs were removed: rerun run_all.py with the same --save_dir")
     return 0
 
 

@@ -1,14 +1,23 @@
 """run_all.py: the smoke preset end to end, a failing stage, reruns, the cross-seed summary."""
 import json
+import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
 import genotypes as gt
 import run_all
 from utils import genotype_files as gf
 from utils.summary import genotype_agreement, write_summary
 
+ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--device", "cpu", "--num_workers", "0"]
 
 
@@ -132,3 +141,111 @@ def test_summary_across_seeds(tmp_path):
     expected = genotype_agreement([gt.DARTS_V2, gt.DARTS_V1])
     assert data["agreement"] == expected and 0 < expected["ops"] < 1
     assert f"{expected['edges']:.0%} of kept edges" in md.read_text()
+
+
+# -- --method darts / both: the DARTS baseline beside StacNAS, compared in the summary ------
+def test_method_both_runs_the_darts_baseline_beside_stacnas(tmp_path, capsys):
+    assert run_all.main(["--name", "m", "--save_dir", str(tmp_path), "--method", "both",
+                         "--seeds", "1,2", "--optimization", "bilevel", "--train_ratio", "0.5",
+                         "--alpha_efficiency", "--dry_run", *SMOKE]) == 0
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith("[run_all] ")]
+    darts = [l for l in lines if "--stage darts" in l]
+    assert len(darts) == 2 and all("--optimization" not in l and "--train_ratio" not in l
+                                   for l in darts)  # DARTS keeps its own bilevel 50/50 scheme
+    assert "--save_dir " + str(tmp_path / "m" / "darts") in darts[0]
+    assert "--genotype " + str(tmp_path / "m" / "darts" / "seed_1" / "darts" / "genotype.json") in out
+    stacnas_search = [l for l in lines if "--stage search1" in l]
+    assert len(stacnas_search) == 2 and "--optimization bilevel" in stacnas_search[0]
+    ae = [l for l in lines if "alpha_efficiency.py" in l]
+    assert len(ae) == 2 and ("--search_dir " + str(tmp_path / "m" / "seed_1" / "search2") + " "
+                             + str(tmp_path / "m" / "darts" / "seed_1" / "darts")) in ae[0]
+    assert "--labels stacnas,darts" in ae[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_method_darts_end_to_end(tmp_path):
+    assert run_all.main(["--name", "d", "--save_dir", str(tmp_path), "--method", "darts",
+                         "--seeds", "3", *SMOKE]) == 0
+    seed = tmp_path / "d" / "darts" / "seed_3"
+    for path in ("darts/genotype.json", "darts/alphas.json", "augment/results.json",
+                 "test/results.json", "timings.json"):
+        assert (seed / path).is_file(), path
+    assert not (tmp_path / "d" / "seed_3").exists()
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    only = summary["methods"]["darts"]["seeds"][0]
+    test = json.loads((seed / "test" / "results.json").read_text())
+    assert list(summary["methods"]) == ["darts"] and only["test_top1"] == test["test_top1"]
+    assert only["search_seconds"] == json.loads((seed / "timings.json").read_text())["darts"]
+    assert 0 < only["alpha_entropy"]["normalised"] <= 1
+
+
+def _edge(ops, alphas):
+    return {"ops": ops, "alphas": alphas}
+
+
+def _fake_seed(d, stage, genotype, top1, alphas, timings):
+    (d / stage).mkdir(parents=True)
+    (d / "test").mkdir()
+    gf.save_genotype(genotype, d / stage / "genotype.json")
+    nodes = [[alphas for _ in range(i + 2)] for i in range(4)]
+    gf.save_alphas({"normal": nodes, "reduce": nodes}, d / stage / "alphas.json")
+    (d / "test" / "results.json").write_text(json.dumps({"test_top1": top1, "test_top5": 99.0}))
+    (d / "timings.json").write_text(json.dumps(timings))
+
+
+def test_summary_compares_the_methods(tmp_path):
+    uniform = _edge(["sep_conv_3x3", "sep_conv_5x5", "none"], [0.0, 0.0, 0.0])
+    peaked = _edge(list(gt.PRIMITIVES), [8.0] + [0.0] * 7)
+    skips = _with(gt.DARTS_V2, e0=("skip_connect", 0), e1=("skip_connect", 1))
+    for seed, top1 in ((1, 90.0), (2, 92.0)):
+        _fake_seed(tmp_path / f"seed_{seed}", "search2", gt.DARTS_V2, top1, uniform,
+                   {"search1": 60, "search2": 40 + seed, "augment": 500})
+        _fake_seed(tmp_path / "darts" / f"seed_{seed}", "darts", skips, top1 - 10, peaked,
+                   {"darts": 50 * seed})
+    md, data = write_summary(tmp_path, [1, 2], ("stacnas", "darts"))
+    stacnas, darts = data["methods"]["stacnas"], data["methods"]["darts"]
+    assert stacnas["test_error_mean"] == pytest.approx(9.0)
+    assert darts["test_error_mean"] == pytest.approx(19.0)
+    # DARTS_V2's normal cell has 2 skip connections and no pooling; `skips` 2 more
+    assert (stacnas["skips_mean"], stacnas["param_free_mean"]) == (2, 2)
+    assert (darts["skips_mean"], darts["param_free_mean"]) == (4, 4)
+    assert stacnas["alpha_entropy_mean"] == pytest.approx(1.0)  # uniform alphas
+    p = torch.softmax(torch.tensor(peaked["alphas"], dtype=torch.float64), 0)
+    expected = float(-(p * p.log()).sum() / math.log(8))
+    assert darts["alpha_entropy_mean"] == pytest.approx(expected, rel=1e-6) and expected < 0.1
+    assert darts["search_seconds_mean"] == 75 and stacnas["search_seconds_mean"] == 101.5
+    assert stacnas["agreement"]["ops"] == 1.0
+    text = md.read_text()
+    assert "## StacNAS against DARTS" in text and "| stacnas | 2 | 9.00 +- 1.41 |" in text
+    assert "| darts | 2 | 19.00 +- 1.41 | 100% | 100% | 4.0 +- 0.0 | 4.0 +- 0.0 |" in text and "### darts seed_1" in text
+    assert data["test_error_mean"] == stacnas["test_error_mean"]  # the first method at the top
+
+
+def test_summary_without_results_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run_all.pipeline, "stage_done", lambda seed_dir, stage: True)
+    assert run_all.main(["--name", "empty", "--save_dir", str(tmp_path), *SMOKE]) == 1
+    err = capsys.readouterr().err
+    assert "error: the summary found no genotype or test result for stacnas seed_2" in err
+
+
+def test_sigterm_to_run_all_stops_the_stage_and_the_rerun_resumes(tmp_path):
+    argv = [sys.executable, str(ROOT / "run_all.py"), "--name", "t", "--save_dir", str(tmp_path),
+            *SMOKE, "--search1_epochs", "30"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = tmp_path / "t" / "seed_2" / "search1" / "log.txt"
+    deadline = time.time() + 120
+    while not (log.is_file() and "epoch 2/30" in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to run_all.py only: it forwards it to the stage
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM during seed 2 search1" in err and "rerun the same command" in err
+    assert "stopped by SIGTERM" in log.read_text()
+    assert not (tmp_path / "t" / "seed_2" / "search2").exists()
+    rerun = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from" in log.read_text()
+    assert (tmp_path / "t" / "seed_2" / "test" / "results.json").is_file()

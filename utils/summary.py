@@ -1,17 +1,23 @@
 """run_all.py's summary: per seed the genotype, curves, accuracies, sizes and stage times;
-across seeds the mean +- std test error and how often the seeds' genotypes agree."""
+across seeds the mean +- std test error and how often the seeds' genotypes agree; per method
+(StacNAS, the DARTS baseline) the measures the paper's stability claim is about: skip
+connections and parameter-free ops per normal cell, the final alphas' entropy, search time."""
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 from pathlib import Path
 
 import genotypes as gt
-from utils.genotype_files import format_genotype, load_genotype
+from utils.genotype_files import format_genotype, load_alphas, load_genotype
 from utils.plots import plot_curves
 
-STAGES = ("search1", "search2", "augment", "test", "feature")
+STAGES = {"stacnas": ("search1", "search2", "augment", "test", "feature"),
+          "darts": ("darts", "augment", "test")}
+SEARCHES = {"stacnas": ("search1", "search2"), "darts": ("darts",)}
+PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none")
 
 
 def read_json(path: Path):
@@ -46,67 +52,178 @@ def genotype_agreement(genotypes: list) -> dict:
     return {"pairs": len(pairs), "edges": statistics.fmean(edges), "ops": statistics.fmean(ops)}
 
 
-def seed_summary(seed_dir: Path) -> dict:
-    genotype_file = seed_dir / "search2" / "genotype.json"
-    genotype = load_genotype(genotype_file) if genotype_file.is_file() else None
+def normal_cells(genotype) -> list[list]:
+    """The op lists of the normal cells (one for a shared genotype, one per normal cell else)."""
+    return [ops for _, ops, _, reduction in gt.cell_kinds(genotype) if not reduction]
+
+
+def op_counts(genotype) -> dict:
+    """Skip connections and parameter-free ops per normal cell (mean over normal cells):
+    DARTS's collapse shows as many of both (StacNAS paper, Sec. 1)."""
+    cells = normal_cells(genotype)
+    return {"skips": statistics.fmean(sum(op == "skip_connect" for op, _ in ops) for ops in cells),
+            "param_free": statistics.fmean(sum(op in PARAMETER_FREE for op, _ in ops)
+                                           for ops in cells)}
+
+
+def alpha_entropy(alphas: dict) -> dict:
+    """Mean entropy of softmax(alpha) over the normal cells' edges, in nats and divided by
+    log(#candidates) (1 = uniform, 0 = one-hot), so that StacNAS's 3-way and DARTS's 8-way
+    edges compare."""
+    keys = gt.alpha_set_keys(alphas)
+    reduce = gt.reduction_cells(len(keys)) if not gt.is_shared(alphas) else set()
+    normal = [k for i, k in enumerate(keys) if k != "reduce" and i not in reduce]
+    nats, scaled = [], []
+    for key in normal:
+        for edges in alphas[key]:
+            for edge in edges:
+                top = max(edge["alphas"])
+                exps = [math.exp(v - top) for v in edge["alphas"]]
+                probs = [e / sum(exps) for e in exps]
+                h = -sum(p * math.log(p) for p in probs if p > 0)
+                nats.append(h)
+                scaled.append(h / math.log(len(probs)) if len(probs) > 1 else 0.0)
+    return {"nats": statistics.fmean(nats), "normalised": statistics.fmean(scaled)}
+
+
+def seed_summary(seed_dir: Path, method: str = "stacnas") -> dict:
+    final = seed_dir / SEARCHES[method][-1]
+    genotype = load_genotype(final / "genotype.json") if (final / "genotype.json").is_file() else None
+    alphas = load_alphas(final / "alphas.json") if (final / "alphas.json").is_file() else None
     augment = read_json(seed_dir / "augment" / "results.json") or {}
     test = read_json(seed_dir / "test" / "results.json") or {}
     curves = plot_curves({s: read_jsonl(seed_dir / s / "metrics.jsonl")
-                          for s in ("search1", "search2", "augment")}, seed_dir / "curves.png")
-    plots = sorted(str(p.relative_to(seed_dir.parent)) for p in (seed_dir / "search2" / "plots").glob("*.png")
-                   if not p.name.startswith("alphas_")) if (seed_dir / "search2" / "plots").is_dir() else []
-    return {"seed": seed_dir.name, "genotype": gt.genotype_to_dict(genotype) if genotype else None,
+                          for s in (*SEARCHES[method], "augment")}, seed_dir / "curves.png")
+    plots = sorted(str(p.relative_to(seed_dir.parent)) for p in (final / "plots").glob("*.png")
+                   if not p.name.startswith("alphas_")) if (final / "plots").is_dir() else []
+    seconds = read_json(seed_dir / "timings.json") or {}
+    searched = [seconds.get(s) for s in SEARCHES[method]]
+    return {"seed": seed_dir.name, "method": method,
+            "genotype": gt.genotype_to_dict(genotype) if genotype else None,
             "genotype_repr": format_genotype(genotype) if genotype else None,
+            **(op_counts(genotype) if genotype else {"skips": None, "param_free": None}),
+            "alpha_entropy": alpha_entropy(alphas) if alphas else None,
             "cell_plots": plots, "curves": str(Path(curves).relative_to(seed_dir.parent)) if curves else None,
             "held_out_top1": augment.get("best_valid_top1"),
             "test_top1": test.get("test_top1", augment.get("test_top1")),
             "test_top5": test.get("test_top5", augment.get("test_top5")),
             "params_millions": augment.get("params_millions"), "macs": augment.get("macs"),
-            "seconds": read_json(seed_dir / "timings.json") or {}}
+            "seconds": seconds,
+            "search_seconds": sum(searched) if None not in searched else None}
 
 
-def _fmt(value, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
+def _mean_std(values: list) -> tuple:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write_summary(run_dir: str | Path, seed_names: list[str]) -> tuple[Path, dict]:
-    """Write summary.json and summary.md into `run_dir`; return the markdown path and data."""
+def method_summary(seeds: list[dict]) -> dict:
+    """Across the seeds of one method: mean +- std of each measure, genotype agreement."""
+    errors = [None if s["test_top1"] is None else 100 - s["test_top1"] for s in seeds]
+    out = {"seeds": seeds, "num_results": sum(e is not None for e in errors)}
+    for key, values in (("test_error", errors), ("skips", [s["skips"] for s in seeds]),
+                        ("param_free", [s["param_free"] for s in seeds]),
+                        ("alpha_entropy", [s["alpha_entropy"] and s["alpha_entropy"]["normalised"]
+                                           for s in seeds]),
+                        ("search_seconds", [s["search_seconds"] for s in seeds])):
+        out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
+    out["agreement"] = genotype_agreement([gt.genotype_from_dict(s["genotype"]) for s in seeds
+                                           if s["genotype"]])
+    return out
+
+
+def _alpha_efficiency(run_dir: Path, seed_names: list[str]) -> dict:
+    """The pooled correlations alpha_efficiency.py wrote per seed (run_all --alpha_efficiency)."""
+    found = {}
+    for name in seed_names:
+        data = read_json(run_dir / "alpha_efficiency" / name / "alpha_efficiency.json")
+        if data is not None:
+            found[name] = data.get("pooled", data.get("correlations"))
+    return found
+
+
+def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -> tuple[Path, dict]:
+    """Write summary.json and summary.md into `run_dir`; return the markdown path and data.
+    `seed_names` are seed folders (`seed_2`) or seeds (2); `methods` the pipelines that ran
+    (StacNAS's seeds in <run_dir>/seed_<k>, DARTS's in <run_dir>/darts/seed_<k>)."""
     run_dir = Path(run_dir)
-    seeds = [seed_summary(run_dir / name) for name in seed_names]
-    errors = [100 - s["test_top1"] for s in seeds if s["test_top1"] is not None]
-    genotypes = [gt.genotype_from_dict(s["genotype"]) for s in seeds if s["genotype"]]
-    data = {"seeds": seeds,
-            "test_error_mean": statistics.fmean(errors) if errors else None,
-            "test_error_std": statistics.stdev(errors) if len(errors) > 1 else (0.0 if errors else None),
-            "agreement": genotype_agreement(genotypes)}
+    names = [n if isinstance(n, str) else f"seed_{n}" for n in seed_names]
+    per_method = {m: method_summary([seed_summary((run_dir if m == "stacnas" else run_dir / m) / n, m)
+                                     for n in names]) for m in methods}
+    first = per_method[methods[0]]
+    data = {"seeds": first["seeds"], "test_error_mean": first["test_error_mean"],
+            "test_error_std": first["test_error_std"], "agreement": first["agreement"],
+            "methods": per_method, "alpha_efficiency": _alpha_efficiency(run_dir, names)}
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     path = run_dir / "summary.md"
     path.write_text(_markdown(data), encoding="utf-8")
     return path, data
 
 
-def _markdown(data: dict) -> str:
-    lines = ["# StacNAS pipeline summary", "",
-             "| seed | held-out top-1 | test top-1 | test error | params (M) | "
-             + " | ".join(f"{s} (s)" for s in STAGES) + " |",
-             "|---" * (5 + len(STAGES)) + "|"]
-    for s in data["seeds"]:
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pm(m: dict, key: str, spec: str = ".2f") -> str:
+    return f"{_fmt(m[key + '_mean'], spec)} +- {_fmt(m[key + '_std'], spec)}"
+
+
+def _agreement_text(agree: dict) -> str:
+    if not agree["pairs"]:
+        return "needs two or more seeds"
+    pairs = f"{agree['pairs']} pair{'s' if agree['pairs'] != 1 else ''}"
+    return (f"{agree['edges']:.0%} of kept edges and {agree['ops']:.0%} of their ops agree "
+            f"({pairs} of seeds)")
+
+
+def _comparison(methods: dict) -> list[str]:
+    lines = ["## StacNAS against DARTS", "",
+             "| method | seeds | test error (%) | edges agree | ops agree | skips / normal cell "
+             "| param-free ops / normal cell | alpha entropy (1 = uniform) | search (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in methods.items():
+        agree = m["agreement"]
+        lines.append(f"| {name} | {m['num_results']} | {_pm(m, 'test_error')} | "
+                     f"{_fmt(agree['edges'], '.0%')} | {_fmt(agree['ops'], '.0%')} | "
+                     f"{_pm(m, 'skips', '.1f')} | {_pm(m, 'param_free', '.1f')} | "
+                     f"{_pm(m, 'alpha_entropy', '.3f')} | {_pm(m, 'search_seconds', '.0f')} |")
+    return lines + [""]
+
+
+def _method_section(name: str, m: dict, title: bool) -> list[str]:
+    stages = STAGES[name]
+    lines = [f"## {name}", ""] if title else []
+    lines += ["| seed | held-out top-1 | test top-1 | test error | params (M) | skips | "
+              + " | ".join(f"{s} (s)" for s in stages) + " |", "|---" * (6 + len(stages)) + "|"]
+    for s in m["seeds"]:
         err = None if s["test_top1"] is None else 100 - s["test_top1"]
         lines.append(f"| {s['seed']} | {_fmt(s['held_out_top1'])} | {_fmt(s['test_top1'])} | "
-                     f"{_fmt(err)} | {_fmt(s['params_millions'], '.3f')} | "
-                     + " | ".join(_fmt(s["seconds"].get(st), ".0f") for st in STAGES) + " |")
-    agree = data["agreement"]
-    lines += ["", f"Test error over {len([s for s in data['seeds'] if s['test_top1'] is not None])} "
-              f"seed(s): {_fmt(data['test_error_mean'])} +- {_fmt(data['test_error_std'])} %.", ""]
-    if agree["pairs"]:
-        pairs = f"{agree['pairs']} pair{'s' if agree['pairs'] != 1 else ''}"
-        lines.append(f"Stability across seeds ({pairs} of seeds): {agree['edges']:.0%} of kept "
-                     f"edges and {agree['ops']:.0%} of their ops agree.")
-    else:
-        lines.append("Stability across seeds: needs two or more seeds.")
-    for s in data["seeds"]:
-        lines += ["", f"## {s['seed']}", "", "```", s["genotype_repr"] or "(no genotype yet)", "```"]
-        lines += [f"![{Path(p).stem}]({p})" for p in s["cell_plots"]]
+                     f"{_fmt(err)} | {_fmt(s['params_millions'], '.3f')} | {_fmt(s['skips'], '.0f')} | "
+                     + " | ".join(_fmt(s["seconds"].get(st), ".0f") for st in stages) + " |")
+    lines += ["", f"Test error over {m['num_results']} seed(s): {_pm(m, 'test_error')} %.", "",
+              f"Stability across seeds: {_agreement_text(m['agreement'])}."]
+    prefix = "" if name == "stacnas" else f"{name}/"
+    for s in m["seeds"]:
+        lines += ["", f"### {name} {s['seed']}" if title else f"## {s['seed']}", "", "```",
+                  s["genotype_repr"] or "(no genotype yet)", "```"]
+        lines += [f"![{Path(p).stem}]({prefix}{p})" for p in s["cell_plots"]]
         if s["curves"]:
-            lines.append(f"![curves]({s['curves']})")
-    return "\n".join(lines) + "\n"
+            lines.append(f"![curves]({prefix}{s['curves']})")
+    return lines + [""]
+
+
+def _markdown(data: dict) -> str:
+    methods = data["methods"]
+    both = len(methods) > 1
+    lines = ["# StacNAS pipeline summary" if not both else "# StacNAS and DARTS pipelines", ""]
+    if both:
+        lines += _comparison(methods)
+    if data["alpha_efficiency"]:
+        lines += ["## Alpha efficiency (alpha against stand-alone held-out top-1)", "",
+                  "```", json.dumps(data["alpha_efficiency"], indent=1), "```", ""]
+    for name, m in methods.items():
+        lines += _method_section(name, m, both)
+    return "\n".join(lines).rstrip() + "\n"
