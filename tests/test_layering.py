@@ -9,7 +9,7 @@ import config
 from models.factory import SEARCH_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"search", "augment", "test", "run_all", "feature", "summary"}
+SCRIPTS = {"search", "augment", "test", "run_all", "feature", "summary", "alpha_efficiency"}
 
 
 def _modules() -> dict[str, Path]:

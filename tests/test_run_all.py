@@ -15,6 +15,7 @@ import torch
 import genotypes as gt
 import run_all
 from utils import genotype_files as gf
+from utils.alpha_efficiency import summarise
 from utils.summary import genotype_agreement, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +204,14 @@ def test_summary_compares_the_methods(tmp_path):
                    {"search1": 60, "search2": 40 + seed, "augment": 500})
         _fake_seed(tmp_path / "darts" / f"seed_{seed}", "darts", skips, top1 - 10, peaked,
                    {"darts": 50 * seed})
+    # alpha_efficiency.py's correlations for seed 1: accuracy rises with alpha (rho = tau = 1)
+    rows = [{"edge_name": f"normal[{i % 2}]", "softmax_alpha": 0.1 * i, "alpha": 0.1 * i,
+             "valid_top1_mean": 50.0 + i} for i in range(5)]
+    (tmp_path / "alpha_efficiency" / "seed_1").mkdir(parents=True)
+    (tmp_path / "alpha_efficiency" / "seed_1" / "alpha_efficiency.json").write_text(json.dumps(
+        {"correlations": {"stacnas": summarise(rows), "darts": summarise(rows[:3])}}))
     md, data = write_summary(tmp_path, [1, 2], ("stacnas", "darts"))
+    assert data["alpha_efficiency"]["seed_1"]["stacnas"]["spearman"]["rho"] == pytest.approx(1.0)
     stacnas, darts = data["methods"]["stacnas"], data["methods"]["darts"]
     assert stacnas["test_error_mean"] == pytest.approx(9.0)
     assert darts["test_error_mean"] == pytest.approx(19.0)
@@ -220,6 +228,8 @@ def test_summary_compares_the_methods(tmp_path):
     assert "## StacNAS against DARTS" in text and "| stacnas | 2 | 9.00 +- 1.41 |" in text
     assert "| darts | 2 | 19.00 +- 1.41 | 100% | 100% | 4.0 +- 0.0 | 4.0 +- 0.0 |" in text and "### darts seed_1" in text
     assert data["test_error_mean"] == stacnas["test_error_mean"]  # the first method at the top
+    assert "| seed_1 | stacnas | 5 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| seed_1 | darts | 3 | 1.00 | 1.00 | 1.00 |" in text
 
 
 def test_summary_without_results_is_an_error(tmp_path, capsys, monkeypatch):

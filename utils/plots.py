@@ -1,5 +1,6 @@
 """Figures of a run: cell plots of a genotype (graphviz's `dot`, skipped with a warning where
-it is missing), alphas over epochs and training curves (matplotlib, headless)."""
+it is missing), alphas over epochs, training curves and alpha against stand-alone accuracy
+(matplotlib, headless)."""
 from __future__ import annotations
 
 import json
@@ -83,6 +84,50 @@ def plot_curves(stage_metrics: dict[str, list[dict]], path: str | Path) -> str |
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
+
+
+# Marker per candidate op in the alpha-efficiency scatter (colour: the edge).
+OP_MARKERS = {"max_pool_3x3": "v", "avg_pool_3x3": "^", "skip_connect": "s", "sep_conv_3x3": "o",
+              "sep_conv_5x5": "p", "dil_conv_3x3": "D", "dil_conv_5x5": "d", "conv_7x1_1x7": "x"}
+
+
+def plot_alpha_efficiency(panels: list[dict], path: str | Path) -> str:
+    """Alpha against stand-alone accuracy, one panel per search side by side. `panels`:
+    ``[{"title": str, "points": [{"x": softmax(alpha), "y": held-out top-1, "edge": name,
+    "op": op, "derived": bool}]}]``; colour = edge, marker = op, red rim = the search's choice."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    ops_seen: dict[str, str] = {}
+    for ax, panel in zip(axes[0], panels):
+        edges = list(dict.fromkeys(p["edge"] for p in panel["points"]))
+        colours = {e: plt.cm.tab10(i % 10) for i, e in enumerate(edges)}
+        for p in panel["points"]:
+            marker = ops_seen.setdefault(p["op"], OP_MARKERS.get(p["op"], "*"))
+            chosen = p.get("derived", False)
+            ax.scatter(p["x"], p["y"], color=colours[p["edge"]], marker=marker, s=40,
+                       edgecolors="red" if chosen else "black", linewidths=1.5 if chosen else 0.5,
+                       zorder=3)
+        for e in edges:
+            ax.scatter([], [], color=colours[e], marker="o", s=30, label=e)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("softmax(alpha) on the edge")
+        ax.set_ylabel("held-out top-1 (%), stand-alone")
+        ax.grid(alpha=0.3)
+        ax.locator_params(axis="x", nbins=4)
+        ax.ticklabel_format(axis="x", useOffset=False)
+        if edges:
+            ax.legend(fontsize=6, loc="best", title="edge", title_fontsize=7)
+    handles = [plt.Line2D([], [], color="grey", marker=m, linestyle="", markersize=6, label=op)
+               for op, m in ops_seen.items()]
+    if handles:
+        handles.append(plt.Line2D([], [], color="white", marker="o", markeredgecolor="red",
+                                  linestyle="", markersize=6, label="search's choice"))
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4 * len(panels)),
+                   fontsize=7)
+    fig.tight_layout(rect=(0, 0.14 if handles else 0, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
 

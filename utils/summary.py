@@ -135,13 +135,27 @@ def method_summary(seeds: list[dict]) -> dict:
 
 
 def _alpha_efficiency(run_dir: Path, seed_names: list[str]) -> dict:
-    """The pooled correlations alpha_efficiency.py wrote per seed (run_all --alpha_efficiency)."""
+    """Per seed and search, the pooled correlations alpha_efficiency.py wrote (run_all.py
+    --alpha_efficiency): {seed: {label: {n, pearson, spearman, kendall}}}."""
     found = {}
     for name in seed_names:
         data = read_json(run_dir / "alpha_efficiency" / name / "alpha_efficiency.json")
         if data is not None:
-            found[name] = data.get("pooled", data.get("correlations"))
+            found[name] = {label: {"n": c["pooled"]["n"], **c["pooled"]["softmax_alpha"]}
+                           for label, c in data["correlations"].items()}
     return found
+
+
+def _alpha_efficiency_table(found: dict) -> list[str]:
+    lines = ["## Alpha efficiency: softmax(alpha) against stand-alone held-out top-1", "",
+             "| seed | search | candidates | Pearson r | Spearman rho | Kendall tau |",
+             "|---|---|---|---|---|---|"]
+    for seed, labels in found.items():
+        for label, c in labels.items():
+            get = lambda k, v: (c.get(k) or {}).get(v)  # noqa: E731
+            lines.append(f"| {seed} | {label} | {c.get('n', '-')} | {_fmt(get('pearson', 'r'))} | "
+                         f"{_fmt(get('spearman', 'rho'))} | {_fmt(get('kendall', 'tau'))} |")
+    return lines + [""]
 
 
 def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -> tuple[Path, dict]:
@@ -222,8 +236,7 @@ def _markdown(data: dict) -> str:
     if both:
         lines += _comparison(methods)
     if data["alpha_efficiency"]:
-        lines += ["## Alpha efficiency (alpha against stand-alone held-out top-1)", "",
-                  "```", json.dumps(data["alpha_efficiency"], indent=1), "```", ""]
+        lines += _alpha_efficiency_table(data["alpha_efficiency"])
     for name, m in methods.items():
         lines += _method_section(name, m, both)
     return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,422 @@
+"""Alpha efficiency: do a finished search's alphas predict stand-alone accuracy? For every
+chosen kept edge and every op that edge had in the search (none excluded), the derived
+genotype with that op on that edge is trained from scratch (augment.py), and softmax(alpha) is
+set against the held-out top-1 (StacNAS README, "alpha efficiency").
+
+    python alpha_efficiency.py --search_dir runs/exp/search2                     # normal cell
+    python alpha_efficiency.py --search_dir runs/exp/search2 runs/exp/darts --labels stacnas,darts \\
+        --edges 0,3 --epochs 20 --seeds 1,2
+    python alpha_efficiency.py --search_dir runs/exp/search2 --edges normal:0,reduce:2 --subset 5000
+
+Each --search_dir is a finished search stage folder (search2, darts or search1) with
+alphas.json, genotype.json and config.json; data flags default to its config.json. Every run is
+an ordinary resumable augment.py run; the derived genotype (each edge's own op) is trained once.
+Finished runs are skipped, so rerunning the same command resumes an interrupted analysis.
+Writes into --out (default <run folder of the first DIR>/alpha_efficiency/):
+<label>/<run>/genotype.json, <label>/<run>/seed_<s>/augment/ (+ augment.log, its output),
+alpha_efficiency.csv, alpha_efficiency.png and, last, alpha_efficiency.json (the analysis is
+complete when it exists). Correlations use the held-out top-1 only (--valid_ratio of the
+training set); the test top-1 is reported, never used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import config
+from genotypes import Genotype, GenotypeError, genotype_to_dict, is_shared
+from utils import alpha_efficiency as ae
+from utils.cli import run_guarded
+from utils.genotype_files import load_alphas, load_genotype, save_genotype
+from utils.plots import plot_alpha_efficiency
+from utils.stage import is_finished
+
+ROOT = Path(__file__).resolve().parent
+STAGE_LABELS = {"search2": "stacnas", "search1": "search1", "darts": "darts"}
+FIX = ("finish that search first (rerun its search.py command: it resumes) or pass another "
+       "--search_dir")
+
+
+# ----------------------------------------------------------------------------- command line
+def seeds(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 1,2, "
+                                         f"got {text!r}")
+    return values
+
+
+def labels(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",")]
+    safe = all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", n) for n in names)
+    if not safe or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct folder-safe names such as "
+                                         f"stacnas,darts, got {text!r}")
+    return names
+
+
+def held_out(text: str) -> float:
+    value = config.ratio(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1): the rest is trained on, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = config.new_parser("alpha_efficiency.py", "Train every candidate op of the chosen kept edges "
+                          "stand-alone and correlate the search's alphas with held-out accuracy.")
+    p.add_argument("--search_dir", nargs="+", required=True, metavar="DIR",
+                   help="finished search stage folders (e.g. runs/exp/seed_2/search2 runs/exp/darts/"
+                        "seed_2/darts), one scatter panel each")
+    p.add_argument("--labels", type=labels, default=None,
+                   help="names of the searches, comma-separated, one per DIR; None: stacnas for "
+                        "search2, darts for darts, search1 for search1 (the run folder's name "
+                        "prefixed to repeats)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder; None: alpha_efficiency/ beside the first DIR (in its run "
+                        "folder)")
+    p.add_argument("--edges", type=ae.parse_edges, default="normal",
+                   help=f"kept edges to analyse: indices into genotype.normal "
+                        f"(0..{ae.NUM_KEPT - 1}), "
+                        "CELL:K, or a cell name for its 8 edges, comma-separated "
+                        "(e.g. 0,3 or normal:0,reduce:2 or normal,reduce)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    t = p.add_argument_group("training of each candidate (augment.py)")
+    t.add_argument("--epochs", type=config.positive_int, default=20, help="epochs per run")
+    t.add_argument("--num_cells", type=config.num_cells, default=8, help="cells of each network")
+    t.add_argument("--init_channels", type=config.positive_int, default=16, help="initial channels")
+    t.add_argument("--batch_size", type=config.positive_int, default=None,
+                   help="batch size; None: augment.py's")
+    t.add_argument("--subset", type=config.positive_int, default=None,
+                   help="train on the first N training images; None: all")
+    t.add_argument("--seeds", type=seeds, default="2",
+                   help="comma-separated seeds: every candidate is trained once per seed and the "
+                        "held-out top-1 averaged")
+    t.add_argument("--valid_ratio", type=held_out, default=0.2,
+                   help="share of the training set held out; its top-1 (best epoch) is what the "
+                        "correlations use")
+    for flag, kind, what in (
+            ("--aux_weight", config.non_negative_float, "auxiliary head loss weight"),
+            ("--cutout", config.non_negative_int, "cutout length, 0 = off"),
+            ("--drop_path", config.non_negative_float, "drop-path probability")):
+        t.add_argument(flag, type=kind, default=None, help=f"{what}; None: augment.py's")
+    d = p.add_argument_group("data and device (None: the value in each search's config.json)")
+    d.add_argument("--dataset", type=config.dataset_name, choices=config.DATASETS, default=None,
+                   help="dataset (the test split is only reported)")
+    d.add_argument("--data_dir", default=None, help="dataset root")
+    d.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
+                   help="never download a dataset")
+    d.add_argument("--synthetic_shape", type=config.shape, default=None, help="synthetic: C,H,W")
+    d.add_argument("--synthetic_classes", type=config.positive_int, default=None,
+                   help="synthetic: classes")
+    d.add_argument("--synthetic_samples", type=config.positive_int, default=None,
+                   help="synthetic: training images")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda when available")
+    d.add_argument("--num_workers", type=config.non_negative_int, default=2,
+                   help="data-loading processes")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    dirs = [Path(d) for d in args.search_dir]
+    if args.labels is None:
+        base = [STAGE_LABELS.get(d.resolve().name, d.resolve().name) for d in dirs]
+        args.labels = [b if base.count(b) == 1 else f"{d.resolve().parent.name}_{b}"
+                       for b, d in zip(base, dirs)]
+        if len(set(args.labels)) != len(args.labels):
+            raise argparse.ArgumentTypeError(f"cannot tell the searches apart "
+                                             f"({', '.join(args.labels)}); pass --labels")
+    elif len(args.labels) != len(dirs):
+        raise argparse.ArgumentTypeError(f"--labels names {len(args.labels)} searches but "
+                                         f"--search_dir gives {len(dirs)}")
+    args.out = Path(args.out) if args.out else dirs[0].resolve().parent / "alpha_efficiency"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config.parse(build_parser(), resolve, argv)
+    return run_guarded(lambda: run(args), args.debug)
+
+
+# ----------------------------------------------------------------------------- inputs
+def read_search(path: Path, label: str) -> dict:
+    """A finished search stage folder: its alphas, genotype and config; errors say the fix."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder; pass a search stage folder such as "
+                                "runs/exp/seed_2/search2")
+    files = {name: path / f"{name}.json" for name in ("alphas", "genotype", "config")}
+    try:
+        alphas = load_alphas(files["alphas"])
+        if not is_shared(alphas):
+            raise GenotypeError(f"{files['alphas']}: per-cell alphas (a --no-alpha_share search); "
+                                "alpha efficiency compares shared normal/reduce alphas: search "
+                                "with --alpha_share (the default)")
+        genotype = load_genotype(files["genotype"])
+    except GenotypeError as err:
+        fix = FIX if "not found" in str(err) else "restore it, or rerun that search (search.py --force)"
+        raise GenotypeError(f"{err}; {fix}") from None
+    if not files["config"].is_file():
+        raise FileNotFoundError(f"{files['config']}: not found; {FIX}")
+    try:
+        cfg = json.loads(files["config"].read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{files['config']}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not is_finished(path, "genotype.json"):
+        raise RuntimeError(f"{path / 'checkpoint.pt'}: the search is not finished (no checkpoint "
+                           f"marked finished); {FIX}")
+    return {"label": label, "dir": path, "alphas": alphas, "genotype": genotype, "config": cfg,
+            "stage": cfg.get("stage", path.name)}
+
+
+def training_options(args: argparse.Namespace, cfg: dict, seed: int) -> dict:
+    """augment.py's options of one run, as its config.json holds them (None: its default)."""
+    opts = {"dataset": args.dataset or cfg.get("dataset"), "seed": seed, "epochs": args.epochs,
+            "num_cells": args.num_cells, "init_channels": args.init_channels,
+            "batch_size": args.batch_size, "subset": args.subset, "valid_ratio": args.valid_ratio,
+            "aux_weight": args.aux_weight, "cutout": args.cutout, "drop_path": args.drop_path}
+    if opts["dataset"] == "synthetic":
+        shape = args.synthetic_shape or cfg.get("synthetic_shape")
+        opts.update(synthetic_shape=list(shape) if shape else None,
+                    synthetic_classes=args.synthetic_classes or cfg.get("synthetic_classes"),
+                    synthetic_samples=args.synthetic_samples or cfg.get("synthetic_samples"))
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def augment_command(args: argparse.Namespace, cfg: dict, opts: dict, genotype_file: Path,
+                    folder: Path) -> list[str]:
+    data_dir = Path(args.data_dir or cfg.get("data_dir") or "data").resolve()
+    cmd = [sys.executable, str(ROOT / "augment.py"), "--name", f"seed_{opts['seed']}",
+           "--save_dir", str(folder.resolve()), "--genotype", str(genotype_file.resolve()),
+           "--data_dir", str(data_dir), "--device", args.device,
+           "--num_workers", str(args.num_workers)]
+    for key, value in opts.items():
+        if key == "synthetic_shape":
+            value = f"{value[0]},{value[1]},{value[1]}"
+        cmd += [f"--{key}", str(value)]
+    return cmd + (["--no-download"] if args.no_download else [])
+
+
+# ----------------------------------------------------------------------------- runs
+@contextmanager
+def out_lock(out: Path):
+    """An exclusive lock on <out>/.lock, also held by the training run in progress: a rerun
+    after a killed analysis waits until the run it left behind has saved and stopped."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no lock
+            yield fd
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another alpha_efficiency.py (or a training run it left) to "
+                  f"release {out}", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _stop_with_parent():
+    """A preexec_fn (Linux): the child gets SIGTERM (it saves a checkpoint) when we die."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
+class Child:
+    """Runs augment.py; SIGTERM / SIGINT sent to us are passed on (it saves and stops)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, lock_fd: int) -> None:
+        self.lock_fd, self.proc, self.signum = lock_fd, None, None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Child":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def run(self, cmd: list[str], log: Path) -> int:
+        with open(log, "a", encoding="utf-8") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a live log
+                                         pass_fds=(self.lock_fd,), preexec_fn=_stop_with_parent())
+            try:
+                code = self.proc.wait()
+            finally:
+                self.proc = None
+        return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+
+
+def checked_results(stage_dir: Path, genotype: Genotype, opts: dict) -> dict:
+    """results.json of a finished run, refused when it trained another genotype or options."""
+    results = json.loads((stage_dir / "results.json").read_text(encoding="utf-8"))
+    saved = json.loads((stage_dir / "config.json").read_text(encoding="utf-8"))
+    diffs = [f"--{k}: {saved.get(k)!r} -> {v!r}" for k, v in opts.items() if saved.get(k) != v]
+    if results.get("genotype") != genotype_to_dict(genotype):
+        diffs.insert(0, "another genotype")
+    if diffs:
+        raise ValueError(f"{stage_dir} was trained with other settings ({'; '.join(diffs)}); pass "
+                         "another --out, or delete that folder to retrain it")
+    return results
+
+
+def write_genotype(path: Path, genotype: Genotype) -> None:
+    if path.is_file() and load_genotype(path) != genotype:
+        raise ValueError(f"{path} holds another genotype than the search now gives for this "
+                         f"candidate (search rerun?); pass another --out or delete {path.parent}")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_genotype(genotype, path)
+
+
+def describe(candidates: list[ae.Candidate], run: str) -> str:
+    if run == ae.DERIVED:
+        return "derived genotype (each edge its searched op)"
+    c = next(c for c in candidates if c.run == run)
+    return f"{ae.edge_name(c.cell, c.edge, c.input)} {c.op}"
+
+
+def result_text(results: dict) -> str:
+    valid = results.get("best_valid_top1")
+    return (f"held-out top-1 {'-' if valid is None else f'{valid:.2f}%'}, "
+            f"test {results['test_top1']:.2f}% ({results.get('wall_seconds', 0):.0f} s)")
+
+
+def train_one(args: argparse.Namespace, search: dict, run: str, genotype: Genotype, seed: int,
+              head: str, child: Child) -> tuple[dict | None, int]:
+    """One run: its results.json when finished before, else trained now; (results, 0), or
+    (None, exit code) when it failed or was stopped."""
+    folder = args.out / search["label"] / run
+    stage_dir = folder / f"seed_{seed}" / "augment"
+    opts = training_options(args, search["config"], seed)
+    if is_finished(stage_dir, "results.json"):
+        results = checked_results(stage_dir, genotype, opts)
+        print(f"{head} finished before, {result_text(results)}", flush=True)
+        return results, 0
+    write_genotype(folder / "genotype.json", genotype)
+    (args.out / "alpha_efficiency.json").unlink(missing_ok=True)  # incomplete until written again
+    log = folder / f"seed_{seed}" / "augment.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{head} training ...", end=" ", flush=True)
+    cmd = augment_command(args, search["config"], opts, folder / "genotype.json", folder)
+    code = child.run(cmd, log)
+    if child.signum is not None:
+        print(f"\nstopped by {signal.Signals(child.signum).name}; rerun the same command to resume "
+              "(finished runs are kept)", file=sys.stderr, flush=True)
+        return None, code or 128 + child.signum
+    if code != 0:
+        print(f"\nerror: augment run {stage_dir} failed with exit code {code}; its log: {log}",
+              file=sys.stderr, flush=True)
+        return None, code
+    results = json.loads((stage_dir / "results.json").read_text(encoding="utf-8"))
+    print(result_text(results), flush=True)
+    return results, 0
+
+
+def train_all(args: argparse.Namespace, plans: list[tuple[dict, list, dict]],
+              child: Child) -> tuple[dict | None, int]:
+    """Every run of every search, seed by seed; ({(label, run, seed): results}, 0) or the
+    first failing run's (None, exit code)."""
+    total = sum(len(runs) for _, _, runs in plans) * len(args.seeds)
+    index, results = 0, {}
+    for search, candidates, runs in plans:
+        for run, genotype in runs.items():
+            for seed in args.seeds:
+                index += 1
+                head = (f"[{index}/{total}] {search['label']} {describe(candidates, run)}, "
+                        f"seed {seed}:")
+                res, code = train_one(args, search, run, genotype, seed, head, child)
+                if code:
+                    return None, code
+                results[(search["label"], run, seed)] = res
+    return results, 0
+
+
+# ----------------------------------------------------------------------------- outputs
+def write_outputs(args: argparse.Namespace, plans, results: dict) -> None:
+    """CSV, figure, then the JSON that marks the analysis complete; the table on the console."""
+    out, all_rows, summaries, panels, searches = args.out, [], {}, [], []
+    for search, candidates, runs in plans:
+        label = search["label"]
+        mine = {(run, seed): r for (lab, run, seed), r in results.items() if lab == label}
+        rows = ae.make_rows(label, candidates, mine, args.seeds)
+        summaries[label] = ae.summarise(rows)
+        panels.append(ae.panel(f"{label} ({search['stage']})", rows, summaries[label]))
+        options = training_options(args, search["config"], args.seeds[0])
+        del options["seed"]
+        searches.append({"label": label, "search_dir": str(search["dir"]), "stage": search["stage"],
+                         "edges": list(dict.fromkeys(r["edge_name"] for r in rows)),
+                         "runs": sorted(runs), "training": options})
+        all_rows += rows
+    ae.write_csv(all_rows, args.seeds, out / "alpha_efficiency.csv")
+    plot_alpha_efficiency(panels, out / "alpha_efficiency.png")
+    data = {"searches": searches, "seeds": args.seeds,
+            "measure": "held-out top-1 of the best epoch, mean over seeds (--valid_ratio "
+                       f"{args.valid_ratio} of the training set); test top-1 reported only",
+            "correlations": summaries, "rows": all_rows,
+            "files": {"csv": "alpha_efficiency.csv", "png": "alpha_efficiency.png"}}
+    tmp = out / ".alpha_efficiency.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "alpha_efficiency.json")
+    for line in ae.format_table(all_rows):
+        print(line)
+    print("* = the search's own choice; correlations of softmax(alpha) with held-out top-1:")
+    for label, summary in summaries.items():
+        print(ae.format_correlation(f"{label} pooled", summary["pooled"]))
+        for name, stats in summary["edges"].items():
+            print("  " + ae.format_correlation(name, stats))
+    print(f"written: {out}/alpha_efficiency.json, .csv, .png")
+
+
+def run(args: argparse.Namespace) -> int:
+    searches = [read_search(Path(d), label) for d, label in zip(args.search_dir, args.labels)]
+    plans = [(s, *ae.plan(s["alphas"], s["genotype"], args.edges, str(s["dir"] / "alphas.json")))
+             for s in searches]
+    with out_lock(args.out) as fd, Child(fd) as child:
+        results, code = train_all(args, plans, child)
+        if code:
+            return code
+        write_outputs(args, plans, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
