@@ -27,15 +27,18 @@ from models.factory import build_from_spec, network_spec
 from models.summary import count_macs, count_params_without_aux
 from utils import distributed, speed
 from utils.checkpoint import FINAL_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.checkpoint_fields import check_final_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader, split_indices, subset_size
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
+from utils.files import write_text
 from utils.genotype_files import format_genotype, load_genotype
 from utils.logging import run_info
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
-from utils.stage import GracefulStop, StageRun, check_same_config
+from utils.signals import GracefulStop
+from utils.stage import StageRun, check_same_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +123,7 @@ class Augment:
                 "rng": rng_state(), "best": dict(self.best), "elapsed": self.elapsed}
 
     def resume(self, path: Path) -> int:
-        state = load_checkpoint(path, self.device)
+        state = check_final_checkpoint(load_checkpoint(path, self.device), path, resume=True)
         check_same_config(state, self.args, path)
         if state.get("network") != self.spec:
             raise ValueError(f"{path}: its network differs from the one this command builds "
@@ -219,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
             test = job.evaluate(job.test_set, None)
         results = job.results(test)
         if stage.ranks.is_main:
-            (stage.dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            write_text(stage.dir / "results.json", json.dumps(results, indent=2) + "\n")
         stage.save(job.state(args.epochs, finished=True), keep_previous=False)
         stage.log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
                   f"({results['params_millions']}M parameters); {stage.dir / 'results.json'}")

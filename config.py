@@ -56,6 +56,25 @@ num_nodes = _checked(int, lambda v: v == NUM_NODES,
                      "the paper searches)", "num_nodes")
 
 
+def run_name(text: str) -> str:
+    """--name is one folder name inside --save_dir: not empty, `.` or `..`; no path separator
+    (`/`, `\\`), NUL or other control character; at most 255 bytes (what filesystems take).
+    Other characters, undecodable bytes included, are kept."""
+    if text in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"must be a folder name, got {text!r}")
+    bad = sorted({c for c in text if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise argparse.ArgumentTypeError(f"must be one folder name inside --save_dir, without "
+                                         f"{' '.join(repr(c) for c in bad)}, got {text!r}")
+    try:
+        size = len(os.fsencode(text))
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"cannot be a file name here, got {text!r}") from None
+    if size > 255:
+        raise argparse.ArgumentTypeError(f"must be at most 255 bytes, got {size}")
+    return text
+
+
 def dataset_name(text: str) -> str:
     """Dataset names are case-insensitive (`CIFAR10` works, as with the authors' scripts)."""
     return text.lower()
@@ -102,7 +121,8 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
                     resumable: bool = True) -> None:
     """Flags every script takes: run naming, data, device, seed."""
     g = p.add_argument_group("run")
-    g.add_argument("--name", required=True, help="run name; outputs go to <save_dir>/<name>/<stage>/")
+    g.add_argument("--name", type=run_name, required=True,
+                   help="run name (a folder name); outputs go to <save_dir>/<name>/<stage>/")
     g.add_argument("--save_dir", default="runs", help="folder holding all runs")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available, else cpu")
@@ -261,8 +281,20 @@ def resolve_search(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def set_paths(args: argparse.Namespace, stage: str) -> None:
+    check_folder(args.save_dir, "--save_dir")
     args.run_dir = os.path.join(args.save_dir, args.name)
     args.stage_dir = os.path.join(args.run_dir, stage)
+    check_folder(args.stage_dir, "--name")
+
+
+def check_folder(path: str, flag: str) -> None:
+    """`path` is a folder or can be made one: neither it nor a parent exists as a file."""
+    here = os.path.normpath(path)
+    while not os.path.lexists(here) and os.path.dirname(here) not in ("", here):
+        here = os.path.dirname(here)
+    if os.path.lexists(here) and not os.path.isdir(here):
+        inside = "" if here == os.path.normpath(path) else f" (making {path})"
+        raise argparse.ArgumentTypeError(f"{flag}: {here} is a file, not a folder{inside}")
 
 
 def select_gpu(args: argparse.Namespace) -> None:

@@ -31,10 +31,14 @@ import genotypes as gt
 from models.factory import build_supernet
 from utils import features as ft
 from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint
+from utils.checkpoint_fields import check_search_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader
+from utils.files import write_text
+from utils.lock import hold_folder
 from utils.logging import close_logger, get_logger, resolve_device
 from utils.runconfig import config_dict, config_differences, save_config
+from utils.signals import StopNow
 
 STAGES = ("darts", "search1")
 KMEANS_KS = (2, 3, 4)
@@ -92,6 +96,7 @@ def resolve_feature(args: argparse.Namespace) -> argparse.Namespace:
         args.checkpoint = os.path.join(args.stage_dir, "checkpoint.pt")
     if args.feature_dir is None:
         args.feature_dir = os.path.join(args.stage_dir, "feature")
+    config.check_folder(args.feature_dir, "--feature_dir")
     return args
 
 
@@ -110,7 +115,7 @@ def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run `search.py --stage {args.stage} "
                               f"--name {args.name}` first, or pass --checkpoint PATH")
-    state = load_checkpoint(path)
+    state = check_search_checkpoint(load_checkpoint(path), path)
     if state.get("format") != SEARCH_FORMAT:
         raise CheckpointError(f"{path}: a {state.get('format')} checkpoint, not a search supernet")
     stage = state["config"].get("stage")
@@ -161,7 +166,14 @@ def run(args: argparse.Namespace) -> int:
               "pass --force to measure again")
         return 0
     out = Path(args.feature_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_folder(out), StopNow(f"{out} is incomplete; rerun the same command to measure again"):
+        measure(args, state, ops)
+    return 0
+
+
+def measure(args: argparse.Namespace, state: dict, ops: list[str]) -> None:
+    """Run the images through the supernet, then analyse(); logs to <feature_dir>/log.txt."""
+    out = Path(args.feature_dir)
     log = get_logger(out, "feature")
     try:
         device = resolve_device(args.device)
@@ -184,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
         save_config(args, out / "config.json")
     finally:
         close_logger(log)
-    return 0
 
 
 def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
@@ -217,7 +228,7 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
     ft.plot_kmeans_edges(map_labels, ops, out / "kmeans_edges.png", args.stage)
     with_none = any("none" in e for nodes in state["candidates"].values() for node in nodes for e in node)
     groups = ft.find_groups(mean, ops, args.num_groups, with_none)
-    (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "groups.json", json.dumps(groups, indent=2) + "\n")
     points, explained, labels = ft.kmeans_views(mean, ks, args.seed)
     ft.plot_clusters(points, explained, labels, ops, out / "clusters_mean.png",
                      f"ops by their |correlation| ({args.statistic}) rows, PCA plane")
@@ -233,7 +244,7 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
                "kmeans_mean_maps": {name: {str(k): lab for k, lab in by_k.items()}
                                     for name, by_k in map_labels.items()},
                "kmeans_correlation_rows": {str(k): dict(zip(ops, lab)) for k, lab in labels.items()}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"correlation ({args.statistic}) of the candidate ops' outputs, mean over {len(corrs)} edges:")
     for line in ft.format_table(mean, ops):
         log("  " + line)

@@ -50,7 +50,7 @@ def seeds(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = config.new_parser("run_all.py", "search1 -> search2 -> augment -> test (-> feature) "
                           "for one or several seeds, then summary.md / summary.json.")
-    p.add_argument("--name", default=None,
+    p.add_argument("--name", type=config.run_name, default=None,
                    help="pipeline name: outputs in <save_dir>/<name>/ (default: stacnas_<dataset>)")
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="paper: the paper's settings (the authors' run_all: CIFAR-10, search1 -> "
@@ -217,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        config.check_folder(args.save_dir, "--save_dir")
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
     return run_guarded(lambda: run(args))
 
 

@@ -25,17 +25,20 @@ from models.factory import build_supernet, stage_candidates
 from utils import distributed, speed
 from utils.architect import Architect, make_optimizers
 from utils.checkpoint import SEARCH_FORMAT, load_checkpoint, rng_state, set_rng_state
+from utils.checkpoint_fields import check_search_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, infinite, make_loader, split_indices, subset_size
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
+from utils.files import naming, write_text
 from utils.genotype_files import (format_genotype, load_alphas, load_groups, save_alphas,
                                   save_genotype, save_groups)
 from utils.logging import MetricsWriter
 from utils.plots import plot_alpha_history, plot_genotype, softmax
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
-from utils.stage import GracefulStop, StageRun, check_same_config
+from utils.signals import GracefulStop
+from utils.stage import StageRun, check_same_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +129,8 @@ class Search:
                                    dist_info=self.dist, autocast=self.autocast,
                                    scaler=speed.grad_scaler(args, device))
         if args.stage == "search1" and ranks.is_main:
-            save_groups(groups, self.dir / "groups.json")
+            with naming(self.dir / "groups.json"):
+                save_groups(groups, self.dir / "groups.json")
         log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out images, "
             f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
             f"{sum(p.numel() for p in self.model.alphas())} alphas, {args.optimization}"
@@ -144,7 +148,7 @@ class Search:
                 "best": dict(self.best)}
 
     def resume(self, path: Path) -> int:
-        state = load_checkpoint(path, self.device)
+        state = check_search_checkpoint(load_checkpoint(path, self.device), path)
         check_same_config(state, self.args, path)
         if state["candidates"] != self.model.candidates:
             raise ValueError(f"{path}: its supernet has other candidate ops than this command "
@@ -203,8 +207,10 @@ class Search:
         if not self.ranks.is_main:
             return
         alphas = self.model.alphas_data()
-        (self.dir / "alphas").mkdir(exist_ok=True)
-        save_alphas(alphas, self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json")
+        path = self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json"
+        with naming(path):
+            path.parent.mkdir(exist_ok=True)
+            save_alphas(alphas, path)
         genotype = self.model.genotype()
         record = {"epoch": epoch + 1, "lr": lr, **stats,
                   "alpha_entropy": alpha_entropy(alphas),
@@ -236,17 +242,20 @@ class Search:
             return
         alphas, selection = self.selected_alphas()
         genotype = gt.derive_genotype(alphas)
-        (self.dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n", encoding="utf-8")
+        write_text(self.dir / "selection.json", json.dumps(selection, indent=2) + "\n")
         self.log(f"alphas.json and genotype.json take the alphas of epoch {selection['alphas_epoch']} "
                  f"of {selection['last_epoch']} ({selection['rule']}"
                  + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection else ")"))
-        save_alphas(alphas, self.dir / "alphas.json")
-        save_genotype(genotype, self.dir / "genotype.json")
-        (self.dir / "genotype.txt").write_text(format_genotype(genotype) + "\n", encoding="utf-8")
+        with naming(self.dir / "alphas.json"):
+            save_alphas(alphas, self.dir / "alphas.json")
+        with naming(self.dir / "genotype.json"):
+            save_genotype(genotype, self.dir / "genotype.json")
+        write_text(self.dir / "genotype.txt", format_genotype(genotype) + "\n")
         plots = self.dir / "plots"
-        plots.mkdir(exist_ok=True)
-        plot_genotype(genotype, plots)
-        plot_alpha_history(sorted((self.dir / "alphas").glob("epoch_*.json")), plots)
+        with naming(plots):  # the figures' writers do not name their files
+            plots.mkdir(exist_ok=True)
+            plot_genotype(genotype, plots)
+            plot_alpha_history(sorted((self.dir / "alphas").glob("epoch_*.json")), plots)
         self.log(f"final genotype: {format_genotype(genotype)}")
 
 

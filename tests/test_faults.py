@@ -1,9 +1,15 @@
 """Faults survived, with processes really interrupted: kill -9 mid-epoch (resume gives exactly
-the uninterrupted result), SIGTERM / SIGINT (checkpoint at the next step, resume), a damaged
-checkpoint, a loss that turns NaN."""
+the uninterrupted result), SIGTERM / SIGINT (checkpoint at the next step, resume), SIGTERM to
+the whole process group (DataLoader workers included), a second run on a busy folder, names
+that are paths, a file size limit (a full disk), a name the C locale cannot print, a changed
+option on a finished stage, a damaged checkpoint, a loss that turns NaN."""
+import importlib.util
 import json
 import os
+import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +19,16 @@ import pytest
 import torch
 
 import augment
+import feature
 import search
 from utils import genotype_files as gf
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, previous_path
+from utils.lock import FolderLock, hold_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("stacnas_test_script_faults", ROOT / "test.py")
+TEST_SCRIPT = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(TEST_SCRIPT)
 DATA = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "256",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu",
         "--print_freq", "1", "--deterministic"]
@@ -140,3 +151,200 @@ def test_augment_resume_refuses_another_genotype(tmp_path, capsys):
     os.replace(run / "checkpoint.prev.pt", run / "checkpoint.pt")
     assert augment.main(["--arch", "DARTS_V1", *base]) == 1
     assert "--arch: 'DARTS_V2' -> 'DARTS_V1'" in capsys.readouterr().err
+
+
+# -- the whole process group, a busy folder, names, a full disk, the C locale ---------------
+# A tiny search: 8 steps per epoch, 2 epochs.
+GROUP_RUN = ["--stage", "search1", "--epochs", "2", "--dataset", "synthetic", "--synthetic_shape",
+             "3,8,8", "--synthetic_samples", "128", "--synthetic_classes", "4", "--batch_size",
+             "16", "--device", "cpu", "--print_freq", "1", "--deterministic", *NET]
+
+
+def _spawn(argv, save_dir, name, env=None, **popen):
+    """search.py in a process of its own; `name` may be bytes (an undecodable file name)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.Popen([sys.executable, str(ROOT / "search.py"), *argv, "--name", name,
+                             "--save_dir", str(save_dir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="backslashreplace", **popen)
+
+
+def _in_process(argv, save_dir, name):
+    """search.main in the test process (no interpreter start-up); --deterministic undone after."""
+    try:
+        return search.main([*argv, "--name", name, "--save_dir", str(save_dir)])
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _same_result(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a / "checkpoint.pt")["model"], load_checkpoint(b / "checkpoint.pt")["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert gf.load_alphas(a / "alphas.json") == gf.load_alphas(b / "alphas.json")
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted tiny search (no workers: the synthetic batches are the same)."""
+    save = tmp_path_factory.mktemp("straight")
+    assert _in_process([*GROUP_RUN, "--num_workers", "0"], save, "s") == 0
+    return save / "s" / "search1"
+
+
+def test_sigterm_to_the_process_group_saves_and_resumes_bitwise(tmp_path, straight):
+    """Slurm's preemption: SIGTERM to every process of the job, DataLoader workers included;
+    under LC_ALL=C, with a name holding a byte that no encoding of the locale decodes."""
+    name = os.fsdecode(b"r\xff")
+    proc = _spawn([*GROUP_RUN, "--num_workers", "2"], tmp_path, os.fsencode(name),
+                  env={"LC_ALL": "C"}, start_new_session=True)
+    run = tmp_path / name / "search1"
+    _wait_for(run / "log.txt", "epoch 2/2 step 3/8", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "rerun the same command to resume" in out
+    assert "Traceback" not in err and "DataLoader worker" not in err and "Logging error" not in err
+    assert _group_gone(proc.pid, 10), "DataLoader workers outlived the run"
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["epoch"] == 1 and 3 <= state["step"] < 8
+    assert not list(run.glob(".*.tmp"))
+    assert _in_process([*GROUP_RUN, "--num_workers", "2"], tmp_path, name) == 0
+    assert f"after epoch 1, step {state['step']}" in (run / "log.txt").read_text(encoding="utf-8")
+    _same_result(straight, run)
+
+
+def test_a_second_run_on_a_busy_folder_is_refused_and_kill_9_leaves_no_lock(tmp_path, capsys):
+    argv = [*GROUP_RUN[:2], "--epochs", "50", *GROUP_RUN[4:], "--num_workers", "2"]
+    holder = _spawn(argv, tmp_path, "busy", start_new_session=True)
+    run = tmp_path / "busy" / "search1"
+    try:
+        _wait_for(run / "log.txt", "step 2/8", holder)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        capsys.readouterr()
+        assert _in_process(argv, tmp_path, "busy") == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(run) in err
+        assert f"pid {holder.pid} on {socket.gethostname()}" in err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()  # the main process only: its workers are left to torch's watchdog
+        holder.communicate()
+    FolderLock(run).acquire().release()  # free at once, though the workers may still live
+    assert _group_gone(holder.pid, 20), "DataLoader workers outlived their killed main process"
+
+
+def test_feature_and_test_refuse_a_busy_output_folder(straight, tmp_path, capsys):
+    """The lock is the kernel's: a second open of the lock file conflicts even in one process."""
+    save = straight.parents[1]
+    common = [*DATA[:-1], "--synthetic_samples", "128"]
+    with hold_folder(straight / "feature"):
+        capsys.readouterr()
+        assert feature.main(["--stage", "search1", "--name", "s", "--save_dir", str(save),
+                             "--num_samples", "16", *common]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"error: {straight / 'feature'} is in use by another run (pid {os.getpid()} "
+                       f"on {socket.gethostname()}); wait for it to end or stop it, or pass "
+                       "another --name\n")
+        assert [p.name for p in (straight / "feature").iterdir()] == [".lock"]
+    assert augment.main(["--arch", "DARTS_V2", "--epochs", "1", *common, *NET, "--name", "t",
+                         "--save_dir", str(tmp_path)]) == 0
+    with hold_folder(tmp_path / "t" / "test"):
+        capsys.readouterr()
+        assert TEST_SCRIPT.main(["--name", "t", "--save_dir", str(tmp_path), *common]) == 1
+        assert "is in use by another run" in capsys.readouterr().err
+        assert not (tmp_path / "t" / "test" / "results.json").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/an/absolute/path", "", ".", "..", "a\\b",
+                                  "a\nb", "x" * 256])
+@pytest.mark.parametrize("main", [search.main, augment.main, feature.main], ids=["search", "augment", "feature"])
+def test_a_name_that_is_not_a_folder_name_is_a_usage_error(tmp_path, capsys, main, name):
+    save = tmp_path / "runs"
+    argv = ["--stage", {search.main: "search1", augment.main: "augment", feature.main: "darts"}[main],
+            "--name", name, "--save_dir", str(save), *DATA[:-1]]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"{main.__module__}.py: error: argument --name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_dir_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        search.main([*GROUP_RUN, "--name", "x", "--save_dir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    assert f"--save_dir: {tmp_path / 'runs'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_file_size_limit_names_the_file_keeps_the_checkpoint_and_resumes(tmp_path, straight):
+    """`ulimit -f` (a full disk reads the same): the end-of-epoch checkpoint does not fit."""
+    run = tmp_path / "s" / "search1"
+    shutil.copytree(straight, run)
+    os.replace(previous_path(run / "checkpoint.pt"), run / "checkpoint.pt")  # stopped after epoch 1
+    (run / "genotype.json").unlink()
+    saved = (run / "checkpoint.pt").read_bytes()
+    limit = len(saved) // 2
+
+    def file_size_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    proc = _spawn([*GROUP_RUN, "--num_workers", "0"], tmp_path, "s", preexec_fn=file_size_limit)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err == f"error: cannot write {run / 'checkpoint.pt'}: File too large; make room and " \
+                  "rerun the same command\n"
+    assert (run / "checkpoint.pt").read_bytes() == saved and not list(run.glob(".*.tmp"))
+    assert _in_process([*GROUP_RUN, "--num_workers", "0"], tmp_path, "s") == 0
+    _same_result(straight, run)
+
+
+def test_a_finished_stage_rerun_with_other_options_lists_them(straight, capsys):
+    save, name = straight.parents[1], straight.parent.name
+    before = (straight / "log.txt").read_bytes()
+    capsys.readouterr()
+    argv = [*GROUP_RUN[:2], "--epochs", "4", *GROUP_RUN[4:], "--num_workers", "0", "--w_lr", "0.1"]
+    assert _in_process(argv, save, name) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already finished" in err
+    assert "--epochs: 2 -> 4; --w_lr: 0.025 -> 0.1" in err
+    assert "--force" in err and "--name" in err
+    assert (straight / "log.txt").read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the ranks in /proc")
+def test_under_torchrun_a_rank_killed_with_9_stops_the_other_with_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", STACNAS_DIST_TIMEOUT="60")
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node", "2", str(ROOT / "search.py"), *GROUP_RUN,
+                              "--epochs", "20", "--num_workers", "0", "--name", "d",
+                              "--save_dir", str(tmp_path)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        _wait_for(tmp_path / "d" / "search1" / "log.txt", "step 2/4", agent)
+        children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+        rank_1 = next(int(pid) for pid in children
+                      if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        os.kill(rank_1, signal.SIGKILL)
+        began = time.time()
+        out, err = agent.communicate(timeout=90)
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert time.time() - began < 60 and agent.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]  # rank 0's; rank 1 died silently
+    assert lines[0].startswith("error: another process of this torchrun job died or hangs (")
+    assert lines[0].endswith("the last checkpoint is intact: rerun the same command to resume")

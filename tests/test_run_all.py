@@ -100,11 +100,21 @@ def test_paper_preset_uses_the_stage_defaults(tmp_path):
     (["--seeds", "1,1"], "distinct"),
     (["--preset", "huge"], "invalid choice"),
     (["--gpus", "0"], "must be a positive integer"),
+    (["--name", "../escape"], "must be one folder name inside --save_dir"),
+    (["--name", ""], "must be a folder name"),
+    (["--method", "enas"], "invalid choice"),
 ])
 def test_bad_flags(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         run_all.main(["--name", "x", "--save_dir", str(tmp_path), *argv])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_save_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        run_all.main(["--name", "x", "--save_dir", str(tmp_path / "runs"), *SMOKE])
+    assert exc.value.code == 2 and f"{tmp_path / 'runs'} is a file" in capsys.readouterr().err
 
 
 def _with(genotype, **changes):

@@ -3,6 +3,7 @@ genotype as plain lists. Written to a temp file then `os.replace`d, the previous
 `<name>.prev.pt`; loaded with `weights_only=True`."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.files import write_bytes
 
 # The "format" entry of each kind of checkpoint: a search stage's (search.py: supernet, alphas,
 # optimisers) and a final network's (augment.py's checkpoints, test.py --export).
@@ -28,13 +31,14 @@ def previous_path(path: str | Path) -> Path:
 
 
 def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = True) -> None:
-    """Write `state` atomically; the checkpoint it replaces becomes `<name>.prev.pt`."""
+    """Write `state` atomically; the checkpoint it replaces becomes `<name>.prev.pt`. It is
+    serialised in memory first and written with plain file IO, so that a full disk is a
+    WriteError naming the file (torch.save to a path says only `iostream error`) and the
+    checkpoint on disk stays the previous good one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getbuffer(), previous_path(path) if keep_previous else None)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -11,6 +11,8 @@ import torch
 
 from genotypes import GenotypeError
 from utils.checkpoint import CheckpointError
+from utils.files import report_file_size_limit
+from utils.signals import Stopped
 
 # Errors a user can cause and fix: answered with one line and exit code 1.
 USER_ERRORS = (GenotypeError, CheckpointError, FileNotFoundError, PermissionError,
@@ -18,9 +20,14 @@ USER_ERRORS = (GenotypeError, CheckpointError, FileNotFoundError, PermissionErro
 
 
 def run_guarded(fn: Callable[[], int], debug: bool = False) -> int:
-    """Call `fn`; a user-fixable error prints `error: <message>` (traceback with --debug), exit 1."""
+    """Call `fn`; a user-fixable error prints `error: <message>` (traceback with --debug), exit 1;
+    a stop by SIGTERM / SIGINT (utils.signals.StopNow) prints one line, exit 128 + signal."""
+    report_file_size_limit()
     try:
         return fn()
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
     except USER_ERRORS as err:
         if debug:
             traceback.print_exc()

@@ -13,6 +13,7 @@ import gzip
 import os
 import random
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -459,11 +460,39 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (1 << 63)
 
 
+# Signals the main process alone handles (utils.signals.GracefulStop): sent to the whole process
+# group (Slurm's preemption and time limit, `timeout`, Ctrl-C), they must not kill the
+# DataLoader workers under it, or the run ends with "DataLoader worker ... is killed" instead of
+# its step-boundary checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def worker_init_fn(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed."""
+    """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed, and make
+    the worker ignore SIGTERM / SIGINT (the main process stops the run and shuts its workers
+    down; if the main process dies, torch's watchdog ends them within seconds)."""
     seed = torch.initial_seed() % (1 << 32)
     np.random.seed(seed)
     random.seed(seed)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # also drops one that arrived while held
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class Loader(DataLoader):
+    """A DataLoader whose workers start with SIGTERM / SIGINT held, so that a signal to the
+    process group in the moment a worker starts is dropped by it (worker_init_fn) rather than
+    killing it; the main process gets such a signal once its workers are started."""
+
+    def __iter__(self):
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+            return super().__iter__()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int,
@@ -496,7 +525,7 @@ def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int
     if sampler is None:
         order = epoch_order(len(base), shuffle, seed, epoch, replicas)[skip_batches * batch_size:]
         base = [base[i] for i in order]
-    return DataLoader(Subset(dataset, base), batch_size=batch_size, shuffle=False, sampler=sampler,
+    return Loader(Subset(dataset, base), batch_size=batch_size, shuffle=False, sampler=sampler,
                       num_workers=num_workers, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
                       worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available(),

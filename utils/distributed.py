@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -13,11 +15,20 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
+# How long a collective waits for the other processes before it fails (a process that hangs; one
+# that dies is noticed at once, its connections closing): STACNAS_DIST_TIMEOUT seconds. Waits on
+# rank 0 alone (a dataset download, the final plots) use a second group that waits longer.
+TIMEOUT_ENV = "STACNAS_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60
+PATIENT_TIMEOUT = timedelta(hours=2)
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    patient: object = field(default=None, compare=False, repr=False)  # the long-waiting group
 
     @property
     def enabled(self) -> bool:
@@ -38,13 +49,42 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local), device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=collective_timeout())
+    patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
+    return Dist(rank, world, local, patient), device
+
+
+def collective_timeout() -> timedelta:
+    """STACNAS_DIST_TIMEOUT (seconds), DEFAULT_TIMEOUT_S when unset."""
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return timedelta(seconds=seconds)
 
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# What a collective's error says when another process died or hangs.
+PEER_FAILURE = re.compile(r"gloo|nccl|c10d|connection (reset|closed) by peer", re.IGNORECASE)
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """When `err` is a collective failing because another process died or hangs (gloo's
+    "Connection reset by peer" or timeout, NCCL's errors), one line saying so; else None."""
+    text = str(err).strip()
+    if not isinstance(err, RuntimeError) or not (isinstance(err, getattr(dist, "DistError", ()))
+                                                 or PEER_FAILURE.search(text)):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else "")
+    return f"another process of this torchrun job died or hangs ({first.split('. ')[0][:160]})"
 
 
 def wrap(model: nn.Module, info: Dist, device: torch.device) -> nn.Module:
@@ -93,9 +133,20 @@ def shard(indices: list[int], info: Dist) -> list[int]:
     return indices[info.rank::info.world_size] if info.enabled else indices
 
 
-def barrier(info: Dist) -> None:
+def from_main(value, info: Dist):
+    """Rank 0's `value` (any picklable object) on every rank; a barrier as well."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: Dist, patient: bool = False) -> None:
+    """Wait for every rank; `patient`: for as long as rank 0's own work may take (a download,
+    the final plots), not just STACNAS_DIST_TIMEOUT."""
     if info.enabled:
-        dist.barrier()
+        dist.barrier(group=info.patient if patient else None)
 
 
 def sync_buffers(model: nn.Module, info: Dist) -> None:
@@ -111,7 +162,7 @@ def sync_buffers(model: nn.Module, info: Dist) -> None:
 def main_rank_first(info: Dist) -> Iterator[None]:
     """Rank 0 runs the block first (e.g. downloads a dataset), the other ranks after it."""
     if not info.is_main:
-        barrier(info)
+        barrier(info, patient=True)
     yield
     if info.is_main:
-        barrier(info)
+        barrier(info, patient=True)

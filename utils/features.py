@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 import genotypes as gt
+from utils.files import naming, write_text
 from utils.genotype_files import validate_groups
 
 # Short op names for tables and scatter labels.
@@ -352,7 +353,16 @@ def format_table(corr: np.ndarray, ops: list[str]) -> list[str]:
 def write_csv(corr: np.ndarray, ops: list[str], path: str | Path) -> None:
     lines = [",".join(["op"] + ops)]
     lines += [",".join([op] + [f"{v:.8f}" for v in row]) for op, row in zip(ops, corr)]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write `fig` to `path` and close it; a failed write is one WriteError naming the file."""
+    try:
+        with naming(path):
+            fig.savefig(path, dpi=100)
+    finally:
+        _pyplot().close(fig)
 
 
 def read_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -381,8 +391,7 @@ def plot_heatmap(corr: np.ndarray, ops: list[str], title: str, path: str | Path)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _labels(points: np.ndarray, ops: list[str]) -> list[tuple[np.ndarray, str]]:
@@ -415,8 +424,7 @@ def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: 
         ax.margins(0.2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], path: str | Path,
@@ -443,8 +451,7 @@ def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], p
     fig.suptitle(f"{title + ': ' if title else ''}ops clustered by their mean feature maps, {shown}",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_dendrogram(corr: np.ndarray, ops: list[str], num_groups: int, path: str | Path) -> None:
@@ -463,5 +470,4 @@ def plot_dendrogram(corr: np.ndarray, ops: list[str], num_groups: int, path: str
     ax.set_xlabel("1 - |correlation| (average linkage)", fontsize=8)
     ax.set_title(f"hierarchical clustering; dashed: cut into {num_groups} groups", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

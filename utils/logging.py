@@ -1,19 +1,27 @@
 """Logs for people (log.txt + console) and records for programs (metrics.jsonl, tensorboard)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
+import socket
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from utils.files import append_text, naming, write_text
+
 
 def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
-    """Logger writing to the console and to <stage_dir>/log.txt (appending on resume)."""
+    """Logger writing to the console and to <stage_dir>/log.txt (appending on resume). Text the
+    output cannot encode (a name with an undecodable byte, under any locale) is written with
+    backslash escapes; a failing write (a full disk) is one warning line, not a traceback."""
     logger = logging.getLogger(f"stacnas.{name}.{os.path.abspath(stage_dir)}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -21,7 +29,10 @@ def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
         handler.close()
         logger.removeHandler(handler)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(Path(stage_dir) / "log.txt")):
+    log_file = Path(stage_dir) / "log.txt"
+    with naming(log_file):
+        file_handler = SafeFileHandler(log_file)
+    for handler in (SafeStreamHandler(sys.stdout), file_handler):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
@@ -33,19 +44,104 @@ def close_logger(logger: logging.Logger) -> None:
         logger.removeHandler(handler)
 
 
+class WarnOnce:
+    """Handler mixin: a record that cannot be written is one warning line on stderr (the first
+    time), instead of logging's "--- Logging error ---" traceback for every record."""
+
+    target = "the log"
+    _warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        err = sys.exc_info()[1]
+        cause = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"warning: cannot write {self.target}: {cause}; its lines are lost "
+                             "until that is fixed\n")
+
+
+class SafeStreamHandler(WarnOnce, logging.StreamHandler):
+    """The console: characters the stream's encoding lacks become backslash escapes."""
+
+    target = "the console"
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        try:
+            return text.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:  # a stream with an encoding Python does not know
+            return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+class SafeFileHandler(WarnOnce, logging.FileHandler):
+    """log.txt, in UTF-8 whatever the locale; what UTF-8 cannot hold (a name's undecodable
+    byte) becomes a backslash escape."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8", errors="backslashreplace")
+        self.target = str(path)
+
+
+class EventsFile:
+    """A TensorBoard event file, written synchronously: every record is flushed at once, and a
+    failed write is a WriteError naming the file. (tensorboardX's SummaryWriter writes from a
+    thread, where a full disk prints tracebacks and then blocks its queue.)"""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(exist_ok=True)
+        self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        with naming(self.path):
+            self._file = open(self.path, "ab")
+        self._add(0, None)  # the header event TensorBoard expects first
+
+    def _add(self, step: int, summary) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.record_writer import masked_crc32c
+        if summary is None:
+            event = Event(wall_time=time.time(), step=step, file_version="brain.Event:2")
+        else:
+            event = Event(wall_time=time.time(), step=step, summary=summary)
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        record = (header + struct.pack("<I", masked_crc32c(header)) + data
+                  + struct.pack("<I", masked_crc32c(data)))
+        try:
+            with naming(self.path):
+                self._file.write(record)
+                self._file.flush()
+        except OSError:
+            self.close()  # closed now, so that garbage collection does not retry the write
+            raise
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.summary import scalar
+        self._add(step, scalar(tag, float(value)))
+
+    def add_histogram(self, tag: str, values, step: int) -> None:
+        from tensorboardX.summary import histogram
+        self._add(step, histogram(tag, values, "auto"))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        from tensorboardX.summary import text as text_summary
+        self._add(step, text_summary(tag, text))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
 class MetricsWriter:
     """One JSON object per line in <stage_dir>/metrics.jsonl; tensorboard scalars beside it."""
 
     def __init__(self, stage_dir: str | Path, tensorboard: bool = True):
         self.path = Path(stage_dir) / "metrics.jsonl"
-        self.tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter  # imported here: no work at import time
-            self.tb = SummaryWriter(str(Path(stage_dir) / "tb"))
+        self.tb = EventsFile(Path(stage_dir) / "tb") if tensorboard else None
 
     def write(self, record: dict, step: int) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -57,7 +153,7 @@ class MetricsWriter:
             return
         lines = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                  if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        write_text(self.path, "".join(line + "\n" for line in lines))
 
     def close(self) -> None:
         if self.tb is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from genotypes import NUM_NODES
+from utils.files import write_text
 
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
@@ -25,11 +25,7 @@ def config_dict(args: argparse.Namespace) -> dict:
 
 
 def save_config(args: argparse.Namespace, path: str | Path) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config_dict(args), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(config_dict(args), indent=2) + "\n")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -1,24 +1,32 @@
-"""What every stage script does around its loop: detect a finished stage, check that a resumed
-run has the configuration it was started with."""
+"""What every stage script does around its loop: detect a finished stage, hold the stage folder
+for one run at a time, check that a resumed run has the configuration it was started with, stop
+cleanly on SIGTERM / SIGINT."""
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.lock import FolderLock, hold_folder
 from utils.runconfig import config_dict, config_differences, save_config
+from utils.signals import GracefulStop
+
+
+def finished_config(stage_dir: str | Path, output: str) -> dict | None:
+    """The configuration a finished stage ran with (`<stage_dir>/checkpoint.pt` marked finished
+    and `output` present); None when the stage is not finished."""
+    stage_dir = Path(stage_dir)
+    path = stage_dir / "checkpoint.pt"
+    if not path.is_file() or not (stage_dir / output).is_file():
+        return None
+    state = load_checkpoint(path)
+    return state.get("config", {}) if state.get("finished") else None
 
 
 def is_finished(stage_dir: str | Path, output: str) -> bool:
     """True when `<stage_dir>/checkpoint.pt` is marked finished and `output` exists."""
-    stage_dir = Path(stage_dir)
-    path = stage_dir / "checkpoint.pt"
-    if not path.is_file() or not (stage_dir / output).is_file():
-        return False
-    return bool(load_checkpoint(path).get("finished"))
+    return finished_config(stage_dir, output) is not None
 
 
 def check_same_config(state: dict, args: argparse.Namespace, path: str | Path) -> None:
@@ -48,49 +56,6 @@ def silent(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-class GracefulStop:
-    """While active, SIGTERM and SIGINT only set `signum`; the training loop then saves a
-    checkpoint at the next step boundary and exits (exit code 128 + signal number)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-
-    def requested(self, ranks=None) -> bool:
-        """True once a signal arrived (on any rank, when distributed: all ranks stop together)."""
-        flag = self.signum is not None
-        if ranks is not None and ranks.enabled:
-            import torch
-            import torch.distributed as dist
-            t = torch.tensor([1.0 if flag else 0.0])
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + int(self.signum or signal.SIGTERM)
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum or signal.SIGTERM).name
-
-
 def resume_path(args: argparse.Namespace, checkpoint: Path, log) -> Path | None:
     """The checkpoint to resume from: --resume FILE, else <stage>/checkpoint.pt if present.
     With --resume, an unreadable checkpoint.pt is moved aside (checkpoint.corrupt.pt) so that
@@ -111,8 +76,8 @@ def resume_path(args: argparse.Namespace, checkpoint: Path, log) -> Path | None:
 
 class StageRun:
     """What search.py and augment.py do around their epoch loop: skip a finished stage, join
-    the torchrun process group, create the folder and log (rank 0), pick the checkpoint to
-    resume from, save checkpoints (rank 0), and stop cleanly on SIGTERM / SIGINT."""
+    the torchrun process group, create and lock the folder and open the log (rank 0), pick the
+    checkpoint to resume from, save checkpoints (rank 0), and stop cleanly on SIGTERM / SIGINT."""
 
     def __init__(self, args: argparse.Namespace, name: str, output: str):
         self.args, self.name, self.output = args, name, output
@@ -120,11 +85,19 @@ class StageRun:
         self.checkpoint = self.dir / "checkpoint.pt"
         self.logger = None
         self.log = silent
+        self.lock: FolderLock | None = None
 
     def finished(self) -> bool:
-        """True (with a message) when the stage is done and --force was not given."""
-        if self.args.force or not is_finished(self.dir, self.output):
+        """True (with a message) when the stage is done with these options and --force was not
+        given; done with other options, a ValueError listing them."""
+        saved = None if self.args.force else finished_config(self.dir, self.output)
+        if saved is None:
             return False
+        diffs = config_differences(saved, config_dict(self.args))
+        if diffs:
+            raise ValueError(f"{self.dir} is already finished ({self.output}), with other options "
+                             f"({'; '.join(diffs)}); --force runs it again from scratch with these "
+                             "options, another --name keeps this run")
         print(f"{self.dir} is already finished ({self.output}); pass --force to run it again")
         return True
 
@@ -132,20 +105,28 @@ class StageRun:
         from utils import distributed
         from utils.logging import get_logger, resolve_device
         self.ranks, self.device = distributed.setup(resolve_device(self.args.device))
-        if self.ranks.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier(self.ranks)
+        try:
+            self.lock = hold_folder(self.dir, self.ranks)
+        except BaseException:
+            distributed.cleanup()
+            raise
         if self.ranks.is_main:
             self.logger = get_logger(self.dir, self.name)
             self.log = self.logger.info
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         from utils import distributed
         from utils.logging import close_logger
         if self.logger is not None:
             close_logger(self.logger)
+        if self.lock is not None:
+            self.lock.release()
         distributed.cleanup()
+        lost = distributed.lost_peer(exc) if exc is not None and self.ranks.enabled else None
+        if lost is not None:
+            raise RuntimeError(f"{lost}; the last checkpoint is intact: rerun the same command "
+                               "to resume") from exc
 
     def begin(self, job) -> tuple[int, int, object]:
         """Resume `job` if there is a checkpoint; (first epoch, first step, metrics writer)."""
@@ -179,4 +160,4 @@ class StageRun:
     def done(self, metrics) -> None:
         from utils import distributed
         metrics.close()
-        distributed.barrier(self.ranks)
+        distributed.barrier(self.ranks, patient=True)  # rank 0 wrote the outputs meanwhile
