@@ -112,9 +112,20 @@ def _number(text: str, kind: type):
 
 
 # -- option groups -------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in --help, except where the help already states its default (per
+    stage defaults) or there is none to state (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=HelpFormatter)
 
 
 def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch size",

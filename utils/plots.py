@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from genotypes import AnyGenotype, cell_kinds
+from utils.files import naming
 
 
 def _pyplot():
@@ -58,7 +59,8 @@ def plot_alpha_history(alpha_files: list[str | Path], out_dir: str | Path) -> li
         fig.suptitle(f"softmax(alpha), {set_name} cells, per epoch")
         fig.tight_layout()
         path = Path(out_dir) / f"alphas_{set_name}.png"
-        fig.savefig(path, dpi=80)
+        with naming(path):  # a full disk: one line naming the figure
+            fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(str(path))
     return written
@@ -83,7 +85,8 @@ def plot_curves(stage_metrics: dict[str, list[dict]], path: str | Path) -> str |
         ax.set_ylabel("top-1 (%)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with naming(path):  # a full disk: one line naming the figure
+        fig.savefig(path, dpi=80)
     plt.close(fig)
     return str(path)
 
@@ -127,7 +130,8 @@ def plot_alpha_efficiency(panels: list[dict], path: str | Path) -> str:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4 * len(panels)),
                    fontsize=7)
     fig.tight_layout(rect=(0, 0.14 if handles else 0, 1, 1))
-    fig.savefig(path, dpi=100)
+    with naming(path):  # a full disk: one line naming the figure
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
 
