@@ -23,13 +23,18 @@ import torch.nn as nn
 
 import config
 from models.factory import build_from_spec
+from models.pickle_scan import scan_torch_zip
 from models.summary import count_params, count_params_without_aux
 from utils.checkpoint import FINAL_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint_fields import check_final_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, make_loader, subset_size
 from utils.engine import evaluate
+from utils.files import write_text
 from utils import distributed, speed
+from utils.lock import hold_folder
 from utils.logging import resolve_device, run_info
+from utils.signals import StopNow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_ours(path: Path, state: dict) -> tuple[nn.Module, dict]:
-    if state.get("format") != FINAL_FORMAT:
-        raise CheckpointError(f"{path}: a {state.get('format')} checkpoint, not a trained final "
+    state = check_final_checkpoint(state, path)  # every field, before anything is built
+    if state["format"] != FINAL_FORMAT:
+        raise CheckpointError(f"{path}: a {state['format']} checkpoint, not a trained final "
                               "network; train its genotype with augment.py and test that")
     model = build_from_spec(state["network"], str(path))
     try:
@@ -56,6 +62,7 @@ def load_network(path: str | Path) -> tuple[nn.Module, dict, str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     if zipfile.is_zipfile(path):
+        scan_torch_zip(path)  # refuse what would cost torch.load itself unbounded work
         try:
             state = load_checkpoint(path)
         except CheckpointError:
@@ -117,7 +124,13 @@ def export(model: nn.Module, spec: dict, source: Path, path: Path, force: bool) 
 def run(args: argparse.Namespace) -> int:
     ranks, device = distributed.setup(resolve_device(args.device))
     try:
-        return evaluate_checkpoint(args, ranks, device)
+        with StopNow("results.json not written; rerun the same command"):
+            return evaluate_checkpoint(args, ranks, device)
+    except RuntimeError as err:
+        lost = distributed.lost_peer(err) if ranks.enabled else None
+        if lost is None:
+            raise
+        raise RuntimeError(f"{lost}; rerun the same command") from err
     finally:
         distributed.cleanup()
 
@@ -131,6 +144,13 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
                                      synthetic=config.synthetic_spec(args),
                                      download=not args.no_download)
     check_fits(spec, info, args.dataset, checkpoint)
+    with hold_folder(args.stage_dir, ranks):  # one test run at a time writes its results
+        return measure(args, ranks, device, checkpoint, model, spec, source, test_set)
+
+
+def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.device,
+            checkpoint: Path, model: nn.Module, spec: dict, source: str, test_set) -> int:
+    """Export (--export), evaluate, and write results.json (rank 0)."""
     if args.export and ranks.is_main:
         export(model, spec, checkpoint, Path(args.export), args.force)
         print(f"exported {checkpoint} ({source}) to {args.export}")
@@ -154,8 +174,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
                "params_with_aux_authors_unit": round(authors_megabytes(total), 4),
                "images_per_s": round(stats["images_per_s"], 1), **run_info(device)}
     out = Path(args.stage_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(f"{checkpoint} ({source}): test top1 {stats['top1']:.2f}% top5 {stats['top5']:.2f}% "
           f"loss {stats['loss']:.4f}; {params / 1e6:.3f}M parameters without the auxiliary head "
           f"= {authors_megabytes(params):.2f}M in the authors' unit (parameters / 2^20; "

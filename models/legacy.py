@@ -23,6 +23,7 @@ from models.augment_cnn import FinalNetwork
 from models.factory import network_spec
 from models.legacy_pickle import (DAMAGE_ERRORS, LegacyCheckpointError, Pickled, TensorRef,
                                   read_objects)
+from models.pickle_bounds import short_repr
 
 
 # ----------------------------------------------------------------------------- structure
@@ -43,7 +44,7 @@ def _attr(obj: Pickled, name: str, kind: type, source: str) -> Any:
         raise _fail(source, f"the {obj.qualified} has no attribute {name!r}")
     value = obj.state[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(source, f"{obj.qualified}.{name} is {str(value)[:40]!r}, "
+        raise _fail(source, f"{obj.qualified}.{name} is {short_repr(value)}, "
                             f"expected {kind.__name__}")
     return value
 
@@ -120,14 +121,33 @@ def _tensors(node: Pickled, source: str, name: str) -> Iterator[tuple[str, Tenso
             yield key, ref
 
 
+def _numel(size: tuple) -> int:
+    n = 1
+    for d in size:
+        n *= d
+    return n
+
+
+def _check_ref(ref: TensorRef, source: str, name: str) -> None:
+    """The tensor lies inside its storage and has no more elements than it (a stride-0 view
+    would be copied at its full size)."""
+    s = ref.storage
+    if 0 in ref.size:
+        return
+    if _numel(ref.size) > s.numel:
+        raise LegacyCheckpointError(f"{source}: refusing to load: tensor {name} has "
+                                    f"{_numel(ref.size):,} elements but its storage only "
+                                    f"{s.numel:,}")
+    if ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride)) >= s.numel:
+        raise LegacyCheckpointError(f"{source}: corrupt file: tensor {name} reaches past its "
+                                    "storage")
+
+
 def _materialise(ref: TensorRef, storages: dict, source: str, name: str) -> torch.Tensor:
+    _check_ref(ref, source, name)
     base, s = storages[ref.storage.key], ref.storage
     if 0 in ref.size:
         return torch.empty(ref.size, dtype=s.dtype)
-    last = ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride))
-    if last >= s.numel:
-        raise LegacyCheckpointError(f"{source}: corrupt file: tensor {name} reaches past its "
-                                    "storage")
     return base.as_strided(ref.size, ref.stride, s.offset + ref.offset).clone()
 
 
@@ -176,8 +196,17 @@ def _structure(obj: Any, storages: dict, source: str) -> tuple[dict, list]:
                      for i, c in _children(cells, source).items()]
     entries = list(_walk(net, "", "", source, set()))
     info["class_counts"] = dict(sorted(Counter(n.qualified for _, _, n in entries).items()))
-    info["state_dict"] = {_join(a, k): _materialise(ref, storages, source, _join(a, k))
-                          for a, _, node in entries for k, ref in _tensors(node, source, a)}
+    refs = {_join(a, k): ref for a, _, node in entries for k, ref in _tensors(node, source, a)}
+    for name, ref in refs.items():
+        _check_ref(ref, source, name)
+    # tensors sharing a storage would each be copied: at most what the storages hold in all
+    wanted = sum(_numel(r.size) for r in refs.values())
+    held = sum(t.numel() for t in storages.values())
+    if wanted > held:
+        raise LegacyCheckpointError(f"{source}: refusing to load: its tensors would take "
+                                    f"{wanted:,} elements, its storages hold {held:,}")
+    info["state_dict"] = {name: _materialise(ref, storages, source, name)
+                          for name, ref in refs.items()}
     info["source"] = source
     return info, entries
 
@@ -301,11 +330,12 @@ def _check_modules(model: FinalNetwork, entries: list, source: str) -> None:
         for attr in _HYPER.get(theirs, ()):
             if attr in node.state and _norm(node.state[attr]) != _norm(getattr(mine, attr)):
                 raise LegacyCheckpointError(
-                    f"{source}: the authors' {a_name}.{attr} is {node.state[attr]!r}, our "
-                    f"{o_name}.{attr} {getattr(mine, attr)!r}")
+                    f"{source}: the authors' {a_name}.{attr} is "
+                    f"{short_repr(node.state[attr])}, our {o_name}.{attr} {getattr(mine, attr)!r}")
 
 
-def _load_weights(model: FinalNetwork, info: dict, entries: list, source: str) -> None:
+def _weights_for(model: FinalNetwork, info: dict, entries: list, source: str) -> dict:
+    """The file's tensors under our names, checked against `model`'s names and shapes."""
     theirs, names = {}, {}
     for a_name, o_name, node in entries:
         for key, _ in _tensors(node, source, a_name):
@@ -322,24 +352,29 @@ def _load_weights(model: FinalNetwork, info: dict, entries: list, source: str) -
     if problems:
         raise LegacyCheckpointError(f"{source}: the authors' weights do not fit the rebuilt "
                                     f"network: {'; '.join(problems)}")
-    try:
-        model.load_state_dict(theirs, strict=True)
-    except RuntimeError as exc:
-        raise LegacyCheckpointError(f"{source}: the authors' weights do not load "
-                                    f"({str(exc).strip().splitlines()[0][:160]})") from None
+    return theirs
 
 
 def load_authors_network(path: Union[str, Path]) -> tuple[FinalNetwork, dict]:
     """(our FinalNetwork with the authors' weights, in eval mode, and its plain spec in the
-    shape of `models.factory.network_spec`, plus `stem_multiplier`)."""
+    shape of `models.factory.network_spec`, plus `stem_multiplier`). The network is first
+    built on the meta device (nothing allocated) and checked against the file's modules and
+    tensors, so a file claiming a huge network costs nothing before it is refused."""
     info, entries = _read(path)
     source, kwargs = info["source"], authors_network_spec(info)
     try:
-        model = FinalNetwork(**kwargs)
+        with torch.device("meta"):
+            shell = FinalNetwork(**kwargs)
     except ValueError as exc:
         raise LegacyCheckpointError(f"{source}: cannot rebuild the network ({exc})") from None
-    _check_modules(model, entries, source)
-    _load_weights(model, info, entries, source)
+    _check_modules(shell, entries, source)
+    weights = _weights_for(shell, info, entries, source)
+    model = FinalNetwork(**kwargs)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise LegacyCheckpointError(f"{source}: the authors' weights do not load "
+                                    f"({str(exc).strip().splitlines()[0][:160]})") from None
     spec = {**network_spec(kwargs["genotype"], num_classes=kwargs["num_classes"],
                            in_channels=kwargs["in_channels"], input_size=kwargs["input_size"],
                            init_channels=kwargs["init_channels"], num_cells=kwargs["num_cells"],

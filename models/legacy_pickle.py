@@ -20,6 +20,9 @@ from typing import Any, Optional, Union
 
 import torch
 
+from models.pickle_bounds import (BoundedUnpickler, Refused, check_expansion, check_keys,
+                                  plain_members, short_repr)
+
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
@@ -49,6 +52,10 @@ _FUNCTIONS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_paramete
               "torch._utils._rebuild_parameter_with_state", "collections.OrderedDict",
               "builtins.set", "torch.Size")
 ALLOWED_GLOBALS = frozenset(_MODULE_CLASSES | set(_STORAGES) | set(_FUNCTIONS))
+
+# The authors' files are 18 MB (CIFAR) to 20-odd MB (ImageNet); a tensor has at most 4 dims.
+MAX_FILE_BYTES = 2 * 2 ** 30
+MAX_TENSOR_DIMS = 16
 
 
 class LegacyCheckpointError(RuntimeError):
@@ -128,7 +135,7 @@ def _is_ints(value, n=None) -> bool:
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     if not (isinstance(storage, _StorageRef) and isinstance(offset, int) and offset >= 0
-            and _is_ints(size) and _is_ints(stride, len(size))
+            and _is_ints(size) and len(size) <= MAX_TENSOR_DIMS and _is_ints(stride, len(size))
             and all(s >= 0 for s in tuple(size) + tuple(stride))):
         raise pickle.UnpicklingError("malformed tensor record")
     return TensorRef(storage, offset, tuple(size), tuple(stride))
@@ -140,18 +147,33 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+def _ordered_dict(items=()) -> dict:
+    items = list(items)
+    if not all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
+        raise pickle.UnpicklingError("malformed OrderedDict record")
+    check_keys((k for k, _ in items), "dict key")
+    return dict(items)
+
+
+def _set(items=()) -> set:
+    items = list(items)
+    check_keys(items, "set item")
+    return set(items)
+
+
 _SAFE = {"torch._utils._rebuild_tensor_v2": _rebuild_tensor,
          "torch._utils._rebuild_parameter": _rebuild_parameter,
          "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-         "collections.OrderedDict": lambda items=(): dict(items),
-         "builtins.set": lambda items=(): set(items),
+         "collections.OrderedDict": _ordered_dict,
+         "builtins.set": _set,
          "torch.Size": lambda items=(): tuple(int(i) for i in items)}
 
 
 # ----------------------------------------------------------------------------- unpickling
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(BoundedUnpickler):
     """find_class hands out placeholders, safe functions and dtype markers, never the real
-    objects; anything outside ALLOWED_GLOBALS (or an unknown persistent id) is refused."""
+    objects; anything outside ALLOWED_GLOBALS (or an unknown persistent id) is refused. Dict
+    keys and set items must be scalars (models.pickle_bounds)."""
 
     def __init__(self, file, source: str, storages: Optional[dict] = None):
         super().__init__(file)
@@ -190,7 +212,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 return pid[1]  # the class; its recorded source text is ignored
         if self.storages is not None and kind == "storage" and len(pid) in (5, 6):
             return self._storage(*pid[1:])
-        raise self._refuse(f"the persistent id {str(pid)[:60]!r}")
+        raise self._refuse(f"the persistent id {short_repr(pid)}")
 
     def _storage(self, stype, key, location, numel, view=None):
         if not (isinstance(stype, _StorageType) and isinstance(key, str)
@@ -208,6 +230,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 # what a restricted unpickler or our reader raises on damaged or hostile bytes
 DAMAGE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
                  UnicodeDecodeError, MemoryError, RecursionError, struct.error)
+
+
+def members(value: Any) -> Optional[list]:
+    """What a placeholder or a plain container holds (None for anything else)."""
+    if isinstance(value, Pickled):
+        return [value.state, value.args]
+    return plain_members(value)
 
 
 def _element_bytes(data: bytes, start: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -229,7 +258,8 @@ def _read_legacy(data: bytes, source: str) -> tuple[Any, dict]:
     version = _RestrictedUnpickler(f, source).load()
     info = _RestrictedUnpickler(f, source).load()
     if version != PROTOCOL_VERSION or not isinstance(info, dict):
-        raise LegacyCheckpointError(f"{source}: unsupported legacy protocol version {version!r}")
+        raise LegacyCheckpointError(f"{source}: unsupported legacy protocol version "
+                                    f"{short_repr(version)}")
     if info.get("little_endian") is not True:
         raise LegacyCheckpointError(f"{source}: written on a big-endian machine; not supported")
     storages: dict = {}
@@ -259,25 +289,36 @@ def _read_legacy(data: bytes, source: str) -> tuple[Any, dict]:
 
 
 def _read_zip(data: bytes, source: str) -> tuple[Any, dict]:
+    # torch.save stores its members uncompressed: refuse members that would inflate far past
+    # the archive's own size (a zip bomb) before inflating them
+    limit = 4 * len(data) + 2 ** 20
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = archive.namelist()
-        pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+        pkl = [n for n in sizes if n == "data.pkl" or n.endswith("/data.pkl")]
         if len(pkl) != 1:
             raise LegacyCheckpointError(f"{source}: a zip archive without one data.pkl; not a "
                                         "torch.save file")
         prefix = pkl[0][:-len("data.pkl")]
-        if prefix + "byteorder" in names and archive.read(prefix + "byteorder") != b"little":
+        order = prefix + "byteorder"
+        if order in sizes and (sizes[order] > 16 or archive.read(order) != b"little"):
             raise LegacyCheckpointError(f"{source}: written on a big-endian machine; not supported")
+        if sizes[pkl[0]] > limit:
+            raise LegacyCheckpointError(f"{source}: refusing to load: its data.pkl inflates to "
+                                        f"{sizes[pkl[0]]:,} bytes from a {len(data):,}-byte file")
         storages: dict = {}
         obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), source, storages).load()
-        tensors = {}
+        total = 0
         for key, (dtype, numel) in storages.items():
-            name = prefix + "data/" + key
-            size = archive.getinfo(name).file_size if name in names else None
+            size = sizes.get(prefix + "data/" + key)
             if size != numel * dtype.itemsize:
                 raise LegacyCheckpointError(f"{source}: corrupt archive: storage {key} has "
                                             f"{size} bytes, expected {numel * dtype.itemsize}")
-            tensors[key] = _element_bytes(archive.read(name), 0, numel, dtype)
+            total += size
+        if total + sizes[pkl[0]] > limit:
+            raise LegacyCheckpointError(f"{source}: refusing to load: its tensors inflate to "
+                                        f"{total:,} bytes from a {len(data):,}-byte file")
+        tensors = {key: _element_bytes(archive.read(prefix + "data/" + key), 0, numel, dtype)
+                   for key, (dtype, numel) in storages.items()}
     return obj, tensors
 
 
@@ -285,19 +326,26 @@ def read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
     """(unpickled object of placeholders, {storage key: 1-D tensor}, source name)."""
     source = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise LegacyCheckpointError(f"{source}: refusing to load a {size:,}-byte file; the "
+                                        "authors' checkpoints are well under 1 GB")
         data = Path(path).read_bytes()
     except OSError as exc:
         raise LegacyCheckpointError(f"{source}: cannot read the file ({exc.strerror or exc})"
                                     ) from None
     try:
-        if data[:4] == b"PK\x03\x04":
-            return (*_read_zip(data, source), source)
-        return (*_read_legacy(data, source), source)
+        reader = _read_zip if data[:4] == b"PK\x03\x04" else _read_legacy
+        obj, tensors = reader(data, source)
+        check_expansion(obj, members)
     except LegacyCheckpointError:
         raise
+    except Refused as exc:
+        raise LegacyCheckpointError(f"{source}: refusing to load: {exc}") from None
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise LegacyCheckpointError(f"{source}: truncated or corrupt file ({str(exc)[:120]})"
                                     ) from None
     except DAMAGE_ERRORS as exc:
         raise LegacyCheckpointError(f"{source}: corrupt file ({type(exc).__name__}: "
                                     f"{str(exc)[:120]})") from None
+    return obj, tensors, source

@@ -1,6 +1,8 @@
 """The files of the search space: genotype.json / genotype.txt, alphas.json and groups.json,
 written atomically and checked when read (every error a one-line GenotypeError naming the file
-and the entry). Genotypes are stored as JSON; a ``Genotype(...)`` repr (genotype.txt) is also
+and the entry). A file is read as UTF-8 (a BOM is skipped), at most MAX_FILE_BYTES, nested at
+most MAX_DEPTH deep: a directory, an empty, huge, non-UTF-8 or absurdly nested file is refused
+in one line too. Genotypes are stored as JSON; a ``Genotype(...)`` repr (genotype.txt) is also
 read, with ``ast`` and never ``eval``. Standard library only, like genotypes.py.
 
 alphas.json: the alphas of genotypes.py's docstring, ``{set: [node][edge] -> {"ops": [names],
@@ -18,6 +20,7 @@ import math
 import numbers
 import os
 import re
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +30,11 @@ from genotypes import (KNOWN_OPS, NUM_NODES, AnyGenotype, CellGenotype, Genotype
                        alpha_set_keys, derive_genotype, duplicate_problem, genotype_from_dict,
                        genotype_to_dict, require_keys, short_repr, unknown_op)
 from utils.plots import plot_genotype
+
+# A genotype file is under 1 KB, per-cell alphas of 100 cells about 300 KB; they nest 5 deep.
+MAX_FILE_BYTES = 4 * 2 ** 20
+MAX_DEPTH = 16
+_TOO_DEEP = object()
 
 
 # ----------------------------------------------------------------------------- checks
@@ -129,18 +137,58 @@ def _atomic_write(text: str, path: Union[str, Path]) -> None:
 
 
 def _read_text(path: Union[str, Path]) -> str:
+    """The text of a regular file of at most MAX_FILE_BYTES, UTF-8 (a BOM is skipped)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        kind = os.stat(path).st_mode
+        if stat.S_ISDIR(kind):
+            raise GenotypeError(f"{path}: is a directory, not a file")
+        if not stat.S_ISREG(kind):
+            raise GenotypeError(f"{path}: not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise GenotypeError(f"{path}: not found") from None
+    except OSError as exc:
+        raise GenotypeError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise GenotypeError(f"{path}: larger than {MAX_FILE_BYTES // 2 ** 20} MB; not a genotype, "
+                            "alphas or groups file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GenotypeError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                            f"{exc.start})") from None
+    if not text.strip():
+        raise GenotypeError(f"{path}: empty file")
+    return text
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists, tuples and objects nest in a parsed value (iterative)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, tuple, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
+                                                  else value))
+    return deepest
 
 
 def _parse_json(text: str, path: Union[str, Path], hint: str = "") -> Any:
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GenotypeError(f"{path}: not JSON ({exc.msg} at line {exc.lineno} column "
                             f"{exc.colno}){hint}") from None
+    except RecursionError:  # deeper than the parser's recursion limit
+        data = _TOO_DEEP
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise GenotypeError(f"{path}: not JSON we read ({str(exc).split(':')[0][:100]})") from None
+    if data is _TOO_DEEP or _depth(data) > MAX_DEPTH:
+        raise GenotypeError(f"{path}: nested more than {MAX_DEPTH} levels deep; not a genotype, "
+                            "alphas or groups file")
+    return data
 
 
 # ----------------------------------------------------------------------------- genotypes
@@ -173,10 +221,15 @@ def _literal(node: ast.AST, source: str, name: str) -> Any:
             if len(values) <= 1024:  # a concat list; refuse absurd sizes
                 return list(values)
     try:
-        return ast.literal_eval(node)
+        value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError):
         raise GenotypeError.at(source, name, "not a literal value (only lists, tuples, numbers, "
                                              "strings and range(a, b) are read)") from None
+    except (RecursionError, MemoryError):
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or _depth(value) > MAX_DEPTH:
+        raise GenotypeError.at(source, name, f"nested more than {MAX_DEPTH} levels deep")
+    return value
 
 
 def _call_args(node: ast.AST, cls: type, source: str, entry: str) -> dict:
@@ -201,6 +254,8 @@ def parse_genotype_repr(text: str, source: str = "genotype",
     except SyntaxError as exc:
         raise GenotypeError.at(source, "", f"not a Genotype(...) repr (syntax error at line "
                                            f"{exc.lineno})") from None
+    except (RecursionError, MemoryError):
+        raise GenotypeError.at(source, "", "nested too deeply to parse") from None
     if isinstance(body, ast.List):
         cells = [_call_args(c, CellGenotype, source, f"cell[{i}]") for i, c in enumerate(body.elts)]
         cells = [{"cell": i, **c} for i, c in enumerate(cells)]

@@ -35,7 +35,7 @@ PRESETS = {
                   search_channels=8, augment_channels=16, augment_subset=5000, extra=[],
                   search_extra=[],
                   alpha_efficiency=dict(epochs=2, num_cells=5, init_channels=8, batch_size=64,
-                                        subset=2000, edges=None)),
+                                        subset=2000, edges="0,1,2,3")),
     # Seconds, on synthetic data: for tests.
     "smoke": dict(dataset="synthetic", subset=None, search1_epochs=1, search2_epochs=1,
                   darts_epochs=1, augment_epochs=1, search_batch_size=16, augment_batch_size=16,
