@@ -7,6 +7,12 @@ Legacy layout: pickle(magic number), pickle(protocol version), pickle(sys info),
 pickle (persistent ids `('storage', type, key, location, numel[, view])` and `('module', cls,
 source file, source)`; the source text is ignored), pickle(sorted storage keys), then per key
 an int64 little-endian element count and the raw bytes.
+
+A hostile file costs bounded memory and time: dict keys and set items must be scalars, what the
+pickle built is measured before anything reads it (models.pickle_bounds: a list holding the
+same sub-list twice at each of 64 levels is 2^64 entries), archives may not inflate past a
+multiple of their size, the file's size is capped, and models/legacy.py copies no tensor with
+more elements than its storage (nor more elements in all than the storages hold).
 """
 from __future__ import annotations
 

@@ -1,0 +1,123 @@
+"""What our checkpoints must hold, checked field by field before anything reads or builds from
+them: every missing key, wrong type or contradiction is one CheckpointError line naming the
+file and the field (``<file>: <field>: <problem>``), never a KeyError or a TypeError, and never
+a network built at whatever size the file claims.
+
+    state = check_final_checkpoint(load_checkpoint(path), path)   # test.py
+    state = check_final_checkpoint(load_checkpoint(path, device), path, resume=True)  # augment.py
+    state = check_search_checkpoint(load_checkpoint(path, device), path)  # search.py, feature.py
+
+A checkpoint of another format is only checked to be bounded data with a string "format"; the
+caller says what it is (e.g. "a stacnas-search-1 checkpoint, not a trained final network").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import FINAL_FORMAT, SEARCH_FORMAT
+from utils.checkpoint_shapes import GENOTYPE, check_network_spec, check_supernet, state_dict
+from utils.checkpoint_values import (BOOL, DICT, INT, LIST, NUMBER, STR, TENSOR, Kind,
+                                     check_bounded, fail, need, need_int)
+
+_EPOCH_OR_NONE = Kind((int, type(None)), "an epoch or null")
+_NUMBER_OR_NONE = Kind((int, float, type(None)), "a number or null")
+
+
+def check_final_checkpoint(state: dict, path: str | Path, resume: bool = False) -> dict:
+    """`state`, a final network's checkpoint (augment.py's, test.py --export's), when it holds
+    what test.py reads (with `resume`: what augment.py's resume reads); else CheckpointError."""
+    check_bounded(state, path)
+    if need(state, "format", STR, path) != FINAL_FORMAT:
+        return state
+    network = need(state, "network", DICT, path)
+    check_network_spec(network, state_dict(state, "model", path), path)
+    if resume:
+        check_training_state(state, path, ("optimizer",))
+        need(state, "elapsed", NUMBER, path)
+        check_best(need(state, "best", DICT, path), path)
+    return state
+
+
+def check_search_checkpoint(state: dict, path: str | Path) -> dict:
+    """`state`, search.py's checkpoint, when it holds what search.py's resume and feature.py
+    read, its supernet agreeing with its weights; else CheckpointError."""
+    check_bounded(state, path)
+    if need(state, "format", STR, path) != SEARCH_FORMAT:
+        return state
+    config = need(state, "config", DICT, path)
+    need(config, "stage", STR, path, "config")
+    check_supernet(config, need(state, "candidates", DICT, path),
+                   state_dict(state, "model", path), path)
+    need(state, "genotype", GENOTYPE, path)
+    check_training_state(state, path, ("w_optimizer", "a_optimizer"))
+    if "best" in state:
+        check_best(need(state, "best", DICT, path), path)
+    return state
+
+
+# ----------------------------------------------------------------------------- training state
+def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None:
+    """What a resume reads besides the weights: epoch, step, finished, config, the optimisers'
+    and scheduler's state dicts and the RNG states."""
+    need_int(state, "epoch", 0, 10 ** 6, path)
+    need_int(state, "step", 0, 10 ** 9, path, default=0)
+    need(state, "finished", BOOL, path)
+    config = need(state, "config", DICT, path)
+    if not all(isinstance(k, str) for k in config):
+        raise fail(path, "config", "expected option names (strings) as keys")
+    for name in optimizers:
+        _check_optimizer(need(state, name, DICT, path), path, name)
+    scheduler = need(state, "scheduler", DICT, path)
+    need(scheduler, "last_epoch", INT, path, "scheduler")
+    for key in ("base_lrs", "_last_lr"):
+        values = need(scheduler, key, LIST, path, "scheduler", default=[])
+        if not all(NUMBER.admits(v) for v in values):
+            raise fail(path, f"scheduler.{key}", "expected a list of numbers")
+    _check_rng(need(state, "rng", DICT, path), path)
+
+
+def check_best(best: dict, path) -> None:
+    need(best, "epoch", _EPOCH_OR_NONE, path, "best")
+    need(best, "valid_top1", _NUMBER_OR_NONE, path, "best")
+
+
+def _check_optimizer(opt: dict, path, name: str) -> None:
+    """torch.optim's state_dict: {"state": {index: {...}}, "param_groups": [{"params": [...]}]}."""
+    for index, entry in need(opt, "state", DICT, path, name).items():
+        if not INT.admits(index) or not isinstance(entry, dict):
+            raise fail(path, f"{name}.state", "expected parameter indices mapped to dicts")
+    for i, group in enumerate(need(opt, "param_groups", LIST, path, name)):
+        where = f"{name}.param_groups[{i}]"
+        if not isinstance(group, dict):
+            raise fail(path, where, "expected a dict")
+        if not all(INT.admits(p) for p in need(group, "params", LIST, path, where)):
+            raise fail(path, f"{where}.params", "expected a list of parameter indices")
+        need(group, "lr", NUMBER, path, where)
+
+
+def _words(values, n: int) -> bool:
+    """`n` unsigned 32-bit integers (a Mersenne Twister's state)."""
+    return (isinstance(values, (list, tuple)) and len(values) == n
+            and all(INT.admits(v) and 0 <= v < 2 ** 32 for v in values))
+
+
+def _check_rng(rng: dict, path) -> None:
+    """The states utils.checkpoint.rng_state writes: Python's, NumPy's, torch's (and CUDA's)."""
+    py = need(rng, "python", LIST, path, "rng")
+    if not (len(py) == 3 and INT.admits(py[0]) and _words(py[1], 625) and py[1][-1] <= 624
+            and _NUMBER_OR_NONE.admits(py[2])):
+        raise fail(path, "rng.python", "expected [version, 625 state words, gauss] as "
+                                       "random.getstate() gives")
+    np_state = need(rng, "numpy", LIST, path, "rng")
+    if not (len(np_state) == 5 and np_state[0] == "MT19937" and _words(np_state[1], 624)
+            and INT.admits(np_state[2]) and 0 <= np_state[2] <= 624
+            and INT.admits(np_state[3]) and NUMBER.admits(np_state[4])):
+        raise fail(path, "rng.numpy", "expected ['MT19937', 624 state words, position, "
+                                      "has_gauss, gauss] as numpy.random.get_state() gives")
+    states = [need(rng, "torch", TENSOR, path, "rng")]
+    states += need(rng, "cuda", LIST, path, "rng", default=[])
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+               for t in states):
+        raise fail(path, "rng.torch", "expected generator states (1-D uint8 tensors)")
