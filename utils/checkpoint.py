@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.legacy_pickle import LegacyCheckpointError
+from models.pickle_scan import scan_torch_zip
+
 from utils.files import write_bytes
 
 # The "format" entry of each kind of checkpoint: a search stage's (search.py: supernet, alphas,
@@ -46,6 +49,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    try:  # torch.load itself can be made to hash or expand forever: scan the pickle first
+        scan_torch_zip(path)
+    except LegacyCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:

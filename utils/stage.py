@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint_values import check_bounded
 from utils.lock import FolderLock, hold_folder
 from utils.runconfig import config_dict, config_differences, save_config
 from utils.signals import GracefulStop
@@ -21,7 +22,13 @@ def finished_config(stage_dir: str | Path, output: str) -> dict | None:
     if not path.is_file() or not (stage_dir / output).is_file():
         return None
     state = load_checkpoint(path)
-    return state.get("config", {}) if state.get("finished") else None
+    check_bounded(state, path)
+    if not state.get("finished"):
+        return None
+    config = state.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: config: is {type(config).__name__}, expected a dict")
+    return config
 
 
 def is_finished(stage_dir: str | Path, output: str) -> bool:
