@@ -27,7 +27,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import config
 from genotypes import Genotype, GenotypeError, genotype_to_dict, is_shared
 from utils import alpha_efficiency as ae
 from utils.cli import run_guarded
+from utils.signals import ForwardToChild
 from utils.genotype_files import load_alphas, load_genotype, save_genotype
 from utils.plots import plot_alpha_efficiency
 from utils.stage import is_finished
@@ -250,28 +250,12 @@ def _stop_with_parent():
     return setup
 
 
-class Child:
+class Child(ForwardToChild):
     """Runs augment.py; SIGTERM / SIGINT sent to us are passed on (it saves and stops)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self, lock_fd: int) -> None:
-        self.lock_fd, self.proc, self.signum = lock_fd, None, None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "Child":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
+        super().__init__()
+        self.lock_fd = lock_fd
 
     def run(self, cmd: list[str], log: Path) -> int:
         with open(log, "a", encoding="utf-8") as out:

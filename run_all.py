@@ -31,6 +31,7 @@ from pathlib import Path
 import config
 from utils import pipeline
 from utils.cli import run_guarded
+from utils.signals import ForwardToChild
 from utils.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.summary import write_summary
 
@@ -104,30 +105,11 @@ def launcher(gpus: int) -> list[str]:
     return [sys.executable]
 
 
-class Forwarder:
-    """While a stage runs, SIGTERM / SIGINT sent to run_all.py are passed on to the stage (which
-    saves its checkpoint and exits); run_all then stops with the stage's exit code. A signal
-    sent to the whole process group reaches the stage directly; the forwarded copy is then
-    harmless (the stage is already stopping)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.signum: int | None = None
-
-    def __enter__(self) -> "Forwarder":
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
+class Forwarder(ForwardToChild):
+    """Runs the stages. SIGTERM / SIGINT sent to run_all.py are passed on to the running stage
+    (which saves its checkpoint and exits); run_all then stops with the stage's exit code. A
+    signal sent to the whole process group reaches the stage directly; the forwarded copy is
+    then harmless (the stage is already stopping)."""
 
     def run(self, cmd: list[str]) -> int:
         self.proc = subprocess.Popen(cmd, cwd=ROOT)

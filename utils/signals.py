@@ -52,6 +52,19 @@ class GracefulStop:
         return signal.Signals(self.signum or signal.SIGTERM).name
 
 
+class ForwardToChild(GracefulStop):
+    """While active, SIGTERM and SIGINT are passed on to the child process in `proc` (a stage
+    script: it saves at its next step and stops), and `signum` records them, so the parent can
+    stop with the child's exit code instead of starting the next stage."""
+
+    proc = None  # a subprocess.Popen while a child runs
+
+    def _handle(self, signum: int, frame) -> None:
+        super()._handle(signum, frame)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+
 class Stopped(Exception):
     """Raised by StopNow's handler: the script stops where it is (nothing to save)."""
 
