@@ -2,6 +2,9 @@
 idx ubyte files, image folders), plus synthetic data, Cutout, splits and loaders. CPU only."""
 import gzip
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from utils.data import DataError, DatasetInfo, SyntheticSpec
 
 
 from tests.fakes import make_cifar10, make_cifar100, make_idx, make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -304,3 +309,27 @@ def test_infinite_cycles_and_rejects_empty():
     assert got == [[0, 1], [2], [0, 1], [2], [0, 1]]
     with pytest.raises(ValueError):
         next(D.infinite([]))
+
+
+# --------------------------------------------------------------------------------- startup
+
+def test_scripts_start_without_torchvision():
+    """torchvision (about 2 s to import) is imported when a dataset or transform is built, not
+    when a script starts: importing the scripts and `search.py --help` leave it unloaded."""
+    code = """if True:
+        import runpy, sys
+        import config, run_all, search, augment, test
+        assert test.__file__.endswith("test.py"), test.__file__
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torchvision")
+        assert not loaded, f"importing the scripts loaded {loaded[:3]}"
+        sys.argv = ["search.py", "--help"]
+        try:
+            runpy.run_path("search.py", run_name="__main__")
+        except SystemExit as stop:
+            assert stop.code in (0, None), stop.code
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torchvision")
+        assert not loaded, f"search.py --help loaded {loaded[:3]}"
+    """
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: search.py" in done.stdout

@@ -9,6 +9,7 @@ how to get it. Transforms follow DARTS's code and pt.darts (the code StacNAS bui
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import random
@@ -16,18 +17,21 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
-from torchvision import datasets
-from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from utils.download import DownloadError, Log, download_cifar, download_idx, log_to_stderr
+
+# torchvision is imported inside the functions that build datasets and transforms, not here:
+# importing it takes about 2 s, which every script would pay at startup (even for --help).
+if TYPE_CHECKING:
+    from torchvision import datasets
+    from torchvision import transforms as T
 
 
 class DatasetInfo(NamedTuple):
@@ -113,6 +117,7 @@ class Cutout:
 
 def _finish(steps: list, mean: Sequence[float], std: Sequence[float], cutout: int) -> T.Compose:
     """``steps`` (on PIL images), then ToTensor, Normalize and Cutout when ``cutout`` > 0."""
+    from torchvision import transforms as T
     steps = steps + [T.ToTensor(), T.Normalize(mean, std)]
     if cutout > 0:
         steps.append(Cutout(cutout))
@@ -121,6 +126,7 @@ def _finish(steps: list, mean: Sequence[float], std: Sequence[float], cutout: in
 
 def _augmentation(name: str, auto_aug: bool) -> list:
     """Training-time augmentation on PIL images (DARTS / pt.darts)."""
+    from torchvision import transforms as T
     if name in ("cifar10", "cifar100"):
         steps: list = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
         if auto_aug:
@@ -135,6 +141,7 @@ def _augmentation(name: str, auto_aug: bool) -> list:
 def build_transform(name: str, transform: str, *, cutout: int = 0, auto_aug: bool = False) -> T.Compose:
     """The transform for cifar10/cifar100/mnist/fashionmnist/imagenet; ``transform`` is
     "train" (augmentation, cutout) or "eval" (ToTensor + Normalize; imagenet: resize + crop)."""
+    from torchvision import transforms as T
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
     if auto_aug and name not in ("cifar10", "cifar100"):
@@ -155,22 +162,34 @@ def _no_md5(files: list) -> list:
     return [(filename, None) for filename, _ in files]
 
 
-class LocalCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader; integrity = the files are present (md5 None skips the sums)."""
-    train_list = _no_md5(datasets.CIFAR10.train_list)
-    test_list = _no_md5(datasets.CIFAR10.test_list)
-    meta = {**datasets.CIFAR10.meta, "md5": None}
+@functools.cache
+def _local_cifar(name: str) -> type[datasets.CIFAR10]:
+    """``LocalCIFAR10`` or ``LocalCIFAR100``: torchvision's CIFAR10 / CIFAR100 reader with
+    integrity = the files are present (md5 None skips the sums). A subclass of a torchvision
+    class, so it is built on first use (see the imports), once; it stays reachable as
+    ``utils.data.<name>`` (module ``__getattr__``), so its datasets pickle like before."""
+    from torchvision import datasets
+
+    base = getattr(datasets, name.removeprefix("Local"))
+
+    class Local(base):
+        __doc__ = f"torchvision's {base.__name__} reader; integrity = the files are present."
+        train_list = _no_md5(base.train_list)
+        test_list = _no_md5(base.test_list)
+        meta = {**base.meta, "md5": None}
+
+    Local.__name__ = Local.__qualname__ = name
+    return Local
 
 
-class LocalCIFAR100(datasets.CIFAR100):
-    """torchvision's CIFAR-100 reader; integrity = the files are present."""
-    train_list = _no_md5(datasets.CIFAR100.train_list)
-    test_list = _no_md5(datasets.CIFAR100.test_list)
-    meta = {**datasets.CIFAR100.meta, "md5": None}
+def __getattr__(name: str) -> Any:
+    if name in ("LocalCIFAR10", "LocalCIFAR100"):
+        return _local_cifar(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_CIFAR = {"cifar10": (LocalCIFAR10, "CIFAR-10", "data_batch_1..5, test_batch and batches.meta"),
-          "cifar100": (LocalCIFAR100, "CIFAR-100", "train, test and meta")}
+_CIFAR = {"cifar10": ("LocalCIFAR10", "CIFAR-10", "data_batch_1..5, test_batch and batches.meta"),
+          "cifar100": ("LocalCIFAR100", "CIFAR-100", "train, test and meta")}
 _CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
@@ -190,7 +209,8 @@ def _download(name: str, fetch: Callable[[], Path], by_hand: str) -> Path:
 
 
 def _cifar(name: str, data_dir: str, train: bool, transform: Callable, download: bool, log: Log) -> Dataset:
-    cls, title, listed = _CIFAR[name]
+    class_name, title, listed = _CIFAR[name]
+    cls = _local_cifar(class_name)
     folder = Path(data_dir) / cls.base_folder
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     if not all((folder / f).is_file() for f in files):
@@ -230,14 +250,21 @@ def _unpack_idx(source: Path, target: Path) -> None:
         os.replace(tmp, target / name)
 
 
-_IDX = {"mnist": (datasets.MNIST, "http://yann.lecun.com/exdb/mnist/"),
-        "fashionmnist": (datasets.FashionMNIST, "https://github.com/zalandoresearch/fashion-mnist")}
+# The torchvision reader (by class name, which is also its folder under data_dir) and web page.
+_IDX = {"mnist": ("MNIST", "http://yann.lecun.com/exdb/mnist/"),
+        "fashionmnist": ("FashionMNIST", "https://github.com/zalandoresearch/fashion-mnist")}
 _APT = "run `apt-get install dataset-fashion-mnist`"
+
+
+def _idx_class(name: str) -> type[datasets.MNIST]:
+    """torchvision's reader of ``name`` (mnist or fashionmnist)."""
+    from torchvision import datasets
+    return getattr(datasets, _IDX[name][0])
 
 
 def _idx_missing(name: str, raw: Path) -> DataError:
     """The error when nothing was found and downloading is off."""
-    cls, page = _IDX[name]
+    cls, page = _idx_class(name), _IDX[name][1]
     how = f"put the idx files ({page}) in {raw}"
     if name == "mnist":
         return DataError(f"mnist not found: looked for {raw}/{{train,t10k}}-*-ubyte[.gz]; "
@@ -259,7 +286,7 @@ def _download_idx(name: str, root: Path, raw: Path, log: Log) -> bool:
     can stand in (logged), a DataError saying how to get the files into ``raw`` otherwise."""
     debian = name == "fashionmnist" and _has_idx(Path(FASHION_MNIST_SYSTEM_DIR))
     try:
-        _download(name, lambda: download_idx(_IDX[name][0], root, log), _idx_by_hand(name, raw))
+        _download(name, lambda: download_idx(_idx_class(name), root, log), _idx_by_hand(name, raw))
     except DataError as err:
         if not debian:
             raise
@@ -273,7 +300,7 @@ def _idx_root(name: str, data_dir: str, download: bool, log: Log) -> Path:
     in data_dir or CACHE_DIR; else gzipped ones in data_dir unpacked; else a download (when
     allowed); else Fashion-MNIST's system copy unpacked. Unpacking goes into data_dir, or into
     CACHE_DIR when data_dir is read-only."""
-    folder = _IDX[name][0].__name__
+    folder = _IDX[name][0]
     local, cache = Path(data_dir), Path(CACHE_DIR).expanduser()
     for root in (local, cache):
         if _has_idx(root / folder / "raw", plain_only=True):
@@ -291,13 +318,14 @@ def _idx_root(name: str, data_dir: str, download: bool, log: Log) -> Path:
 
 
 def _mnist(name: str, data_dir: str, train: bool, transform: Callable, download: bool, log: Log) -> Dataset:
-    cls, _ = _IDX[name]
+    cls = _idx_class(name)
     return cls(str(_idx_root(name, data_dir, download, log)), train=train, transform=transform, download=False)
 
 
 # ------------------------------------------------------------------------- image folders
 
 def _class_dir(root: Path, name: str, how: str) -> tuple[list[str], dict[str, int]]:
+    from torchvision.datasets.folder import find_classes
     try:
         return find_classes(str(root))
     except (FileNotFoundError, NotADirectoryError):
@@ -306,6 +334,7 @@ def _class_dir(root: Path, name: str, how: str) -> tuple[list[str], dict[str, in
 
 
 def _first_image(root: Path, classes: list[str]) -> Path:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
     for cls in classes:
         for dirpath, _, files in sorted(os.walk(root / cls)):
             for f in sorted(files):
@@ -326,6 +355,7 @@ class _ModeLoader:
 
 
 def _image_folder(split: Path, name: str, how: str, **kwargs: Any) -> datasets.ImageFolder:
+    from torchvision import datasets
     try:
         return datasets.ImageFolder(str(split), **kwargs)
     except FileNotFoundError as err:
@@ -350,6 +380,8 @@ def _imagefolder_info(data_dir: str) -> DatasetInfo:
 
 
 def _imagefolder(data_dir: str, train: bool, transform: str, cutout: int) -> tuple[Dataset, DatasetInfo]:
+    from torchvision import transforms as T
+    from torchvision.datasets.folder import find_classes
     info = _imagefolder_info(data_dir)
     split = _folder_split(data_dir, train)
     classes, _ = _class_dir(split, "imagefolder", _FOLDER_HOW.format(root=data_dir))

@@ -21,10 +21,12 @@ import urllib.error
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from torchvision import datasets
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+# torchvision is imported inside the functions that use it, not here: importing it takes about
+# 2 s, which every script would pay at startup (utils.data imports this module).
+if TYPE_CHECKING:
+    from torchvision import datasets
 
 # Seconds a connection or a read may stall before the download is an error.
 DOWNLOAD_TIMEOUT = 30.0
@@ -89,6 +91,7 @@ def fetch(url: str, md5: str, folder: Path, filename: str | None = None) -> Path
     """Download ``url`` into ``folder/filename`` (default: the URL's basename) with torchvision's
     ``download_url`` and check the file's md5. Any failure, a mismatch included (a corrupt or
     truncated download), is a DownloadError naming ``url``. Returns the file's path."""
+    from torchvision.datasets.utils import calculate_md5, download_url
     path = folder / (filename or os.path.basename(url))
     try:
         path.unlink(missing_ok=True)  # download_url would keep a file that is already there
@@ -106,6 +109,7 @@ def fetch(url: str, md5: str, folder: Path, filename: str | None = None) -> Path
 def _extract(archive: Path, folder: Path, url: str) -> None:
     """torchvision's ``extract_archive`` (untar, or gunzip one file) into ``folder``; a broken
     archive is a DownloadError naming ``url``, where it came from."""
+    from torchvision.datasets.utils import extract_archive
     folder.mkdir(parents=True, exist_ok=True)
     try:
         extract_archive(str(archive), str(folder))
