@@ -269,3 +269,12 @@ def test_sigterm_to_run_all_stops_the_stage_and_the_rerun_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming from" in log.read_text()
     assert (tmp_path / "t" / "seed_2" / "test" / "results.json").is_file()
+
+
+def test_relative_save_dir_means_the_callers_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run_all is started from another folder than the project's
+    assert run_all.main(["--name", "r", "--save_dir", "relruns", "--data_dir", "d", "--dry_run",
+                         *SMOKE]) == 0
+    out = capsys.readouterr().out
+    assert f"--save_dir {tmp_path / 'relruns' / 'r'} " in out
+    assert f"--data_dir {tmp_path / 'd'} " in out and "--save_dir relruns" not in out
