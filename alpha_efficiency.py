@@ -46,17 +46,6 @@ FIX = ("finish that search first (rerun its search.py command: it resumes) or pa
 
 
 # ----------------------------------------------------------------------------- command line
-def seeds(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 1,2, "
-                                         f"got {text!r}")
-    return values
-
-
 def labels(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",")]
     safe = all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", n) for n in names)
@@ -100,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size; None: augment.py's")
     t.add_argument("--subset", type=config.positive_int, default=None,
                    help="train on the first N training images; None: all")
-    t.add_argument("--seeds", type=seeds, default="2",
+    t.add_argument("--seeds", type=config.seed_list, default="2",
                    help="comma-separated seeds: every candidate is trained once per seed and the "
                         "held-out top-1 averaged")
     t.add_argument("--valid_ratio", type=held_out, default=0.2,

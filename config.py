@@ -75,6 +75,19 @@ def run_name(text: str) -> str:
     return text
 
 
+def seed_list(text: str) -> list[int]:
+    """Comma-separated distinct non-negative seeds (`1,2,3`): one run per seed."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, "
+                                         f"got {text!r}") from None
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 1,2,3, "
+                                         f"got {text!r}")
+    return values
+
+
 def dataset_name(text: str) -> str:
     """Dataset names are case-insensitive (`CIFAR10` works, as with the authors' scripts)."""
     return text.lower()

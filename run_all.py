@@ -38,16 +38,6 @@ from utils.summary import write_summary
 ROOT = Path(__file__).resolve().parent
 
 
-def seeds(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r}") from None
-    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 1,2,3, got {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = config.new_parser("run_all.py", "search1 -> search2 -> augment -> test (-> feature) "
                           "for one or several seeds, then summary.md / summary.json.")
@@ -65,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download a dataset (passed to every stage)")
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
-    p.add_argument("--seeds", type=seeds, default=[2], help="comma-separated seeds, one pipeline each")
+    p.add_argument("--seeds", type=config.seed_list, default=[2], help="comma-separated seeds, one pipeline each")
     p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
                    help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
                         "baseline (darts -> augment -> test, in <name>/darts/); both: the two on "
