@@ -34,6 +34,7 @@ import config
 from genotypes import Genotype, GenotypeError, genotype_to_dict, is_shared
 from utils import alpha_efficiency as ae
 from utils.cli import run_guarded
+from utils.files import write_text
 from utils.signals import ForwardToChild
 from utils.genotype_files import load_alphas, load_genotype, save_genotype
 from utils.plots import plot_alpha_efficiency
@@ -366,9 +367,7 @@ def write_outputs(args: argparse.Namespace, plans, results: dict) -> None:
                        f"{args.valid_ratio} of the training set); test top-1 reported only",
             "correlations": summaries, "rows": all_rows,
             "files": {"csv": "alpha_efficiency.csv", "png": "alpha_efficiency.png"}}
-    tmp = out / ".alpha_efficiency.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "alpha_efficiency.json")
+    write_text(out / "alpha_efficiency.json", json.dumps(data, indent=2) + "\n")
     for line in ae.format_table(all_rows):
         print(line)
     print("* = the search's own choice; correlations of softmax(alpha) with held-out top-1:")

@@ -31,6 +31,7 @@ from pathlib import Path
 import config
 from utils import pipeline
 from utils.cli import run_guarded
+from utils.files import write_text
 from utils.signals import ForwardToChild
 from utils.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.summary import write_summary
@@ -135,7 +136,7 @@ def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str,
         return code
     timings[stage] = round(time.perf_counter() - began, 1)
     seed_dir.mkdir(parents=True, exist_ok=True)
-    (seed_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    write_text(seed_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
     return 0
 
 

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import genotypes as gt
+from utils.files import write_text
 from utils.genotype_files import format_genotype, load_alphas, load_genotype
 from utils.plots import plot_curves
 
@@ -171,9 +172,9 @@ def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -
             "test_error_std": first["test_error_std"], "agreement": first["agreement"],
             "methods": per_method, "alpha_efficiency": _alpha_efficiency(run_dir, names)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_text(run_dir / "summary.json", json.dumps(data, indent=2) + "\n")
     path = run_dir / "summary.md"
-    path.write_text(_markdown(data), encoding="utf-8")
+    write_text(path, _markdown(data))
     return path, data
 
 
