@@ -114,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic: training images")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available")
-    d.add_argument("--num_workers", type=config.non_negative_int, default=2,
-                   help="data-loading processes")
+    d.add_argument("--num_workers", type=config.non_negative_int, default=None,
+                   help="data-loading processes; None: augment.py's default for the device")
+    s = p.add_argument_group("speed and memory of each training run (augment.py's flags)")
+    s.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
+                   help="autocast to bf16 or fp16; None: augment.py's default (float32)")
+    s.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format; None: augment.py's device default")
+    s.add_argument("--compile", action="store_true", help="torch.compile each network")
     return p
 
 
@@ -189,8 +195,15 @@ def augment_command(args: argparse.Namespace, cfg: dict, opts: dict, genotype_fi
     data_dir = Path(args.data_dir or cfg.get("data_dir") or "data").resolve()
     cmd = [sys.executable, str(ROOT / "augment.py"), "--name", f"seed_{opts['seed']}",
            "--save_dir", str(folder.resolve()), "--genotype", str(genotype_file.resolve()),
-           "--data_dir", str(data_dir), "--device", args.device,
-           "--num_workers", str(args.num_workers)]
+           "--data_dir", str(data_dir), "--device", args.device]
+    if args.num_workers is not None:
+        cmd += ["--num_workers", str(args.num_workers)]
+    if args.amp is not None:
+        cmd += ["--amp", args.amp]
+    if args.channels_last is not None:
+        cmd.append("--channels_last" if args.channels_last else "--no-channels_last")
+    if args.compile:
+        cmd.append("--compile")
     for key, value in opts.items():
         if key == "synthetic_shape":
             value = f"{value[0]},{value[1]},{value[1]}"

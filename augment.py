@@ -26,10 +26,10 @@ import genotypes as gt
 from models.factory import build_from_spec, network_spec
 from models.summary import count_macs, count_params_without_aux
 from utils import distributed, speed
-from utils.checkpoint import FINAL_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.checkpoint import FINAL_FORMAT, load_checkpoint, save_checkpoint
 from utils.checkpoint_fields import check_final_checkpoint
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, make_loader, split_indices, subset_size
+from utils.data import get_dataset, loader_options, make_loader, split_indices, subset_size
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
 from utils.files import write_text
@@ -38,7 +38,7 @@ from utils.logging import run_info
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
 from utils.signals import GracefulStop
-from utils.stage import StageRun, check_same_config
+from utils.stage import StageRun, check_same_config, resume_rng, rng_entries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,8 @@ class Augment:
         self.dir = Path(args.stage_dir)
         self.device, self.ranks = device, ranks
         self.dist = ranks if ranks.enabled else None
-        seed_everything(args.seed, args.deterministic)
+        # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
+        seed_everything(args.seed + ranks.rank, args.deterministic)
         genotype = chosen_genotype(args)
         spec_kwargs = dict(synthetic=config.synthetic_spec(args), download=not args.no_download,
                            log=log)
@@ -81,6 +82,17 @@ class Augment:
             self.train_idx, self.valid_idx = list(range(n)), []
         else:
             self.train_idx, self.valid_idx = split_indices(n, 1 - args.valid_ratio, args.seed)
+        # one loader each for the stage (set_epoch picks the epoch; the workers persist)
+        loading = loader_options(device, args.num_workers)
+        self.train_loader = make_loader(self.train_set, self.train_idx, args.batch_size,
+                                        shuffle=True, seed=args.seed,
+                                        replicas=(ranks.rank, ranks.world_size), **loading)
+        evaluated = {"test": (self.test_set, list(range(len(self.test_set))))}
+        if self.valid_idx:
+            evaluated["valid"] = (self.eval_train_set, self.valid_idx)
+        self.eval_loaders = {split: make_loader(data, distributed.shard(indices, ranks),
+                                                args.batch_size, shuffle=False, **loading)
+                             for split, (data, indices) in evaluated.items()}
         self.spec = network_spec(genotype, **info.network_shape(), init_channels=args.init_channels,
                                  num_cells=args.num_cells, auxiliary=args.aux_weight > 0,
                                  keep_zero=args.keep_zero)
@@ -111,16 +123,19 @@ class Augment:
             f"{len(self.test_set)} test images; {args.num_cells} cells, {args.init_channels} "
             f"channels, {count_params_without_aux(self.model) / 1e6:.3f}M parameters without the "
             f"auxiliary head; device {self.device}"
-            + (f", {ranks.world_size} processes" if ranks.enabled else ""))
+            + distributed.describe(ranks))
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self, epoch: int, finished: bool = False, step: int = 0) -> dict:
-        """`epoch` completed epochs (+ `step` steps of the next one, after an interruption)."""
+        """`epoch` completed epochs (+ `step` steps of the next one, after an interruption).
+        Every rank calls it: rank 0's result holds every rank's RNG states (rng_entries)."""
         return {"format": FINAL_FORMAT, "epoch": epoch, "step": step, "finished": finished,
                 "config": config_dict(self.args), "network": self.spec,
                 "dataset": self.args.dataset, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), "best": dict(self.best), "elapsed": self.elapsed}
+                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                **rng_entries(self.ranks, self.device), "best": dict(self.best),
+                "elapsed": self.elapsed}
 
     def resume(self, path: Path) -> int:
         state = check_final_checkpoint(load_checkpoint(path, self.device), path, resume=True)
@@ -131,7 +146,9 @@ class Augment:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        resume_rng(state, path, self.ranks, self.device, self.log)
         self.best, self.elapsed = state["best"], state["elapsed"]
         return state["epoch"], state.get("step", 0)
 
@@ -149,35 +166,31 @@ class Augment:
         a = self.args
         self.model.drop_path_prob = a.drop_path * epoch / a.epochs
         self.model.train()
-        loader = make_loader(self.train_set, self.train_idx, a.batch_size, shuffle=True,
-                             num_workers=a.num_workers, seed=a.seed, epoch=epoch,
-                             replicas=(self.ranks.rank, self.ranks.world_size),
-                             skip_batches=first_step)
-        return train_epoch(loader, self.step, device=self.device, epoch=epoch, epochs=a.epochs,
-                           log=self.log, print_freq=a.print_freq, dist_info=self.dist,
-                           memory_format=self.memory_format, should_stop=should_stop,
-                           first_step=first_step)
+        self.train_loader.set_epoch(epoch, first_step)
+        return train_epoch(self.train_loader, self.step, device=self.device, epoch=epoch,
+                           epochs=a.epochs, log=self.log, print_freq=a.print_freq,
+                           dist_info=self.dist, memory_format=self.memory_format,
+                           should_stop=should_stop, first_step=first_step)
 
-    def evaluate(self, dataset, indices) -> dict:
-        indices = list(range(len(dataset))) if indices is None else indices
-        loader = make_loader(dataset, distributed.shard(indices, self.ranks), self.args.batch_size,
-                             shuffle=False, num_workers=self.args.num_workers)
-        return evaluate(self.model, loader, self.eval_criterion, device=self.device,
-                        dist_info=self.dist, memory_format=self.memory_format,
+    def evaluate(self, split: str) -> dict:
+        """The network's figures on "valid" (the held-out part of the training set) or "test"."""
+        return evaluate(self.model, self.eval_loaders[split], self.eval_criterion,
+                        device=self.device, dist_info=self.dist, memory_format=self.memory_format,
                         autocast=self.autocast)
 
     def epoch_record(self, epoch: int) -> dict:
         """Held-out (keeps best.pt) and test (monitoring only) figures after `epoch`."""
         a, record = self.args, {}
         if self.valid_idx:
-            valid = self.evaluate(self.eval_train_set, self.valid_idx)
+            valid = self.evaluate("valid")
             record.update({f"valid_{k}": v for k, v in valid.items() if k != "images_per_s"})
             if self.best["valid_top1"] is None or valid["top1"] > self.best["valid_top1"]:
                 self.best = {"valid_top1": valid["top1"], "epoch": epoch + 1}
+                state = self.state(epoch + 1)  # on every rank: it gathers their RNG states
                 if self.ranks.is_main:
-                    save_checkpoint(self.state(epoch + 1), self.dir / "best.pt", keep_previous=False)
+                    save_checkpoint(state, self.dir / "best.pt", keep_previous=False)
         if (epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs:
-            self.last_test = (epoch + 1, self.evaluate(self.test_set, None))
+            self.last_test = (epoch + 1, self.evaluate("test"))
             record.update({f"test_{k}": v for k, v in self.last_test[1].items() if k != "images_per_s"})
         return record
 
@@ -219,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         if job.last_test is not None and job.last_test[0] == args.epochs:
             test = job.last_test[1]
         else:
-            test = job.evaluate(job.test_set, None)
+            test = job.evaluate("test")
         results = job.results(test)
         if stage.ranks.is_main:
             write_text(stage.dir / "results.json", json.dumps(results, indent=2) + "\n")

@@ -177,7 +177,9 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     d.add_argument("--batch_size", type=positive_int, default=None, help=batch_size_help)
     d.add_argument("--subset", type=positive_int, default=None,
                    help="use only the first N training images (quick experiments)")
-    d.add_argument("--num_workers", type=non_negative_int, default=2, help="data-loading processes")
+    d.add_argument("--num_workers", type=non_negative_int, default=None,
+                   help="data-loading processes per training process (default: 2 on CPU; on CUDA "
+                        "the CPUs per training process on this machine, at most 8)")
     d.add_argument("--synthetic_shape", type=shape, default=(3, 32),
                    help="synthetic dataset: C,H,W of the images")
     d.add_argument("--synthetic_classes", type=positive_int, default=10, help="synthetic dataset: classes")

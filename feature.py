@@ -33,7 +33,7 @@ from utils import features as ft
 from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint
 from utils.checkpoint_fields import check_search_checkpoint
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, make_loader
+from utils.data import get_dataset, loader_options, make_loader
 from utils.files import write_text
 from utils.lock import hold_folder
 from utils.logging import close_logger, get_logger, resolve_device
@@ -185,8 +185,8 @@ def measure(args: argparse.Namespace, state: dict, ops: list[str]) -> None:
         n = len(data) if args.subset is None else min(args.subset, len(data))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
         indices = sorted(order[:args.num_samples])
-        loader = make_loader(data, indices, args.batch_size, shuffle=False,
-                             num_workers=args.num_workers, seed=args.seed)
+        loader = make_loader(data, indices, args.batch_size, shuffle=False, seed=args.seed,
+                             **loader_options(device, args.num_workers))
         edges = ft.select_edges(model, args.edges)
         log.info(f"{args.checkpoint} (epoch {state.get('epoch')}): {len(edges)} edges, ops "
                  f"{', '.join(ops)}; {len(indices)} training images ({args.transform} transform) "

@@ -74,7 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=config.positive_int, default=1,
                    help="processes (GPUs) per stage; > 1 launches search, augment and test with "
                         "torchrun --standalone --nproc_per_node N (DDP)")
-    p.add_argument("--num_workers", type=config.non_negative_int, default=2, help="data-loading processes")
+    p.add_argument("--num_workers", type=config.non_negative_int, default=None,
+                   help="data-loading processes per stage process; None: each stage's default")
+    g = p.add_argument_group("speed and memory (passed to every stage that trains or evaluates)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
+                   help="autocast to bf16 or fp16 in search, augment, test and the alpha-efficiency "
+                        "runs (fp16 needs one-level search: not with the DARTS baseline or "
+                        "--optimization bilevel); None: the stages' default (float32)")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format in every stage; None: each stage's device default")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the network in search, augment and the alpha-efficiency "
+                        "runs")
     p.add_argument("--subset", type=config.positive_int, default=None,
                    help="search on the first N training images (default: the preset's)")
     p.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
@@ -87,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{key}", type=config.positive_int if "cells" not in key else config.num_cells,
                        default=None, help=f"override the preset's {key.replace('_', ' ')}")
     return p
+
+
+def check_speed_flags(args: argparse.Namespace) -> None:
+    """--amp fp16 (a gradient scaler) needs one-level search: refused before any stage runs."""
+    methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
+    if args.amp == "fp16" and ("darts" in methods or args.optimization == "bilevel"):
+        raise ValueError("--amp fp16 works with one-level search only; the DARTS baseline and "
+                         "--optimization bilevel are bilevel: use --amp bf16")
+
+
+def effective_batch_note(args: argparse.Namespace) -> str | None:
+    """With --gpus N every process keeps the stage's batch size: say that the effective batch
+    (and so the optimisation) is N times the single-GPU one."""
+    if args.gpus <= 1:
+        return None
+    preset = PRESETS[args.preset]
+    search = args.search_batch_size or preset["search_batch_size"] or config.search_parser().get_default("batch_size")
+    augment = args.augment_batch_size or preset["augment_batch_size"] or config.augment_parser().get_default("batch_size")
+    return (f"--gpus {args.gpus}: each of the {args.gpus} processes of a stage takes a batch of "
+            f"{search} (search) / {augment} (augment), so the effective batch is {args.gpus * search} / "
+            f"{args.gpus * augment}, {args.gpus}x the single-GPU run, with the same learning rates; "
+            f"for the paper's effective batch pass --search_batch_size {max(search // args.gpus, 1)} "
+            f"--augment_batch_size {max(augment // args.gpus, 1)}")
 
 
 def launcher(gpus: int) -> list[str]:
@@ -158,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
     # the stages run in the project folder: relative paths mean the caller's folder
     args.save_dir, args.data_dir = (str(Path(d).resolve()) for d in (args.save_dir, args.data_dir))
     methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
+    check_speed_flags(args)
+    note = effective_batch_note(args)
+    if note:
+        print(f"[run_all] {note}", flush=True)
     print(f"[run_all] preset {args.preset}, {' and '.join(methods)}, seeds "
           f"{','.join(map(str, args.seeds))}: {'would write' if args.dry_run else 'writing'} into "
           f"{Path(args.save_dir) / args.name} (--save_dir, --name)", flush=True)

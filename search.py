@@ -24,10 +24,11 @@ import genotypes as gt
 from models.factory import build_supernet, stage_candidates
 from utils import distributed, speed
 from utils.architect import Architect, make_optimizers
-from utils.checkpoint import SEARCH_FORMAT, load_checkpoint, rng_state, set_rng_state
+from utils.checkpoint import SEARCH_FORMAT, load_checkpoint
 from utils.checkpoint_fields import check_search_checkpoint
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, infinite, make_loader, split_indices, subset_size
+from utils.data import (get_dataset, infinite, loader_options, make_loader, split_indices,
+                        subset_size)
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
 from utils.files import naming, write_text
@@ -38,7 +39,7 @@ from utils.plots import plot_alpha_history, plot_genotype, softmax
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
 from utils.signals import GracefulStop
-from utils.stage import StageRun, check_same_config
+from utils.stage import StageRun, check_same_config, resume_rng, rng_entries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +93,8 @@ class Search:
         self.dir = Path(args.stage_dir)
         self.device, self.ranks = device, ranks
         self.dist = ranks if ranks.enabled else None  # handed to the engine and architect
-        seed_everything(args.seed, args.deterministic)
+        # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
+        seed_everything(args.seed + ranks.rank, args.deterministic)
         with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
             self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
                                                transform="train", cutout=args.cutout,
@@ -101,6 +103,17 @@ class Search:
                                                download=not args.no_download)
         n = subset_size(len(self.train_set), args.subset)
         self.train_idx, self.valid_idx = split_indices(n, args.train_ratio, args.seed)
+        # one loader each for the stage (set_epoch picks the epoch; the workers persist)
+        loading = loader_options(device, args.num_workers)
+        shuffled = dict(shuffle=True, replicas=(ranks.rank, ranks.world_size), **loading)
+        self.train_loader = make_loader(self.train_set, self.train_idx, args.batch_size,
+                                        seed=args.seed, **shuffled)
+        self.valid_loader = (make_loader(self.train_set, self.valid_idx, args.batch_size,
+                                         seed=args.seed + 1, **shuffled)
+                             if args.optimization == "bilevel" else None)
+        self.held_out_loader = (make_loader(self.train_set, distributed.shard(self.valid_idx, ranks),
+                                            args.batch_size, shuffle=False, **loading)
+                                if self.valid_idx else None)
         groups = stage_groups(args)
         candidates = stage_candidates(args.stage, args.num_cells, args.alpha_share,
                                       stage1_alphas(args) if args.stage == "search2" else None,
@@ -121,13 +134,14 @@ class Search:
                                      power=args.power_lr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
         self.best = {"epoch": None, "valid_top1": None}  # best held-out epoch so far
+        self.scaler = speed.grad_scaler(args, device)  # fp16's; saved with the checkpoint
         self.architect = Architect(self.model, self.w_opt, self.a_opt, self.criterion,
                                    mode=args.optimization, unrolled=args.unrolled,
                                    grad_clip=args.grad_clip, aux_weight=args.aux_weight,
                                    forward_model=speed.maybe_compile(
                                        distributed.wrap(self.model, ranks, device), args),
                                    dist_info=self.dist, autocast=self.autocast,
-                                   scaler=speed.grad_scaler(args, device))
+                                   scaler=self.scaler)
         if args.stage == "search1" and ranks.is_main:
             with naming(self.dir / "groups.json"):
                 save_groups(groups, self.dir / "groups.json")
@@ -135,17 +149,19 @@ class Search:
             f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
             f"{sum(p.numel() for p in self.model.alphas())} alphas, {args.optimization}"
             f"{' (unrolled)' if args.unrolled else ''}, device {self.device}"
-            + (f", {ranks.world_size} processes" if ranks.enabled else ""))
+            + distributed.describe(ranks))
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self, epoch: int, finished: bool = False, step: int = 0) -> dict:
-        """`epoch` completed epochs (+ `step` steps of the next one, after an interruption)."""
+        """`epoch` completed epochs (+ `step` steps of the next one, after an interruption).
+        Every rank calls it: rank 0's result holds every rank's RNG states (rng_entries)."""
         return {"format": SEARCH_FORMAT, "epoch": epoch, "step": step, "finished": finished,
                 "config": config_dict(self.args), "model": self.model.state_dict(),
                 "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), "genotype": gt.genotype_to_dict(self.model.genotype()),
-                "best": dict(self.best)}
+                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                **rng_entries(self.ranks, self.device),
+                "genotype": gt.genotype_to_dict(self.model.genotype()), "best": dict(self.best)}
 
     def resume(self, path: Path) -> int:
         state = check_search_checkpoint(load_checkpoint(path, self.device), path)
@@ -157,34 +173,40 @@ class Search:
         self.w_opt.load_state_dict(state["w_optimizer"])
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        resume_rng(state, path, self.ranks, self.device, self.log)
         self.best = state.get("best", self.best)
         return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
-    def loader(self, indices: list[int], epoch: int, offset: int = 0, skip: int = 0):
-        a = self.args
-        return make_loader(self.train_set, indices, a.batch_size, shuffle=True,
-                           num_workers=a.num_workers, seed=a.seed + offset, epoch=epoch,
-                           replicas=(self.ranks.rank, self.ranks.world_size), skip_batches=skip)
+    def valid_batches(self, epoch: int, first_step: int = 0):
+        """Bilevel's held-out batches for the alpha steps of `epoch`: its order, cycled;
+        resuming at `first_step`, the stream goes on where the interrupted one was."""
+        loader = self.valid_loader
+        loader.set_epoch(epoch)
+        loader.set_epoch(epoch, first_step % max(len(loader), 1))
+        yield from loader
+        loader.set_epoch(epoch)
+        yield from infinite(loader)
 
     def train(self, epoch: int, first_step: int = 0, should_stop=None) -> dict:
         """One epoch (from `first_step` on when resuming mid-epoch)."""
         a = self.args
         self.model.train()
         if a.optimization == "bilevel":
-            n_valid = len(self.loader(self.valid_idx, epoch, offset=1))
-            valid = infinite(self.loader(self.valid_idx, epoch, offset=1, skip=first_step % n_valid))
+            valid = self.valid_batches(epoch, first_step)
 
             def step(x, y):
                 xv, yv = next(valid)
-                return self.architect.step(x, y, xv.to(self.device, memory_format=self.memory_format),
-                                           yv.to(self.device))
+                xv = xv.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                return self.architect.step(x, y, xv, yv.to(self.device, non_blocking=True))
         else:
             step = self.architect.step
-        stats = train_epoch(self.loader(self.train_idx, epoch, skip=first_step), step,
-                            device=self.device, epoch=epoch, epochs=a.epochs, log=self.log,
-                            print_freq=a.print_freq, dist_info=self.dist,
+        self.train_loader.set_epoch(epoch, first_step)
+        stats = train_epoch(self.train_loader, step, device=self.device, epoch=epoch,
+                            epochs=a.epochs, log=self.log, print_freq=a.print_freq,
+                            dist_info=self.dist,
                             memory_format=self.memory_format, should_stop=should_stop,
                             first_step=first_step)
         if self.dist:
@@ -195,10 +217,9 @@ class Search:
     def held_out(self, epoch: int) -> dict:
         if not self.valid_idx:
             return {}
-        loader = make_loader(self.train_set, distributed.shard(self.valid_idx, self.ranks),
-                             self.args.batch_size, shuffle=False, num_workers=self.args.num_workers)
-        stats = evaluate(self.model, loader, self.criterion, device=self.device, dist_info=self.dist,
-                         memory_format=self.memory_format, autocast=self.autocast)
+        stats = evaluate(self.model, self.held_out_loader, self.criterion, device=self.device,
+                         dist_info=self.dist, memory_format=self.memory_format,
+                         autocast=self.autocast)
         if self.best["valid_top1"] is None or stats["top1"] > self.best["valid_top1"]:
             self.best = {"epoch": epoch + 1, "valid_top1": stats["top1"]}
         return {f"valid_{k}": v for k, v in stats.items() if k != "images_per_s"}
@@ -282,8 +303,9 @@ def run(args: argparse.Namespace) -> int:
                     stage.log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
             except Interrupted as stopped:
                 return stage.interrupted(search, stopped, stop, metrics)
+        final = search.state(args.epochs, finished=True)  # every rank, before rank 0's plots
         search.finish()
-        stage.save(search.state(args.epochs, finished=True), keep_previous=False)
+        stage.save(final, keep_previous=False)
         stage.log(f"done: {stage.dir / 'genotype.json'}")
         stage.done(metrics)
     return 0

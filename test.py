@@ -28,7 +28,7 @@ from models.summary import count_params, count_params_without_aux
 from utils.checkpoint import FINAL_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from utils.checkpoint_fields import check_final_checkpoint
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, make_loader, subset_size
+from utils.data import get_dataset, loader_options, make_loader, subset_size
 from utils.engine import evaluate
 from utils.files import write_text
 from utils import distributed, speed
@@ -156,7 +156,7 @@ def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.dev
         print(f"exported {checkpoint} ({source}) to {args.export}")
     count = subset_size(len(test_set), args.subset)
     loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
-                         shuffle=False, num_workers=args.num_workers)
+                         shuffle=False, **loader_options(device, args.num_workers))
     speed.resolve(args, device, "final", lambda m: print(m, file=sys.stderr))
     model = speed.prepare(model.to(device), args, device)
     stats = evaluate(model, loader, nn.CrossEntropyLoss(), device=device,

@@ -119,7 +119,8 @@ def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namesp
     return model, architect.step
 
 
-def measure(config: str, variant: str, batch_size: int | None, steps: int, device: str) -> dict:
+def measure(config: str, variant: str, batch_size: int | None, steps: int, device: str,
+            warmup: int = 1) -> dict:
     sys.path.insert(0, ROOT)
     import torch
 
@@ -128,16 +129,20 @@ def measure(config: str, variant: str, batch_size: int | None, steps: int, devic
     cells, channels, default_batch = CONFIGS[config]
     batch_size = batch_size or default_batch
     opts = speed_args(variant)
-    torch.manual_seed(0)
+    from utils.cli import seed_everything
+    seed_everything(0)  # as the scripts do: cuDNN autotuning on CUDA
     dev = torch.device(device)
     model, step = make_step(config, cells, channels, dev, opts)
     x = torch.randn(batch_size, 3, 32, 32, device=dev).to(memory_format=speed.memory_format(opts, dev))
     y = torch.randint(0, 10, (batch_size,), device=dev)
     model.train()
-    step(x, y)  # warm-up
+    began = time.perf_counter()
+    for _ in range(warmup):  # compilation, cuDNN autotuning, allocator growth
+        step(x, y)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    warmup_seconds = time.perf_counter() - began
     start = time.perf_counter()
     for _ in range(steps):
         step(x, y)
@@ -151,7 +156,30 @@ def measure(config: str, variant: str, batch_size: int | None, steps: int, devic
             "channels_last": opts.channels_last, "amp": opts.amp,
             "batch_size": batch_size, "device": device, "threads": torch.get_num_threads(),
             "images_per_s": round(batch_size * steps / seconds, 2),
-            "seconds_per_step": round(seconds / steps, 3), "peak_memory_gb": round(peak / 1e9, 2)}
+            "seconds_per_step": round(seconds / steps, 4), "peak_memory_gb": round(peak / 1e9, 2),
+            "warmup_seconds": round(warmup_seconds, 1),
+            "seconds_per_cifar10_epoch": round(50000 * seconds / (batch_size * steps), 1),
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table, headed by the device and versions they were measured on."""
+    if not rows:
+        return "no measurements\n"
+    r0 = rows[0]
+    where = (f"{r0['gpu']}, torch {r0['torch']}, CUDA {r0['cuda']}" if r0.get("gpu")
+             else f"CPU {r0['cpu_capability']}, {r0['threads']} threads, torch {r0['torch']}")
+    lines = [f"Measured on {where}; CIFAR-sized input, one training step of each stage at its "
+             "default settings (bench/step_bench.py).", "",
+             "| stage | variant | cells / ch / batch | images/s | s per CIFAR-10 epoch | "
+             "peak memory (GB) | warm-up (s) |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['variant']} | {r['cells']} / {r['channels']} / "
+                     f"{r['batch_size']} | {r['images_per_s']:.0f} | "
+                     f"{r['seconds_per_cifar10_epoch']:.0f} | {r['peak_memory_gb']} | "
+                     f"{r['warmup_seconds']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None, default_configs: str = "search1,search2,augment") -> int:
@@ -164,16 +192,30 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the batch size (default: "
                         + ", ".join(f"{name} {batch}" for name, (_, _, batch) in CONFIGS.items()) + ")")
-    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up steps")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps first (compilation, cuDNN autotuning)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="give up on a variant after S seconds (counted as a failure)")
+    p.add_argument("--rows", default=None, metavar="CONFIG:VARIANT,...",
+                   help="measure these rows in this order instead of --configs x --variants")
+    p.add_argument("--deadline", type=float, default=None, metavar="S",
+                   help="end by S seconds: a row is stopped at S, and one with under 20 s left is "
+                        "not started; such rows are listed as not measured (not a failure)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON lines")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: config variant
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(*args.one, args.batch_size, args.steps, args.device)))
+        print(json.dumps(measure(*args.one, args.batch_size, args.steps, args.device, args.warmup)))
         return 0
-    configs = [c for c in args.configs.split(",") if c]
-    variants = [v for v in args.variants.split(",") if v]
+    if args.rows:
+        pairs = [tuple(r.split(":", 1)) if ":" in r else (r, "") for r in args.rows.split(",") if r]
+    else:
+        pairs = [(c, v) for c in args.configs.split(",") if c for v in args.variants.split(",") if v]
+    configs = sorted({c for c, _ in pairs})
+    variants = sorted({v for _, v in pairs})
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         p.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
@@ -188,23 +230,51 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}", flush=True)
     print(f"{'config':<9} {'variant':<12} {'cells':>5} {'ch':>3} {'batch':>5} {'img/s':>8} "
           f"{'s/step':>8} {'peak GB':>8}  device", flush=True)
-    for config in configs:
-        for variant in variants:
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", config, variant,
-                   "--steps", str(args.steps), "--device", args.device]
-            if args.batch_size:
-                cmd += ["--batch_size", str(args.batch_size)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{config} {variant}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{config:<9} {variant:<12} {r['cells']:>5} {r['channels']:>3} {r['batch_size']:>5} "
-                  f"{r['images_per_s']:>8} {r['seconds_per_step']:>8} {r['peak_memory_gb']:>8}  "
-                  f"{r['device']} ({r['threads']} threads)", flush=True)
-            if args.json:
-                with open(args.json, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(r) + "\n")
+    rows, failed, skipped = [], [], []
+    began = time.perf_counter()
+    for config, variant in pairs:
+        left = None if args.deadline is None else args.deadline - (time.perf_counter() - began)
+        if left is not None and left < 20:
+            skipped.append(f"{config} {variant}")
+            continue
+        timeout = min(t for t in (args.timeout, left, float("inf")) if t is not None)
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", config, variant,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+        if args.batch_size:
+            cmd += ["--batch_size", str(args.batch_size)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True,
+                                 timeout=None if timeout == float("inf") else timeout)
+        except subprocess.TimeoutExpired:
+            if args.timeout is not None and timeout >= args.timeout:
+                failed.append(f"{config} {variant} (timed out after {timeout:g} s)")
+                print(f"{config} {variant}: timed out after {timeout:g} s", file=sys.stderr)
+            else:
+                skipped.append(f"{config} {variant}")
+            continue
+        if out.returncode != 0:
+            failed.append(f"{config} {variant}")
+            print(f"{config} {variant}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        print(f"{config:<9} {variant:<12} {r['cells']:>5} {r['channels']:>3} {r['batch_size']:>5} "
+              f"{r['images_per_s']:>8} {r['seconds_per_step']:>8} {r['peak_memory_gb']:>8}  "
+              f"{r['device']} ({r['threads']} threads)", flush=True)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps(r) + "\n")
+        if args.markdown:
+            with open(args.markdown, "w", encoding="utf-8") as f:
+                f.write(markdown_table(rows))
+    if skipped:
+        print(f"not measured (--deadline {args.deadline:g} s): {', '.join(skipped)}")
+        if args.markdown:
+            with open(args.markdown, "a", encoding="utf-8") as f:
+                f.write(f"\nNot measured (out of time): {', '.join(skipped)}.\n")
+    if failed:
+        print(f"error: {len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,10 +21,12 @@ def count_params_without_aux(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, in_channels: int, input_size: int) -> int:
-    """Multiply-adds of one eval-mode forward pass for one image (FLOPs / 2)."""
+    """Multiply-adds of one eval-mode forward pass for one image (FLOPs / 2), the probe image
+    made on the network's device and in its dtype."""
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, in_channels, input_size, input_size)
+    like = next(p for p in model.parameters() if p.is_floating_point())
+    x = like.new_zeros(1, in_channels, input_size, input_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)

@@ -278,3 +278,32 @@ def test_relative_save_dir_means_the_callers_folder(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert f"--save_dir {tmp_path / 'relruns' / 'r'} " in out
     assert f"--data_dir {tmp_path / 'd'} " in out and "--save_dir relruns" not in out
+
+
+def test_speed_flags_reach_every_stage(tmp_path, capsys):
+    """--amp / --channels_last reach every stage that runs a network, --compile the training
+    ones; --gpus N says the effective batch grows N-fold."""
+    argv = ["--name", "s", "--save_dir", str(tmp_path), "--preset", "smoke", "--dry_run",
+            "--gpus", "2", "--amp", "bf16", "--no-channels_last", "--compile",
+            "--alpha_efficiency", "--feature"]
+    assert run_all.main(argv) == 0
+    out = capsys.readouterr().out
+    stages = {line.split(": ", 1)[0].split()[-1]: line for line in out.splitlines()
+              if line.startswith("[run_all] seed 2 ")}
+    for stage in ("search1", "search2", "augment", "test", "alpha_efficiency"):
+        assert "--amp bf16" in stages[stage] and "--no-channels_last" in stages[stage], stage
+        assert ("--compile" in stages[stage]) is (stage != "test"), stage
+        assert "--num_workers" not in stages[stage]  # each stage's own device default
+    assert "--amp" not in stages["feature"]
+    assert "nproc_per_node=2" in stages["search1"]
+    assert "effective batch is 32 / 32, 2x the single-GPU run" in out
+    assert "--search_batch_size 8 --augment_batch_size 8" in out
+
+
+def test_fp16_refused_with_bilevel(tmp_path, capsys):
+    for extra in (["--method", "both"], ["--optimization", "bilevel"]):
+        code = run_all.main(["--name", "f", "--save_dir", str(tmp_path), "--preset", "smoke",
+                             "--dry_run", "--amp", "fp16", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and "--amp fp16 works with one-level search" in err[0]
+    assert not (tmp_path / "f").exists()

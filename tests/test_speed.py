@@ -22,7 +22,7 @@ def test_speed_defaults_per_cpu_class(monkeypatch, capability, network, amp, par
     args = argparse.Namespace(channels_last=None, amp=amp)
     speed.resolve(args, CPU, network)
     assert args.channels_last is True and args.fast_path == parts and args.keep_freed_memory is keep
-    assert speed.channels_last_default(CUDA, network) is True
+    assert speed.channels_last_default(CUDA, network) is False  # NCHW on GPUs (README table)
     assert speed.fast_path_default(CUDA, network, amp) == ()
 
 
@@ -42,3 +42,17 @@ def test_bf16_needs_native_support_or_force(monkeypatch, native, force, expected
     speed.resolve(args, CPU, "search", lines.append)
     assert args.amp == expected
     assert len(lines) == (1 if expected == "none" else 0)
+
+
+@pytest.mark.parametrize("major, force, expected", [(7, False, "none"), (7, True, "bf16"),
+                                                    (8, False, "bf16"), (9, False, "bf16")])
+def test_bf16_on_gpus_without_native_support(monkeypatch, major, force, expected):
+    """V100 (7.0) and T4 (7.5) emulate bf16: refused with one warning line unless forced."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU sm_{major}0")
+    lines = []
+    args = argparse.Namespace(channels_last=None, amp="bf16", force_amp=force)
+    speed.resolve(args, CUDA, "final", lines.append)
+    assert args.amp == expected and args.channels_last is False and args.fast_path == ()
+    assert len(lines) == (1 if expected == "none" else 0)
+    assert all("no native bf16" in line and f"sm_{major}0" in line for line in lines)

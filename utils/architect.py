@@ -33,6 +33,44 @@ def make_optimizers(model: nn.Module, w_lr: float = 0.025, w_momentum: float = 0
     return w_opt, a_opt
 
 
+def _attribute(obj: object, name: str, value: object) -> tuple[Callable, Callable, object]:
+    return (lambda: getattr(obj, name)), (lambda v: setattr(obj, name, v)), value
+
+
+def _reduced_precision_settings() -> list[tuple[Callable, Callable, object]]:
+    """(get, set, full-precision value) of each setting that lets float32 math run in less
+    precision, in the order to set and to restore them: float32 matmuls (TF32 on CUDA, bf16 on
+    some CPUs) through set_float32_matmul_precision, which keeps PyTorch's older and newer
+    matmul settings in agreement (cuBLAS refuses a disagreement); then, from PyTorch 2.9 on,
+    the newer matmul setting and cuDNN's per-op ones (convolutions and RNNs read those), and
+    before 2.9 cuDNN's `allow_tf32`. Plain Python settings: on CPU only the matmuls' counts."""
+    settings = [(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest")]
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
+        return settings + [_attribute(torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+                           _attribute(cudnn.conv, "fp32_precision", "ieee"),
+                           _attribute(cudnn.rnn, "fp32_precision", "ieee")]
+    return settings + [_attribute(cudnn, "allow_tf32", False)]
+
+
+@contextmanager
+def full_precision(device_type: str) -> Iterator[None]:
+    """The block computes float32 in IEEE float32 (float64 stays float64): autocast off on
+    `device_type`, TF32 (and CPU bf16 matmuls) off; every setting is restored on exit, even
+    after an exception. For DARTS eq. 8, whose weight perturbation (~1e-5 per weight) is
+    below the resolution of bf16/fp16 and of TF32's 10-bit mantissa."""
+    settings = _reduced_precision_settings()
+    saved = [get() for get, _, _ in settings]
+    try:
+        for _, put, value in settings:
+            put(value)
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        for (_, put, _), value in zip(settings, saved):
+            put(value)
+
+
 def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor]:
     """d loss / d params, zeros for parameters the loss does not reach (e.g. the aux head)."""
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -197,6 +235,8 @@ class Architect:
             eps = hessian_eps / ||dw'||   (hessian_eps = 0.01 in DARTS).
         Per-group learning rates are folded into the direction (u = xi * dw'); with a single
         lr this is exactly the formula above. Weights and buffers are left untouched.
+        The two gradients of eq. 8 are taken in full float32 (`hessian_vector_product`),
+        also under --amp: in bf16 their difference would be rounding noise.
         """
         alphas = self._alphas()
         weights = self._weights()
@@ -206,20 +246,31 @@ class Architect:
             grads = _grads(loss_val, alphas + weights)
             d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
             u = [groups[id(p)]["lr"] * g for p, g in zip(weights, d_w)]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in u]))
-            if norm == 0:
-                return [g.detach() for g in d_alpha]
-            eps = self.hessian_eps / norm
-            g_pos = self._alpha_grad_at(x, y, w0, u, eps)
-            g_neg = self._alpha_grad_at(x, y, w0, u, -eps)
-            return [(da - (p - n) / (2 * eps)).detach()
-                    for da, p, n in zip(d_alpha, g_pos, g_neg)]
+            hvp = self.hessian_vector_product(x, y, w0, u)
+            return [(da - h).detach() for da, h in zip(d_alpha, hvp)]
+
+    def hessian_vector_product(self, x: Tensor, y: Tensor, w0: list[Tensor],
+                               u: list[Tensor]) -> list[Tensor]:
+        """d2L_train(w0, a)/(da dw) . u by central differences (DARTS eq. 8):
+        (dL_train(w0 + eps u, a)/da - dL_train(w0 - eps u, a)/da) / (2 eps),
+        eps = hessian_eps / ||u||; zeros when u is zero. Both gradients are taken without
+        autocast or TF32 (`full_precision`). Leaves the weights moved: call it inside
+        `virtual_step` (or `_preserved`), which restores them."""
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in u]))
+        if norm == 0:
+            return [torch.zeros_like(a) for a in self._alphas()]
+        eps = self.hessian_eps / norm
+        g_pos = self._alpha_grad_at(x, y, w0, u, eps)
+        g_neg = self._alpha_grad_at(x, y, w0, u, -eps)
+        return [(p - n) / (2 * eps) for p, n in zip(g_pos, g_neg)]
 
     def _alpha_grad_at(self, x: Tensor, y: Tensor, w0: list[Tensor], u: list[Tensor],
                        eps: Tensor) -> list[Tensor]:
-        """dL_train(w0 + eps * u, a)/da (sets the weights in place; the caller restores)."""
+        """dL_train(w0 + eps * u, a)/da in full precision (sets the weights in place; the
+        caller restores)."""
         with torch.no_grad():
             for p, w, d in zip(self._weights(), w0, u):
                 p.copy_(w + eps * d)
-        loss, _ = self._loss(x, y)
-        return _grads(loss, self._alphas())
+        with full_precision(x.device.type):
+            loss, _ = loss_and_logits(self.model, x, y, self.criterion, self.aux_weight)
+            return _grads(loss, self._alphas())

@@ -68,26 +68,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 # -- random number generators --------------------------------------------------------------
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states as checkpoint-safe data (tensors, lists, ints)."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Python, NumPy and torch RNG states as checkpoint-safe data (tensors, lists, ints); on a
+    CUDA `device` also its generator's ("cuda_device": this rank's GPU alone, so the state fits
+    a resume that sees fewer GPUs)."""
     np_state = np.random.get_state()
     state = {
         "python": _to_lists(random.getstate()),
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore what rng_state wrote; on a CUDA `device` also its generator: "cuda_device", or
+    from an older checkpoint's "cuda" (every GPU's state) the entry of this device's index, when
+    the saving machine had that many GPUs. A CPU run makes no CUDA call."""
     random.setstate(_to_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if device is None or device.type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"].cpu(), device)
+        return
+    every_gpu = state.get("cuda", [])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index < len(every_gpu):
+        torch.cuda.set_rng_state(every_gpu[index].cpu(), device)
 
 
 def _to_lists(value):

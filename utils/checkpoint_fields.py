@@ -19,10 +19,11 @@ import torch
 from utils.checkpoint import FINAL_FORMAT, SEARCH_FORMAT
 from utils.checkpoint_shapes import GENOTYPE, check_network_spec, check_supernet, state_dict
 from utils.checkpoint_values import (BOOL, DICT, INT, LIST, NUMBER, STR, TENSOR, Kind,
-                                     check_bounded, fail, need, need_int)
+                                     check_bounded, fail, need, need_int, show)
 
 _EPOCH_OR_NONE = Kind((int, type(None)), "an epoch or null")
 _NUMBER_OR_NONE = Kind((int, float, type(None)), "a number or null")
+_DICT_OR_NONE = Kind((dict, type(None)), "a dict or null")
 
 
 def check_final_checkpoint(state: dict, path: str | Path, resume: bool = False) -> dict:
@@ -59,8 +60,9 @@ def check_search_checkpoint(state: dict, path: str | Path) -> dict:
 
 # ----------------------------------------------------------------------------- training state
 def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None:
-    """What a resume reads besides the weights: epoch, step, finished, config, the optimisers'
-    and scheduler's state dicts and the RNG states."""
+    """What a resume reads besides the weights: epoch, step, finished, config, the optimisers',
+    scheduler's and fp16 gradient scaler's state dicts, the number of processes and the RNG
+    states (rank 0's; newer checkpoints also every rank's)."""
     need_int(state, "epoch", 0, 10 ** 6, path)
     need_int(state, "step", 0, 10 ** 9, path, default=0)
     need(state, "finished", BOOL, path)
@@ -75,7 +77,9 @@ def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None
         values = need(scheduler, key, LIST, path, "scheduler", default=[])
         if not all(NUMBER.admits(v) for v in values):
             raise fail(path, f"scheduler.{key}", "expected a list of numbers")
-    _check_rng(need(state, "rng", DICT, path), path)
+    _check_scaler(state, path)
+    _check_rng(need(state, "rng", DICT, path), path, "rng")
+    _check_rng_ranks(state, path)
 
 
 def check_best(best: dict, path) -> None:
@@ -103,21 +107,55 @@ def _words(values, n: int) -> bool:
             and all(INT.admits(v) and 0 <= v < 2 ** 32 for v in values))
 
 
-def _check_rng(rng: dict, path) -> None:
-    """The states utils.checkpoint.rng_state writes: Python's, NumPy's, torch's (and CUDA's)."""
-    py = need(rng, "python", LIST, path, "rng")
+def _check_scaler(state: dict, path) -> None:
+    """torch.amp.GradScaler's state_dict (fp16), or null (none used)."""
+    scaler = need(state, "scaler", _DICT_OR_NONE, path, default=None)
+    if scaler is None:
+        return
+    if not need(scaler, "scale", NUMBER, path, "scaler") > 0:
+        raise fail(path, "scaler.scale", f"is {scaler['scale']}, expected a number > 0")
+    for key in ("growth_factor", "backoff_factor"):
+        need(scaler, key, NUMBER, path, "scaler")
+    for key in ("growth_interval", "_growth_tracker"):
+        need(scaler, key, INT, path, "scaler")
+
+
+def _check_rng_ranks(state: dict, path) -> None:
+    """world_size (the number of processes that wrote it) and rng_ranks, one rank's RNG states
+    per process; both absent in older checkpoints."""
+    world = need_int(state, "world_size", 1, 10 ** 5, path) if "world_size" in state else None
+    ranks = need(state, "rng_ranks", LIST, path, default=None)
+    if ranks is None:
+        return
+    if world is None:
+        raise fail(path, "world_size", "missing (rng_ranks holds one state per process)")
+    if len(ranks) != world:
+        raise fail(path, "rng_ranks", f"holds {len(ranks)} states, expected one per process "
+                                      f"(world_size {world})")
+    for i, rng in enumerate(ranks):
+        if not isinstance(rng, dict):
+            raise fail(path, f"rng_ranks[{i}]", f"is {show(rng)}, expected a dict")
+        _check_rng(rng, path, f"rng_ranks[{i}]")
+
+
+def _check_rng(rng: dict, path, where: str) -> None:
+    """The states utils.checkpoint.rng_state writes: Python's, NumPy's, torch's (and CUDA's:
+    "cuda_device", this rank's GPU, or in older checkpoints "cuda", every GPU's)."""
+    py = need(rng, "python", LIST, path, where)
     if not (len(py) == 3 and INT.admits(py[0]) and _words(py[1], 625) and py[1][-1] <= 624
             and _NUMBER_OR_NONE.admits(py[2])):
-        raise fail(path, "rng.python", "expected [version, 625 state words, gauss] as "
-                                       "random.getstate() gives")
-    np_state = need(rng, "numpy", LIST, path, "rng")
+        raise fail(path, f"{where}.python", "expected [version, 625 state words, gauss] as "
+                                            "random.getstate() gives")
+    np_state = need(rng, "numpy", LIST, path, where)
     if not (len(np_state) == 5 and np_state[0] == "MT19937" and _words(np_state[1], 624)
             and INT.admits(np_state[2]) and 0 <= np_state[2] <= 624
             and INT.admits(np_state[3]) and NUMBER.admits(np_state[4])):
-        raise fail(path, "rng.numpy", "expected ['MT19937', 624 state words, position, "
-                                      "has_gauss, gauss] as numpy.random.get_state() gives")
-    states = [need(rng, "torch", TENSOR, path, "rng")]
-    states += need(rng, "cuda", LIST, path, "rng", default=[])
-    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
-               for t in states):
-        raise fail(path, "rng.torch", "expected generator states (1-D uint8 tensors)")
+        raise fail(path, f"{where}.numpy", "expected ['MT19937', 624 state words, position, "
+                                           "has_gauss, gauss] as numpy.random.get_state() gives")
+    gpu = need(rng, "cuda_device", TENSOR, path, where, default=None)
+    for key, states in (("torch", [need(rng, "torch", TENSOR, path, where)]),
+                        ("cuda_device", [] if gpu is None else [gpu]),
+                        ("cuda", need(rng, "cuda", LIST, path, where, default=[]))):
+        if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+                   for t in states):
+            raise fail(path, f"{where}.{key}", "expected generator states (1-D uint8 tensors)")

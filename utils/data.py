@@ -526,6 +526,13 @@ class Loader(DataLoader):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The next pass visits epoch `epoch`'s order from batch `skip_batches` on; the
+        loader, and its persistent workers, stay."""
+        if not isinstance(self.batch_sampler, EpochBatches):
+            raise ValueError("this loader's order comes from the sampler it was given")
+        self.batch_sampler.set_epoch(epoch, skip_batches)
+
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int,
                 replicas: tuple[int, int] | None = None) -> list[int]:
@@ -542,26 +549,120 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int,
     return list(range(n))
 
 
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """The seed of one batch's random augmentation: (seed, epoch, rank, batch) hashed."""
+    state = np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
+
+
+class EpochBatches(Sampler):
+    """The batches of one epoch (`set_epoch`): positions 0..n-1 in `epoch_order`'s order for
+    (seed, epoch), cut into batches, from batch `skip_batches` on; each position comes paired
+    with its batch's `batch_seed`, for `SeededSubset`."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
+                 replicas: tuple[int, int] | None) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed, self.replicas = seed, replicas
+        self.rank = replicas[0] if replicas else 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+        self.order = epoch_order(self.n, self.shuffle, self.seed, epoch, self.replicas)
+
+    def _batches(self) -> int:
+        full, rest = divmod(len(self.order), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __len__(self) -> int:
+        return max(self._batches() - self.skip, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        size = self.batch_size
+        for b in range(self.skip, self._batches()):
+            key = batch_seed(self.seed, self.epoch, self.rank, b)
+            yield [(key, pos) for pos in self.order[b * size:(b + 1) * size]]
+
+
+class SeededSubset(Dataset):
+    """``dataset`` at ``indices``, read a batch at a time from (batch seed, position) pairs:
+    the loading process's RNGs (torch, numpy, random) are seeded with the batch's seed first,
+    so its random augmentation is a function of (seed, epoch, rank, batch) alone, whichever
+    worker loads it, however many workers there are, persistent or not, and after a resume.
+    Loading in the main process (no workers), the training RNGs are put back afterwards."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:
+        in_main = torch.utils.data.get_worker_info() is None
+        saved = (torch.get_rng_state(), np.random.get_state(), random.getstate()) if in_main else None
+        seed = items[0][0]
+        torch.default_generator.manual_seed(seed)  # the CPU generator only, not CUDA's
+        np.random.seed(seed % (1 << 32))
+        random.seed(seed)
+        try:
+            return [self.dataset[self.indices[pos]] for _, pos in items]
+        finally:
+            if saved is not None:
+                torch.set_rng_state(saved[0])
+                np.random.set_state(saved[1])
+                random.setstate(saved[2])
+
+    def __getitem__(self, item: tuple[int, int]):
+        return self.__getitems__([item])[0]
+
+
 def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int, *, shuffle: bool,
                 num_workers: int = 0, drop_last: bool = False, seed: int = 0, epoch: int = 0,
                 sampler: Sampler | None = None, replicas: tuple[int, int] | None = None,
-                skip_batches: int = 0) -> DataLoader:
+                skip_batches: int = 0, pin_memory: bool = False) -> Loader:
     """A loader over ``dataset`` restricted to ``indices`` (None: all). The order is a function of
     (seed, epoch), so an epoch replays exactly after a resume; ``skip_batches`` starts it later
-    (resuming mid-epoch). ``replicas=(rank, world_size)`` shards a shuffled training set with a
-    DistributedSampler (every rank the same number of batches). A ``sampler`` decides the order
-    itself (shuffle must then be False)."""
+    (resuming mid-epoch); ``loader.set_epoch(epoch, skip_batches)`` moves the same loader to
+    another epoch, so one loader serves a whole stage and its workers persist. Random
+    augmentation is seeded per batch (SeededSubset). ``replicas=(rank, world_size)`` shards a
+    shuffled training set with a DistributedSampler (every rank the same number of batches).
+    ``pin_memory``: page-locked batches, for CUDA. A ``sampler`` decides the order itself
+    (shuffle must then be False; no set_epoch, no per-batch seeds)."""
     if sampler is not None and shuffle:
         raise ValueError("pass either shuffle=True or a sampler, not both")
     base = list(range(len(dataset))) if indices is None else list(indices)
     if sampler is None:
-        order = epoch_order(len(base), shuffle, seed, epoch, replicas)[skip_batches * batch_size:]
-        base = [base[i] for i in order]
-    return Loader(Subset(dataset, base), batch_size=batch_size, shuffle=False, sampler=sampler,
-                      num_workers=num_workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
-                      worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available(),
+        batches = EpochBatches(len(base), batch_size, shuffle=shuffle, drop_last=drop_last,
+                               seed=seed, replicas=replicas)
+        batches.set_epoch(epoch, skip_batches)
+        data, order = SeededSubset(dataset, base), {"batch_sampler": batches}
+    else:
+        data, order = Subset(dataset, base), {"batch_size": batch_size, "sampler": sampler,
+                                              "drop_last": drop_last}
+    return Loader(data, **order, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(  # workers' draws: one stream per rank
+                          _epoch_seed(seed, epoch) + (replicas[0] << 32 if replicas else 0)),
+                      worker_init_fn=worker_init_fn, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Data-loading processes when --num_workers is not given: 2 on CPU, where they share the
+    cores with training; on CUDA the CPUs this process may use, divided among the training
+    processes on this machine (torchrun's LOCAL_WORLD_SIZE), at most 8 and at least 1."""
+    if device.type != "cuda":
+        return 2
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(8, cpus // local))
+
+
+def loader_options(device: torch.device, num_workers: int | None) -> dict[str, Any]:
+    """make_loader's worker count (``num_workers``, or `default_num_workers` for None) and
+    memory pinning (on CUDA only: page-locked batches copy to the GPU asynchronously)."""
+    return {"num_workers": default_num_workers(device) if num_workers is None else num_workers,
+            "pin_memory": device.type == "cuda"}
 
 
 def infinite(loader: Iterable) -> Iterator:

@@ -4,6 +4,7 @@ update every step ends with, `evaluate` measures a model."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -57,28 +58,36 @@ class Interrupted(Exception):
         self.epoch, self.steps = epoch, steps
 
 
-class Meter:
-    """Running average weighted by batch size."""
+class DeviceTotals:
+    """Running sums of the loss (times batch size) and of top-1 / top-5 correct predictions,
+    kept as a float64 tensor on the device: adding a batch does not wait for it; `read()` is
+    the one device-to-host copy."""
 
-    def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.count = 0
 
-    def update(self, value: float, n: int = 1) -> None:
-        self.total += float(value) * n
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        n = target.size(0)
+        top1, top5 = correct_counts(logits, target, (1, 5))
+        self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double()])
         self.count += n
 
-    @property
-    def avg(self) -> float:
-        return self.total / max(self.count, 1)
+    def read(self) -> dict:
+        """{"loss": loss sum, "top1"/"top5": 100 * correct, "n": images}, as Python numbers."""
+        loss, top1, top5 = self.sums.tolist()
+        return {"loss": loss, "top1": 100.0 * top1, "top5": 100.0 * top5, "n": self.count}
 
 
-def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (1, 5)) -> list[float]:
-    """Top-k accuracies in percent (k capped at the number of classes)."""
+def correct_counts(logits: torch.Tensor, target: torch.Tensor,
+                   topk: Iterable[int] = (1, 5)) -> list[torch.Tensor]:
+    """How many samples have their target among the top-k logits, per k (k capped at the
+    number of classes), as 0-dim tensors on the logits' device."""
     topk = list(topk)
     maxk = min(max(topk), logits.size(1))
     pred = logits.topk(maxk, dim=1).indices
     correct = pred.eq(target.reshape(-1, 1))
-    return [correct[:, :min(k, maxk)].any(dim=1).float().mean().item() * 100.0 for k in topk]
+    return [correct[:, :min(k, maxk)].any(dim=1).sum() for k in topk]
 
 
 def format_seconds(seconds: float) -> str:
@@ -87,15 +96,25 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
-def _totals(loss_m: "Meter", top1_m: "Meter", top5_m: "Meter", dist_info, device) -> dict:
-    """Epoch averages, summed over ranks when distributed."""
-    sums = {"loss": loss_m.total, "top1": top1_m.total, "top5": top5_m.total, "n": loss_m.count}
+def _averages(sums: dict, dist_info, device) -> dict:
+    """Averages of `DeviceTotals.read()` sums, summed over ranks first when distributed."""
     if dist_info is not None:
         from utils.distributed import reduce_sums
         sums = reduce_sums(sums, dist_info, device)
     n = max(sums["n"], 1)
     return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
             "n": int(sums["n"])}
+
+
+def _nonfinite(loss_sum: float, epoch: int, first: int, last: int,
+               n_steps: int) -> FloatingPointError:
+    """The one-line error for a loss that became inf/NaN at one of steps first..last."""
+    where = (f"step {last}/{n_steps}" if first == last
+             else f"between steps {first} and {last} of {n_steps}")
+    return FloatingPointError(
+        f"loss became {loss_sum} at epoch {epoch + 1}, {where}; stopped, the last checkpoint "
+        f"(end of epoch {epoch}) is intact: lower the learning rate or clip gradients harder, "
+        "then rerun to resume")
 
 
 def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs: int,
@@ -105,44 +124,49 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
                 should_stop: Callable[[], bool] | None = None, first_step: int = 0) -> dict:
     """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
 
-    Logs a line every `print_freq` steps with loss, top-1, images/s and the epoch's ETA.
-    Returns loss, top1, top5, seconds and images_per_s of the epoch (over all ranks when
-    `dist_info` describes a distributed run). `should_stop()` is asked after every step: True
-    raises Interrupted at that step boundary. `first_step` > 0: the loader starts mid-epoch.
+    Loss and accuracy are summed on the device and read back only every `print_freq` steps,
+    for a log line (loss, top-1, images/s, the epoch's ETA), and at the end: no step waits
+    for the device. The loss is checked to be finite at those reads (and before stopping for
+    `should_stop`), so a non-finite loss is reported with the steps since the last. Returns loss,
+    top1, top5, seconds and images_per_s of the epoch (over all ranks when `dist_info`
+    describes a distributed run). `should_stop()` is asked after every step: True raises
+    Interrupted at that step boundary. `first_step` > 0: the loader starts mid-epoch.
     """
-    loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
+    totals = DeviceTotals(device)
     n_steps = first_step + len(loader)
     start = time.perf_counter()
-    seen = 0
+    checked = done = first_step  # steps whose loss is known to be finite / steps taken
+
+    def read() -> dict:
+        nonlocal checked
+        sums = totals.read()
+        if check_finite and not math.isfinite(sums["loss"]):
+            raise _nonfinite(sums["loss"], epoch, checked + 1, done, n_steps)
+        checked = done
+        return sums
+
     for i, (x, y) in enumerate(loader, start=first_step):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         loss, logits = step(x, y)
-        loss_value = float(loss)
-        if check_finite and not torch.isfinite(torch.tensor(loss_value)):
-            raise FloatingPointError(f"loss became {loss_value} at epoch {epoch + 1}, step "
-                                     f"{i + 1}/{n_steps}; stopped, the last checkpoint (end of "
-                                     f"epoch {epoch}) is intact: lower the learning rate or clip "
-                                     "gradients harder, then rerun to resume")
-        top1, top5 = accuracy(logits.detach(), y)
-        n = y.size(0)
-        seen += n
-        loss_m.update(loss_value, n)
-        top1_m.update(top1, n)
-        top5_m.update(top5, n)
-        if (i + 1) % print_freq == 0 or i + 1 == n_steps:
+        totals.add(loss, logits.detach(), y)
+        done = i + 1
+        if done % print_freq == 0 or done == n_steps:
+            sums = read()
             elapsed = time.perf_counter() - start
-            rate = seen / max(elapsed, 1e-9)
-            eta = elapsed / (i + 1 - first_step) * (n_steps - i - 1)
-            log(f"epoch {epoch + 1}/{epochs} step {i + 1}/{n_steps} loss {loss_m.avg:.4f} "
-                f"top1 {top1_m.avg:.2f}% top5 {top5_m.avg:.2f}% {rate:.1f} img/s "
+            rate = sums["n"] / max(elapsed, 1e-9)
+            eta = elapsed / (done - first_step) * (n_steps - done)
+            n = max(sums["n"], 1)
+            log(f"epoch {epoch + 1}/{epochs} step {done}/{n_steps} loss {sums['loss'] / n:.4f} "
+                f"top1 {sums['top1'] / n:.2f}% top5 {sums['top5'] / n:.2f}% {rate:.1f} img/s "
                 f"epoch ETA {format_seconds(eta)}")
-        if should_stop is not None and i + 1 < n_steps and should_stop():
-            raise Interrupted(epoch, i + 1)
+        if should_stop is not None and done < n_steps and should_stop():
+            read()  # no checkpoint of a model whose loss already went non-finite
+            raise Interrupted(epoch, done)
     seconds = time.perf_counter() - start
-    totals = _totals(loss_m, top1_m, top5_m, dist_info, device)
-    return {"loss": totals["loss"], "top1": totals["top1"], "top5": totals["top5"],
-            "seconds": seconds, "images_per_s": totals["n"] / max(seconds, 1e-9)}
+    averages = _averages(read(), dist_info, device)
+    return {"loss": averages["loss"], "top1": averages["top1"], "top5": averages["top5"],
+            "seconds": seconds, "images_per_s": averages["n"] / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -150,26 +174,23 @@ def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.de
              dist_info=None, memory_format: torch.memory_format = torch.contiguous_format,
              autocast: Callable = contextlib.nullcontext) -> dict:
     """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader` (each rank
-    evaluating its shard when `dist_info` is distributed; totals summed over ranks)."""
+    evaluating its shard when `dist_info` is distributed; totals summed over ranks). Sums
+    stay on the device until the end."""
     if dist_info is not None:
         from utils.distributed import sync_buffers
         sync_buffers(model, dist_info)
     was_training = model.training
     model.eval()
-    loss_m, top1_m, top5_m = Meter(), Meter(), Meter()
+    totals = DeviceTotals(device)
     start = time.perf_counter()
     for x, y in loader:
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         with autocast():
             logits = model(x).float()
-        n = y.size(0)
-        loss_m.update(criterion(logits, y).item(), n)
-        top1, top5 = accuracy(logits, y)
-        top1_m.update(top1, n)
-        top5_m.update(top5, n)
+        totals.add(criterion(logits, y), logits, y)
     model.train(was_training)
+    averages = _averages(totals.read(), dist_info, device)  # the one wait for the device
     seconds = time.perf_counter() - start
-    totals = _totals(loss_m, top1_m, top5_m, dist_info, device)
-    return {"loss": totals["loss"], "top1": totals["top1"], "top5": totals["top5"],
-            "images_per_s": totals["n"] / max(seconds, 1e-9)}
+    return {"loss": averages["loss"], "top1": averages["top1"], "top5": averages["top5"],
+            "images_per_s": averages["n"] / max(seconds, 1e-9)}

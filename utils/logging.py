@@ -181,16 +181,33 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+_warned_unusable_gpu = False
+
+
 def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; "cuda:N" (from --gpu N) -> that device. Asking
-    for CUDA without one, or for a device index the machine lacks, is an error."""
+    """auto -> cuda when available, else cpu (with one warning line when an NVIDIA GPU is
+    present but PyTorch cannot use it: utils.cuda_guard); "cuda:N" (from --gpu N) -> that
+    device. Asking for CUDA without one, or for a device index the machine lacks, is an error
+    that names the cause."""
+    from utils.cuda_guard import unusable_gpu_cause
+    global _warned_unusable_gpu
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        cause = unusable_gpu_cause()
+        if cause and not _warned_unusable_gpu and os.environ.get("RANK", "0") == "0":
+            _warned_unusable_gpu = True
+            print(f"warning: an NVIDIA GPU is present but PyTorch cannot use it: {cause}; "
+                  "training on the CPU", file=sys.stderr, flush=True)
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type != "cuda":
         return device
     flag = "--device cuda" if device.index is None else f"--gpu {device.index}"
     if not torch.cuda.is_available():
+        cause = unusable_gpu_cause()
+        if cause:
+            raise RuntimeError(f"{flag}: an NVIDIA GPU is present but PyTorch cannot use it: {cause}")
         raise RuntimeError(f"{flag}: no CUDA device is available; use --device cpu or auto"
                            + (" (and drop --gpu)" if device.index is not None else ""))
     count = torch.cuda.device_count()

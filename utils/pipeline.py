@@ -63,8 +63,17 @@ def _opt(flag: str, value) -> list[str]:
 def _common(args: argparse.Namespace, dataset: str, extra: list[str]) -> list[str]:
     """Data and device flags every stage script takes."""
     return ["--dataset", dataset, "--data_dir", args.data_dir, "--device", args.device,
-            "--num_workers", str(args.num_workers), *extra,
+            *_opt("--num_workers", getattr(args, "num_workers", None)), *extra,
             *(["--no-download"] if args.no_download else [])]
+
+
+def speed_flags(args: argparse.Namespace, training: bool = True) -> list[str]:
+    """run_all's --amp / --channels_last (every stage that runs a network) and --compile
+    (the training stages)."""
+    cl = getattr(args, "channels_last", None)
+    return [*_opt("--amp", getattr(args, "amp", None)),
+            *([] if cl is None else ["--channels_last" if cl else "--no-channels_last"]),
+            *(["--compile"] if training and getattr(args, "compile", False) else [])]
 
 
 def stage_commands(args: argparse.Namespace, seed: int,
@@ -79,7 +88,8 @@ def stage_commands(args: argparse.Namespace, seed: int,
               *_common(args, dataset, preset["extra"])]
     subset = args.subset or preset.get("subset")
     search = [*common, *_opt("--subset", subset), *_opt("--batch_size", pick["search_batch_size"]),
-              *_opt("--init_channels", pick["search_channels"]), *preset["search_extra"]]
+              *_opt("--init_channels", pick["search_channels"]), *preset["search_extra"],
+              *speed_flags(args)]
     if method == "stacnas":  # DARTS keeps its own bilevel scheme on a 50/50 split
         search += [*_opt("--optimization", args.optimization),
                    *_opt("--train_ratio", args.train_ratio)]
@@ -107,8 +117,9 @@ def stage_commands(args: argparse.Namespace, seed: int,
                      *_opt("--batch_size", pick["augment_batch_size"]),
                      *_opt("--num_cells", pick["augment_cells"]),
                      *_opt("--init_channels", pick["augment_channels"]),
-                     *_opt("--epochs", pick["augment_epochs"])]),
-        ("test", ["test.py", *common, "--checkpoint", str(seed_dir / "augment" / "checkpoint.pt")]),
+                     *_opt("--epochs", pick["augment_epochs"]), *speed_flags(args)]),
+        ("test", ["test.py", *common, "--checkpoint", str(seed_dir / "augment" / "checkpoint.pt"),
+                  *speed_flags(args, training=False)]),
     ]
     if args.feature and method == "stacnas":
         commands.append(("feature", ["feature.py", *common, "--stage", "search1",
@@ -130,7 +141,7 @@ def alpha_efficiency_command(args: argparse.Namespace, seed: int, methods: list[
             *_common(args, args.dataset or preset["dataset"], preset["extra"]),
             *_opt("--epochs", ae["epochs"]), *_opt("--num_cells", ae["num_cells"]),
             *_opt("--init_channels", ae["init_channels"]), *_opt("--batch_size", ae["batch_size"]),
-            *_opt("--subset", ae["subset"]), *_opt("--edges", ae["edges"])]
+            *_opt("--subset", ae["subset"]), *_opt("--edges", ae["edges"]), *speed_flags(args)]
 
 
 def stage_done(seed_dir: Path, stage: str) -> bool:

@@ -33,14 +33,12 @@ class GracefulStop:
         self.signum = signum
 
     def requested(self, ranks=None) -> bool:
-        """True once a signal arrived (on any rank, when distributed: all ranks stop together)."""
+        """True once a signal arrived (on any rank, when distributed: all ranks stop together;
+        asked over the CPU control group, so no GPU synchronisation per step)."""
         flag = self.signum is not None
-        if ranks is not None and ranks.enabled:
-            import torch
-            import torch.distributed as dist
-            t = torch.tensor([1.0 if flag else 0.0])
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
+        if ranks is not None:
+            from utils.distributed import any_rank
+            flag = any_rank(flag, ranks)
         return flag
 
     @property

@@ -21,13 +21,14 @@ def add_speed_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     g = p.add_argument_group("speed and memory")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format; default: chosen by the device where it was measured "
-                        "faster (GPUs: on; CPUs: see the README's speed table); "
+                        "faster (CPUs: on; GPUs: off, see the README's GPU table); "
                         "--no-channels_last for NCHW")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="autocast matmuls/convs to bf16 or fp16 (softmax of the alphas and the losses "
                         "stay float32; fp16 uses a gradient scaler); bf16 about halves memory. On a "
                         "CPU without native bf16 (e.g. AVX2 only) bf16 is ~10x slower: it is then "
-                        "refused with a warning (float32) unless --force_amp")
+                        "refused with a warning (float32) unless --force_amp, as on GPUs older than "
+                        "Ampere (V100, T4)")
     g.add_argument("--force_amp", action="store_true",
                    help="use --amp even where the device has no native support for it")
     if training:
@@ -53,9 +54,15 @@ def _avx2_class() -> bool:
 
 
 def channels_last_default(device: torch.device, network: str) -> bool:
-    """The measured choice (README, "Speed, memory and multiple GPUs"): channels_last on GPUs
-    and on CPUs, where it was faster for every network on AVX2 and on AVX-512/AMX."""
-    return device.type in ("cuda", "cpu")
+    """The measured choice (README, "Speed, memory and multiple GPUs"): channels_last on CPUs,
+    where it was faster for every network on AVX2 and on AVX-512/AMX; NCHW on GPUs (README,
+    "GPU clusters": the table measured there)."""
+    return device.type == "cpu"
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8.0) and later run bf16 natively; V100 / T4 emulate it."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def fast_path_default(device: torch.device, network: str, amp: str) -> tuple[str, ...]:
@@ -79,13 +86,20 @@ def resolve(args: argparse.Namespace, device: torch.device, network: str, log=pr
     without native bf16 unless --force_amp, the fast-path parts and keep_freed_memory."""
     if getattr(args, "channels_last", None) is None:
         args.channels_last = channels_last_default(device, network)
-    if (getattr(args, "amp", "none") == "bf16" and device.type == "cpu"
-            and not getattr(args, "force_amp", False) and not cpu_has_native_bf16()):
-        log(f"warning: --amp bf16 ignored: this CPU ({torch.backends.cpu.get_cpu_capability()}) has "
-            "no native bf16 and would run ~10x slower; training in float32 (--force_amp insists)")
-        args.amp = "none"
+    if getattr(args, "amp", "none") == "bf16" and not getattr(args, "force_amp", False):
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            log(f"warning: --amp bf16 ignored: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
+                "has no native bf16 and would run ~10x slower; training in float32 (--force_amp "
+                "insists)")
+            args.amp = "none"
+        elif device.type == "cuda" and not cuda_has_native_bf16(device):
+            log(f"warning: --amp bf16 ignored: this GPU ({torch.cuda.get_device_name(device)}) has "
+                "no native bf16 (compute capability < 8.0) and would emulate it; training in "
+                "float32 (--amp fp16 is native there; --force_amp insists on bf16)")
+            args.amp = "none"
     if getattr(args, "fast_path", None) is None:
-        args.fast_path = fast_path_default(device, network, args.amp)
+        args.fast_path = (() if getattr(args, "compile", False)
+                          else fast_path_default(device, network, args.amp))
     if getattr(args, "keep_freed_memory", None) is None:
         args.keep_freed_memory = device.type == "cpu" and not _avx2_class()
 
@@ -137,8 +151,8 @@ def prepare(model: nn.Module, args: argparse.Namespace, device: torch.device) ->
         if getattr(args, "keep_freed_memory", False):
             keep_freed_memory()
         parts = getattr(args, "fast_path", ())
-        if parts:
-            fastpath.enable(model, tuple(parts))
+        if parts and not getattr(args, "compile", False):  # the compiler fuses on its own; the
+            fastpath.enable(model, tuple(parts))           # fast path's autograd functions break its graph
     if channels_last_for(args, device):
         model.to(memory_format=torch.channels_last)
     if getattr(args, "grad_checkpoint", False):

@@ -7,7 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils import distributed
+from utils.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from utils.checkpoint_values import check_bounded
 from utils.lock import FolderLock, hold_folder
 from utils.runconfig import config_dict, config_differences, save_config
@@ -42,6 +43,44 @@ def check_same_config(state: dict, args: argparse.Namespace, path: str | Path) -
     if diffs and not args.force:
         raise ValueError(f"{path} was written with other options ({'; '.join(diffs)}); rerun "
                          "with the same options, --force to resume anyway, or a new --name")
+
+
+def rng_entries(ranks: distributed.Dist, device) -> dict:
+    """A checkpoint's random-generator entries: "rng_ranks", every rank's states in rank order
+    (each rank draws its own drop-path masks and augmentations: seed + rank), "rng", rank 0's
+    (what older code reads), and "world_size". Every rank calls it: the states are gathered to
+    rank 0, whose result is the one saved (the other ranks get their own state alone)."""
+    own = rng_state(device)
+    states = distributed.gather(own, ranks)
+    if states is None:
+        return {"rng": own, "world_size": ranks.world_size}
+    return {"rng": states[0], "rng_ranks": states, "world_size": ranks.world_size}
+
+
+def resume_rng(state: dict, path: str | Path, ranks: distributed.Dist, device, log) -> None:
+    """Give this rank its random-generator states from a checkpoint, after checking that the
+    number of processes allows the resume. Mid-epoch it must be the same: how many steps of the
+    epoch are done depends on it. At an epoch boundary it may differ (one log line); a rank the
+    saving run did not have keeps its own seed. An older checkpoint holds rank 0's states alone
+    ("rng"), which rank 0 takes."""
+    saved, now = state.get("world_size"), ranks.world_size
+    if saved is not None and saved != now:
+        if state.get("step", 0) > 0:
+            raise ValueError(
+                f"{path}: saved in the middle of epoch {state['epoch'] + 1} (step "
+                f"{state['step']}) by {_processes(saved)}, but this run has {_processes(now)}; "
+                f"the steps of a part-done epoch depend on the number of processes: resume with "
+                f"torchrun --nproc_per_node {saved}, or --resume a checkpoint saved at the end "
+                "of an epoch")
+        log(f"{path} was written by {_processes(saved)}, this run has {_processes(now)}: its "
+            "random draws and data order differ from an uninterrupted run from here on")
+    states = state.get("rng_ranks") or [state["rng"]]
+    if ranks.rank < len(states):
+        set_rng_state(states[ranks.rank], device)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process{'es' if n != 1 else ''}"
 
 
 class NullMetrics:
@@ -109,7 +148,6 @@ class StageRun:
         return True
 
     def __enter__(self) -> "StageRun":
-        from utils import distributed
         from utils.logging import get_logger, resolve_device
         self.ranks, self.device = distributed.setup(resolve_device(self.args.device))
         try:
@@ -123,7 +161,6 @@ class StageRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        from utils import distributed
         from utils.logging import close_logger
         if self.logger is not None:
             close_logger(self.logger)
@@ -152,6 +189,7 @@ class StageRun:
         return start, first_step, metrics
 
     def save(self, state: dict, keep_previous: bool = True) -> None:
+        """Rank 0 writes `state` (which every rank built: see rng_entries)."""
         if self.ranks.is_main:
             from utils.checkpoint import save_checkpoint
             save_checkpoint(state, self.checkpoint, keep_previous=keep_previous)
@@ -165,6 +203,5 @@ class StageRun:
         return stop.exit_code
 
     def done(self, metrics) -> None:
-        from utils import distributed
         metrics.close()
         distributed.barrier(self.ranks, patient=True)  # rank 0 wrote the outputs meanwhile
