@@ -34,16 +34,19 @@ import config
 from genotypes import Genotype, GenotypeError, genotype_to_dict, is_shared
 from utils import alpha_efficiency as ae
 from utils.cli import run_guarded
-from utils.files import write_text
+from utils.files import BadFile, read_json, write_text
 from utils.signals import ForwardToChild
 from utils.genotype_files import load_alphas, load_genotype, save_genotype
 from utils.plots import plot_alpha_efficiency
 from utils.stage import is_finished
+from utils.summary import RESULT_FIELDS, check_numbers
 
 ROOT = Path(__file__).resolve().parent
 STAGE_LABELS = {"search2": "stacnas", "search1": "search1", "darts": "darts"}
 FIX = ("finish that search first (rerun its search.py command: it resumes) or pass another "
        "--search_dir")
+CONFIG_FIX = "restore it, or rerun that search (search.py --force)"
+RUN_FIX = "delete that run's folder to train it again"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -83,22 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. 0,3 or normal:0,reduce:2 or normal,reduce)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     t = p.add_argument_group("training of each candidate (augment.py)")
-    t.add_argument("--epochs", type=config.positive_int, default=20, help="epochs per run")
+    t.add_argument("--epochs", type=config.epochs, default=20, help="epochs per run")
     t.add_argument("--num_cells", type=config.num_cells, default=8, help="cells of each network")
-    t.add_argument("--init_channels", type=config.positive_int, default=16, help="initial channels")
-    t.add_argument("--batch_size", type=config.positive_int, default=None,
+    t.add_argument("--init_channels", type=config.init_channels, default=16,
+                   help="initial channels")
+    t.add_argument("--batch_size", type=config.batch_size, default=None,
                    help="batch size; None: augment.py's")
     t.add_argument("--subset", type=config.positive_int, default=None,
                    help="train on the first N training images; None: all")
     t.add_argument("--seeds", type=config.seed_list, default="2",
-                   help="comma-separated seeds: every candidate is trained once per seed and the "
-                        "held-out top-1 averaged")
+                   help="comma-separated seeds, each " + config.SEED_HELP + ": every candidate "
+                        "is trained once per seed and the held-out top-1 averaged")
     t.add_argument("--valid_ratio", type=held_out, default=0.2,
                    help="share of the training set held out; its top-1 (best epoch) is what the "
                         "correlations use")
     for flag, kind, what in (
             ("--aux_weight", config.non_negative_float, "auxiliary head loss weight"),
-            ("--cutout", config.non_negative_int, "cutout length, 0 = off"),
+            ("--cutout", config.cutout, "cutout length, 0 = off"),
             ("--drop_path", config.non_negative_float, "drop-path probability")):
         t.add_argument(flag, type=kind, default=None, help=f"{what}; None: augment.py's")
     d = p.add_argument_group("data and device (None: the value in each search's config.json)")
@@ -108,13 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
                    help="never download a dataset")
     d.add_argument("--synthetic_shape", type=config.shape, default=None, help="synthetic: C,H,W")
-    d.add_argument("--synthetic_classes", type=config.positive_int, default=None,
+    d.add_argument("--synthetic_classes", type=config.synthetic_classes, default=None,
                    help="synthetic: classes")
-    d.add_argument("--synthetic_samples", type=config.positive_int, default=None,
+    d.add_argument("--synthetic_samples", type=config.synthetic_samples, default=None,
                    help="synthetic: training images")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available")
-    d.add_argument("--num_workers", type=config.non_negative_int, default=None,
+    d.add_argument("--num_workers", type=config.num_workers, default=None,
                    help="data-loading processes; None: augment.py's default for the device")
     s = p.add_argument_group("speed and memory of each training run (augment.py's flags)")
     s.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
@@ -165,15 +169,70 @@ def read_search(path: Path, label: str) -> dict:
         raise GenotypeError(f"{err}; {fix}") from None
     if not files["config"].is_file():
         raise FileNotFoundError(f"{files['config']}: not found; {FIX}")
-    try:
-        cfg = json.loads(files["config"].read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{files['config']}: not JSON ({err.msg} at line {err.lineno})") from None
+    cfg = read_search_config(files["config"])
     if not is_finished(path, "genotype.json"):
         raise RuntimeError(f"{path / 'checkpoint.pt'}: the search is not finished (no checkpoint "
                            f"marked finished); {FIX}")
     return {"label": label, "dir": path, "alphas": alphas, "genotype": genotype, "config": cfg,
             "stage": cfg.get("stage", path.name)}
+
+
+def _config_problem(key: str, value) -> str | None:
+    """Why `value` cannot be option `key` of a search's config.json (None: it can), judged by
+    the search parser's own types."""
+    if key in ("data_dir", "stage"):
+        return None if isinstance(value, str) else "expected a string"
+    if key == "dataset":
+        ok = isinstance(value, str) and value.lower() in config.DATASETS
+        return None if ok else f"expected one of {', '.join(config.DATASETS)}"
+    if key == "synthetic_shape":
+        if not (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            return "expected [channels, size]"
+        text, parse = f"{value[0]},{value[1]},{value[1]}", config.shape
+    else:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "expected an integer"
+        text, parse = str(value), CONFIG_INTS[key]
+    try:
+        parse(text)
+    except argparse.ArgumentTypeError as err:
+        return str(err)
+    return None
+
+
+# The integer options of a search's config.json the analysis reads, with the parser's types.
+CONFIG_INTS = {"synthetic_classes": config.synthetic_classes,
+               "synthetic_samples": config.synthetic_samples}
+CONFIG_READ = ("dataset", "data_dir", "synthetic_shape", *CONFIG_INTS, "stage")
+
+
+def read_search_config(path: Path) -> dict:
+    """A search's config.json: an object whose options the analysis reads (CONFIG_READ) are
+    absent, null or what the search's parser accepts; BadFile naming the file and the option
+    otherwise."""
+    cfg = read_object(path, "the search's options (config.json)", CONFIG_FIX)
+    for key in CONFIG_READ:
+        problem = None if cfg.get(key) is None else _config_problem(key, cfg[key])
+        if problem:
+            raise BadFile(f"{path}: {key} is {json.dumps(cfg[key])[:40]}: {problem}; "
+                          + CONFIG_FIX + (f", or pass --{key} here" if key != "stage" else ""))
+    return cfg
+
+
+def read_object(path: Path, what: str, fix: str) -> dict:
+    """The JSON object in `path` (utils.files.read_json); its BadFile line ends with `fix`."""
+    try:
+        return read_json(path, dict, what)
+    except BadFile as err:
+        raise BadFile(f"{err}; {fix}") from None
+
+
+def read_results(path: Path) -> dict:
+    """A finished run's results.json: an object whose numbers (RESULT_FIELDS) are numbers or
+    null; BadFile naming the file and the field otherwise."""
+    return check_numbers(read_object(path, "augment.py's results (results.json)", RUN_FIX),
+                         (*RESULT_FIELDS, "wall_seconds"), str(path), fix=RUN_FIX)
 
 
 def training_options(args: argparse.Namespace, cfg: dict, seed: int) -> dict:
@@ -274,8 +333,8 @@ class Child(ForwardToChild):
 
 def checked_results(stage_dir: Path, genotype: Genotype, opts: dict) -> dict:
     """results.json of a finished run, refused when it trained another genotype or options."""
-    results = json.loads((stage_dir / "results.json").read_text(encoding="utf-8"))
-    saved = json.loads((stage_dir / "config.json").read_text(encoding="utf-8"))
+    results = read_results(stage_dir / "results.json")
+    saved = read_object(stage_dir / "config.json", "augment.py's options (config.json)", RUN_FIX)
     diffs = [f"--{k}: {saved.get(k)!r} -> {v!r}" for k, v in opts.items() if saved.get(k) != v]
     if results.get("genotype") != genotype_to_dict(genotype):
         diffs.insert(0, "another genotype")
@@ -302,9 +361,12 @@ def describe(candidates: list[ae.Candidate], run: str) -> str:
 
 
 def result_text(results: dict) -> str:
-    valid = results.get("best_valid_top1")
-    return (f"held-out top-1 {'-' if valid is None else f'{valid:.2f}%'}, "
-            f"test {results['test_top1']:.2f}% ({results.get('wall_seconds', 0):.0f} s)")
+    """One line of a run's results (read_results: numbers or null)."""
+    pct = lambda v: "-" if v is None else f"{v:.2f}%"  # noqa: E731
+    seconds = results.get("wall_seconds")
+    return (f"held-out top-1 {pct(results.get('best_valid_top1'))}, "
+            f"test {pct(results.get('test_top1'))} "
+            f"({'-' if seconds is None else f'{seconds:.0f}'} s)")
 
 
 def train_one(args: argparse.Namespace, search: dict, run: str, genotype: Genotype, seed: int,
@@ -333,7 +395,7 @@ def train_one(args: argparse.Namespace, search: dict, run: str, genotype: Genoty
         print(f"\nerror: augment run {stage_dir} failed with exit code {code}; its log: {log}",
               file=sys.stderr, flush=True)
         return None, code
-    results = json.loads((stage_dir / "results.json").read_text(encoding="utf-8"))
+    results = read_results(stage_dir / "results.json")
     print(result_text(results), flush=True)
     return results, 0
 

@@ -12,8 +12,12 @@ checkpoint.pt (last, resumable), best.pt (with --valid_ratio), results.json.
 """
 from __future__ import annotations
 
+from utils.signals import keep_while_starting
+
+if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
+    keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
+
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,18 +31,20 @@ from models.factory import build_from_spec, network_spec
 from models.summary import count_macs, count_params_without_aux
 from utils import distributed, speed
 from utils.checkpoint import FINAL_FORMAT, load_checkpoint, save_checkpoint
-from utils.checkpoint_fields import check_final_checkpoint
+from utils.checkpoint_fields import check_final_checkpoint, require_kind
 from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, loader_options, make_loader, split_indices, subset_size
+from utils.data import (check_split, get_dataset, loader_options, make_loader, split_indices,
+                        subset_size)
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
-from utils.files import write_text
+from utils.files import write_json
 from utils.genotype_files import format_genotype, load_genotype
 from utils.logging import run_info
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
-from utils.signals import GracefulStop
-from utils.stage import StageRun, check_same_config, resume_rng, rng_entries
+from utils.signals import GracefulStop, StopNow
+from utils.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
+                         new_run_id, resume_rng, rng_entries)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +56,10 @@ def chosen_genotype(args: argparse.Namespace):
     """--arch NAME or the --genotype file."""
     if args.arch:
         return gt.get_named_genotype(args.arch)
+    # a search's genotype.json is its result only once that search is finished
+    check_stage_finished(Path(args.genotype).parent,
+                         "finish that search first (rerun its search.py command), or pass "
+                         "another --genotype FILE or --arch NAME")
     if not Path(args.genotype).is_file():
         raise gt.GenotypeError(f"{args.genotype}: not found; pass --genotype FILE or --arch NAME, "
                                "or run search.py --stage search2 for this --name first")
@@ -67,6 +77,7 @@ class Augment:
         # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
         seed_everything(args.seed + ranks.rank, args.deterministic)
         genotype = chosen_genotype(args)
+        self.run_id = new_run_id()  # kept through resumes (resume); best.pt carries it too
         spec_kwargs = dict(synthetic=config.synthetic_spec(args), download=not args.no_download,
                            log=log)
         with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
@@ -82,6 +93,9 @@ class Augment:
             self.train_idx, self.valid_idx = list(range(n)), []
         else:
             self.train_idx, self.valid_idx = split_indices(n, 1 - args.valid_ratio, args.seed)
+        check_split(len(self.train_idx), len(self.valid_idx), flag="--valid_ratio",
+                    value=args.valid_ratio, images=n, train_share=False, processes=ranks.world_size,
+                    held_out_for=None if args.valid_ratio is None else "picking best.pt")
         # one loader each for the stage (set_epoch picks the epoch; the workers persist)
         loading = loader_options(device, args.num_workers)
         self.train_loader = make_loader(self.train_set, self.train_idx, args.batch_size,
@@ -130,7 +144,7 @@ class Augment:
         """`epoch` completed epochs (+ `step` steps of the next one, after an interruption).
         Every rank calls it: rank 0's result holds every rank's RNG states (rng_entries)."""
         return {"format": FINAL_FORMAT, "epoch": epoch, "step": step, "finished": finished,
-                "config": config_dict(self.args), "network": self.spec,
+                "run": self.run_id, "config": config_dict(self.args), "network": self.spec,
                 "dataset": self.args.dataset, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -138,7 +152,8 @@ class Augment:
                 "elapsed": self.elapsed}
 
     def resume(self, path: Path) -> int:
-        state = check_final_checkpoint(load_checkpoint(path, self.device), path, resume=True)
+        state = require_kind(load_checkpoint(path, self.device), path, FINAL_FORMAT)
+        state = check_final_checkpoint(state, path, resume=True)
         check_same_config(state, self.args, path)
         if state.get("network") != self.spec:
             raise ValueError(f"{path}: its network differs from the one this command builds "
@@ -150,6 +165,7 @@ class Augment:
             self.scaler.load_state_dict(state["scaler"])
         resume_rng(state, path, self.ranks, self.device, self.log)
         self.best, self.elapsed = state["best"], state["elapsed"]
+        self.run_id = state.get("run") or self.run_id
         return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
@@ -201,10 +217,20 @@ class Augment:
                 "macs": count_macs(self.model, self.spec["in_channels"], self.spec["input_size"]),
                 "epochs": self.args.epochs,
                 "wall_seconds": round(self.elapsed, 1), "device": run_info(self.device)["device"],
-                "genotype": self.spec["genotype"], "dataset": self.args.dataset}
+                "genotype": self.spec["genotype"], "dataset": self.args.dataset,
+                "run": self.run_id, "finished": True}
 
 
 def run(args: argparse.Namespace) -> int:
+    """The training, from wherever its last run stopped. A stop signal before the epoch loop
+    stops at once (StopNow), in the loop saves a checkpoint at the next step (GracefulStop),
+    and during the final test stops at once with the last epoch's checkpoint kept
+    (StageRun.finish: a rerun resumes after it and finishes)."""
+    with StopNow(NOTHING_TO_SAVE):
+        return run_stage(args)
+
+
+def run_stage(args: argparse.Namespace) -> int:
     stage = StageRun(args, "augment", "results.json")
     if stage.finished():
         return 0
@@ -229,18 +255,26 @@ def run(args: argparse.Namespace) -> int:
                     stage.save(job.state(epoch + 1))
             except Interrupted as stopped:
                 return stage.interrupted(job, stopped, stop, metrics)
-        if job.last_test is not None and job.last_test[0] == args.epochs:
-            test = job.last_test[1]
-        else:
-            test = job.evaluate("test")
-        results = job.results(test)
-        if stage.ranks.is_main:
-            write_text(stage.dir / "results.json", json.dumps(results, indent=2) + "\n")
-        stage.save(job.state(args.epochs, finished=True), keep_previous=False)
-        stage.log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
-                  f"({results['params_millions']}M parameters); {stage.dir / 'results.json'}")
-        stage.done(metrics)
-    return 0
+            return stage.finish(stop, metrics, lambda: finish(job, stage))
+
+
+def finish(job: Augment, stage: StageRun) -> None:
+    """The final test (unless the last epoch ran it), results.json, the checkpoint marked
+    finished; every rank (the test is sharded), rank 0 writes."""
+    args = job.args
+    if job.last_test is not None and job.last_test[0] == args.epochs:
+        test = job.last_test[1]
+    else:
+        test = job.evaluate("test")
+    results = job.results(test)
+    if stage.ranks.is_main:
+        nulls = write_json(stage.dir / "results.json", results)
+        if nulls:
+            stage.log(f"warning: {', '.join(nulls)} not a number (NaN or infinite: the network "
+                      f"diverged?); written as null in {stage.dir / 'results.json'}")
+    stage.save(job.state(args.epochs, finished=True), keep_previous=False)
+    stage.log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
+              f"({results['params_millions']}M parameters); {stage.dir / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@ the per-stage defaults, derived paths computed in one place (config.json: utils.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from functools import partial
 
-from genotypes import IDENTITY_GROUP_CHOICES, NAMED_GENOTYPES, NUM_NODES
+from genotypes import IDENTITY_GROUP_CHOICES, MAX_CELLS, MIN_CELLS, NAMED_GENOTYPES, NUM_NODES
 from models.factory import SEARCH_STAGES
 from utils.data import DATASETS, SyntheticSpec
 from utils.speed import add_speed_args
@@ -32,25 +33,69 @@ def defaults_text(table: dict[str, dict], key: str) -> str:
                                            if entry[key] != first[key]])
 
 
+# -- sizes: the largest value each size flag takes ------------------------------------------
+# A flag's value beyond these is refused by the parser (exit 2, nothing created), not by a
+# failed allocation later. Network sizes are those the checkpoint checks accept
+# (utils/checkpoint_shapes.py RANGES): 1..2048 initial channels, 3..100 cells, 1..64 input
+# channels, 8..4096 pixels, 1..100,000 classes; epochs those of a checkpoint's epoch field.
+MAX_INT = 2 ** 31 - 1  # any count or index a flag takes (a C int)
+MAX_CHANNELS = 2048
+MAX_EPOCHS = 10 ** 6
+MAX_BATCH = 2 ** 16
+MAX_WORKERS = 256
+MAX_IN_CHANNELS, MIN_SIZE, MAX_SIZE = 64, 8, 4096
+MAX_CLASSES = 100_000
+MAX_SAMPLES = 10 ** 7
+# A synthetic dataset is built in memory, float32: class patterns + training + test images.
+MAX_SYNTHETIC_VALUES = 2 ** 30  # 4 GiB
+# numpy seeds must be below 2**32, and a process seeds with --seed + its rank (torchrun) or
+# + 1 (a second loader): seeds stop at 2**31 - 1, leaving 2**31 for the offsets.
+MAX_SEED = 2 ** 31 - 1
+
+
 # -- argparse value types: each bad value gets a message naming the problem ---------------
-def _checked(kind: type, ok, problem: str, name: str):
-    """An argparse type: parse `kind`, and reject values failing `ok` with `problem`."""
+def _checked(kind: type, ok, problem: str, name: str, hi: float | None = None,
+             why: str = ""):
+    """An argparse type: parse `kind` (a float must be finite), reject values failing `ok`
+    with `problem` and values above `hi` with "must be at most hi (why)"."""
     def parse(text: str):
         value = _number(text, kind)
         if not ok(value):  # `not ok` also rejects NaN
             raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}{f' ({why})' if why else ''}"
+                                             f", got {text}")
         return value
     parse.__name__ = name
     return parse
 
 
-positive_int = _checked(int, lambda v: v > 0, "must be a positive integer", "positive_int")
-non_negative_int = _checked(int, lambda v: v >= 0, "must be >= 0", "non_negative_int")
+positive_int = _checked(int, lambda v: v > 0, "must be a positive integer", "positive_int",
+                        MAX_INT)
+non_negative_int = _checked(int, lambda v: v >= 0, "must be >= 0", "non_negative_int", MAX_INT)
 non_negative_float = _checked(float, lambda v: v >= 0, "must be >= 0", "non_negative_float")
 positive_float = _checked(float, lambda v: v > 0, "must be > 0", "positive_float")
 ratio = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]", "ratio")
-num_cells = _checked(int, lambda v: v >= 3, "must be >= 3 (a network has two reduction cells)",
-                     "num_cells")
+num_cells = _checked(int, lambda v: v >= MIN_CELLS,
+                     f"must be >= {MIN_CELLS} (a network has two reduction cells)", "num_cells",
+                     MAX_CELLS, "the largest network this code builds")
+init_channels = _checked(int, lambda v: v > 0, "must be a positive integer", "init_channels",
+                         MAX_CHANNELS, "the widest network a checkpoint may hold")
+epochs = _checked(int, lambda v: v > 0, "must be a positive integer", "epochs", MAX_EPOCHS)
+batch_size = _checked(int, lambda v: v > 0, "must be a positive integer", "batch_size",
+                      MAX_BATCH)
+num_workers = _checked(int, lambda v: v >= 0, "must be >= 0", "num_workers", MAX_WORKERS,
+                       "data-loading processes per training process")
+seed = _checked(int, lambda v: v >= 0, "must be >= 0", "seed", MAX_SEED,
+                "seed + process rank must stay below 2**32")
+cutout = _checked(int, lambda v: v >= 0, "must be >= 0", "cutout", MAX_SIZE,
+                  "the largest image size")
+synthetic_classes = _checked(int, lambda v: v > 0, "must be a positive integer",
+                             "synthetic_classes", MAX_CLASSES)
+synthetic_samples = _checked(int, lambda v: v > 0, "must be a positive integer",
+                             "synthetic_samples", MAX_SAMPLES)
 num_nodes = _checked(int, lambda v: v == NUM_NODES,
                      f"only {NUM_NODES} intermediate nodes per cell are supported (the DARTS space "
                      "the paper searches)", "num_nodes")
@@ -76,7 +121,7 @@ def run_name(text: str) -> str:
 
 
 def seed_list(text: str) -> list[int]:
-    """Comma-separated distinct non-negative seeds (`1,2,3`): one run per seed."""
+    """Comma-separated distinct seeds (`1,2,3`), each in 0..MAX_SEED: one run per seed."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -85,7 +130,23 @@ def seed_list(text: str) -> list[int]:
     if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 1,2,3, "
                                          f"got {text!r}")
+    if max(values) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seeds must be at most {MAX_SEED:,} (seed + process "
+                                         f"rank must stay below 2**32), got {max(values)}")
     return values
+
+
+SEED_HELP = f"0..{MAX_SEED} (2**31 - 1: each process adds its rank)"
+
+
+def size_type(flag: str):
+    """The argparse type of a size flag by its name (`search1_epochs`, `augment_batch_size`,
+    `darts_cells`, `search_channels`, ...): bounded as the stage flags it sets are."""
+    for ending, kind in (("epochs", epochs), ("batch_size", batch_size), ("cells", num_cells),
+                         ("channels", init_channels)):
+        if flag.endswith(ending):
+            return kind
+    return positive_int
 
 
 def dataset_name(text: str) -> str:
@@ -106,14 +167,36 @@ def only_stage(stage: str, script: str, elsewhere: str):
 
 
 def shape(text: str) -> tuple[int, int]:
-    """C,H,W with H == W (square images)."""
+    """C,H,W with H == W (square images), C in 1..MAX_IN_CHANNELS, H in MIN_SIZE..MAX_SIZE."""
     try:
         c, h, w = (int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from None
-    if h != w or c <= 0 or h < 8:
-        raise argparse.ArgumentTypeError(f"expected C,H,H with H >= 8 (square images), got {text!r}")
+    if h != w or c <= 0 or h < MIN_SIZE:
+        raise argparse.ArgumentTypeError(f"expected C,H,H with H >= {MIN_SIZE} (square images), "
+                                         f"got {text!r}")
+    if c > MAX_IN_CHANNELS or h > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_IN_CHANNELS} channels and "
+                                         f"{MAX_SIZE} pixels, got {text!r}")
     return c, h
+
+
+def check_synthetic_size(args: argparse.Namespace) -> None:
+    """A synthetic dataset is built in memory (float32): refuse one past
+    MAX_SYNTHETIC_VALUES values before anything runs."""
+    if getattr(args, "dataset", None) != "synthetic" or None in (
+            getattr(args, "synthetic_shape", None), getattr(args, "synthetic_samples", None),
+            getattr(args, "synthetic_classes", None)):
+        return
+    channels, size = args.synthetic_shape
+    images = args.synthetic_classes + args.synthetic_samples + max(args.synthetic_samples // 2, 1)
+    values = images * channels * size * size
+    if values > MAX_SYNTHETIC_VALUES:
+        raise argparse.ArgumentTypeError(
+            f"the synthetic dataset (--synthetic_shape, --synthetic_samples, "
+            f"--synthetic_classes) would take {values * 4 / 2 ** 30:.1f} GiB of memory, more "
+            f"than the {MAX_SYNTHETIC_VALUES * 4 // 2 ** 30} GiB allowed; use fewer or smaller "
+            "images")
 
 
 def _number(text: str, kind: type):
@@ -153,7 +236,7 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     g.add_argument("--gpu", type=non_negative_int, default=None, metavar="N",
                    help="run on CUDA device N (the authors' flag; an error without CUDA); "
                         "default: --device decides")
-    g.add_argument("--seed", type=non_negative_int, default=2, help="random seed")
+    g.add_argument("--seed", type=seed, default=2, help=f"random seed, {SEED_HELP}")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (bitwise-reproducible CPU runs; slower on GPU)")
     g.add_argument("--print_freq", "--report_freq", dest="print_freq", type=positive_int, default=50,
@@ -174,16 +257,17 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     d.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
                    help="never download a dataset; use what is in --data_dir (Fashion-MNIST also "
                         "from Debian's dataset-fashion-mnist package)")
-    d.add_argument("--batch_size", type=positive_int, default=None, help=batch_size_help)
+    d.add_argument("--batch_size", type=batch_size, default=None, help=batch_size_help)
     d.add_argument("--subset", type=positive_int, default=None,
                    help="use only the first N training images (quick experiments)")
-    d.add_argument("--num_workers", type=non_negative_int, default=None,
+    d.add_argument("--num_workers", type=num_workers, default=None,
                    help="data-loading processes per training process (default: 2 on CPU; on CUDA "
                         "the CPUs per training process on this machine, at most 8)")
     d.add_argument("--synthetic_shape", type=shape, default=(3, 32),
                    help="synthetic dataset: C,H,W of the images")
-    d.add_argument("--synthetic_classes", type=positive_int, default=10, help="synthetic dataset: classes")
-    d.add_argument("--synthetic_samples", type=positive_int, default=512,
+    d.add_argument("--synthetic_classes", type=synthetic_classes, default=10,
+                   help="synthetic dataset: classes")
+    d.add_argument("--synthetic_samples", type=synthetic_samples, default=512,
                    help="synthetic dataset: training images (test set: half as many)")
 
 
@@ -205,9 +289,10 @@ def search_parser() -> argparse.ArgumentParser:
     add_common_args(p, f"batch size (default: {default('batch_size')})")
     n = p.add_argument_group("network")
     n.add_argument("--num_cells", type=num_cells, default=None,
-                   help=f"cells (default: {default('num_cells')})")
-    n.add_argument("--init_channels", type=positive_int, default=None,
-                   help=f"initial channels (default: {default('init_channels')})")
+                   help=f"cells, {MIN_CELLS}..{MAX_CELLS} (default: {default('num_cells')})")
+    n.add_argument("--init_channels", type=init_channels, default=None,
+                   help=f"initial channels, 1..{MAX_CHANNELS} (default: "
+                        f"{default('init_channels')})")
     add_num_nodes(n)
     n.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="one set of alphas for all normal cells and one for all reduction cells "
@@ -222,7 +307,7 @@ def search_parser() -> argparse.ArgumentParser:
                         "paper); released: skip_connect twice, then none, as the authors' released "
                         "code lists them (two alphas, two FactorizedReduce at stride 2)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=positive_int, default=None,
+    o.add_argument("--epochs", type=epochs, default=None,
                    help=f"epochs (default: {default('epochs')})")
     o.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
                    help="one-level: weights and alphas on the same batch (StacNAS); bilevel: DARTS's "
@@ -256,7 +341,7 @@ def search_parser() -> argparse.ArgumentParser:
                    help="weight of an auxiliary head's loss (0 = no auxiliary head)")
     o.add_argument("--label_smooth", type=non_negative_float, default=0.0, help="label smoothing")
     d = p.add_argument_group("augmentation (training images)")
-    d.add_argument("--cutout", "--cutout_length", dest="cutout", type=non_negative_int, default=0,
+    d.add_argument("--cutout", "--cutout_length", dest="cutout", type=cutout, default=0,
                    help="cutout length in pixels, 0 = off")
     d.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
     add_speed_args(p)
@@ -338,7 +423,9 @@ def parse(parser: argparse.ArgumentParser, resolve, argv: list[str] | None) -> a
     args = parser.parse_args(argv)
     try:
         select_gpu(args)
-        return resolve(args)
+        args = resolve(args)
+        check_synthetic_size(args)
+        return args
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
 
@@ -369,9 +456,10 @@ def augment_parser() -> argparse.ArgumentParser:
                           "(default: <save_dir>/<name>/search2/genotype.json)")
     src.add_argument("--arch", choices=NAMED_GENOTYPES, help="a named genotype")
     g.add_argument("--num_cells", type=num_cells, default=None,
-                   help=f"cells (default: {default('num_cells')})")
-    g.add_argument("--init_channels", type=positive_int, default=None,
-                   help=f"initial channels (default: {default('init_channels')})")
+                   help=f"cells, {MIN_CELLS}..{MAX_CELLS} (default: {default('num_cells')})")
+    g.add_argument("--init_channels", type=init_channels, default=None,
+                   help=f"initial channels, 1..{MAX_CHANNELS} (default: "
+                        f"{default('init_channels')})")
     add_num_nodes(g)
     g.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=None,
                    help="accepted for the authors' commands; the genotype file decides whether "
@@ -379,7 +467,7 @@ def augment_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep_zero", action="store_true",
                    help="a learned gate on every kept edge (the authors' unpublished 'keep ZERO')")
     o = p.add_argument_group("training")
-    o.add_argument("--epochs", type=positive_int, default=None,
+    o.add_argument("--epochs", type=epochs, default=None,
                    help=f"epochs (default: {default('epochs')})")
     o.add_argument("--lr", "--learning_rate", dest="lr", type=positive_float, default=None,
                    help=f"initial SGD lr (default: {default('lr')})")
@@ -400,7 +488,7 @@ def augment_parser() -> argparse.ArgumentParser:
     o.add_argument("--drop_path", "--drop_path_prob", dest="drop_path", type=non_negative_float, default=None,
                    help="drop-path probability, ramped linearly from 0 "
                         f"(default: {default('drop_path')})")
-    o.add_argument("--cutout", "--cutout_length", dest="cutout", type=non_negative_int, default=None,
+    o.add_argument("--cutout", "--cutout_length", dest="cutout", type=cutout, default=None,
                    help=f"cutout length in pixels, 0 = off (default: {default('cutout')})")
     o.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
     o.add_argument("--label_smooth", type=non_negative_float, default=None,

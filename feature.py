@@ -13,9 +13,16 @@ the images) or one mean per op (--statistic global). Writes into --feature_dir (
 <save_dir>/<name>/<stage>/feature/): correlation_<edge>.csv, correlation_mean.csv,
 heatmap_mean.png (+ heatmap_<edge>.png, kmeans_<edge>.png with --plots all),
 kmeans_edges.png (the authors' view: KMeans of each edge's mean feature maps),
-clusters_mean.png, dendrogram_mean.png, groups.json, summary.json, config.json, log.txt.
+clusters_mean.png, dendrogram_mean.png, summary.json, config.json, log.txt, and last
+groups.json: it marks a finished analysis (a folder without it is measured again; it is removed
+when a folder is measured again).
 """
 from __future__ import annotations
+
+from utils.signals import keep_while_starting
+
+if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
+    keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
 
 import argparse
 import json
@@ -34,7 +41,7 @@ from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint
 from utils.checkpoint_fields import check_search_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, loader_options, make_loader
-from utils.files import write_text
+from utils.files import BadFile, read_json, write_text
 from utils.lock import hold_folder
 from utils.logging import close_logger, get_logger, resolve_device
 from utils.runconfig import config_dict, config_differences, save_config
@@ -152,17 +159,33 @@ def rebuild(state: dict, info, args: argparse.Namespace) -> torch.nn.Module:
 
 
 def already_done(args: argparse.Namespace) -> bool:
+    """True when --feature_dir holds a finished analysis (utils.features.is_finished) made with
+    these options and --force was not given. An unreadable config.json: a BadFile naming it."""
     out = Path(args.feature_dir)
-    if args.force or not (out / "summary.json").is_file() or not (out / "config.json").is_file():
+    if args.force or not ft.is_finished(out):
         return False
-    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    try:
+        saved = read_json(out / "config.json", dict, what="the options feature.py ran with")
+    except BadFile as err:
+        raise BadFile(f"{err}; pass --force to measure again") from None
     return not config_differences(saved, config_dict(args))
 
 
+def check_not_a_stage_folder(args: argparse.Namespace) -> None:
+    """Refuse a --feature_dir that is a search stage folder: its groups.json is search1's own
+    (search2 reads it), which feature.py would remove and replace."""
+    out = Path(args.feature_dir)
+    if (out / "checkpoint.pt").is_file():
+        raise UsageError(f"argument --feature_dir: {out} is a stage folder (it holds "
+                         "checkpoint.pt) whose groups.json feature.py would replace; pass another "
+                         "folder (default: <stage folder>/feature)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_not_a_stage_folder(args)
     state, ops = read_supernet(args)
     if already_done(args):
-        print(f"{args.feature_dir} is already finished with these options (summary.json); "
+        print(f"{args.feature_dir} is already finished with these options ({ft.DONE_FILE}); "
               "pass --force to measure again")
         return 0
     out = Path(args.feature_dir)
@@ -172,10 +195,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(args: argparse.Namespace, state: dict, ops: list[str]) -> None:
-    """Run the images through the supernet, then analyse(); logs to <feature_dir>/log.txt."""
+    """Run the images through the supernet, then analyse(); logs to <feature_dir>/log.txt.
+    The done marker (groups.json) is removed first and written last."""
     out = Path(args.feature_dir)
     log = get_logger(out, "feature")
     try:
+        if ft.unmark_finished(out):
+            log.info(f"measuring again: removed the previous {out / ft.DONE_FILE} (written "
+                     "anew at the end)")
         device = resolve_device(args.device)
         seed_everything(args.seed, args.deterministic)
         data, info = get_dataset(args.dataset, args.data_dir, train=True, transform=args.transform,
@@ -188,19 +215,27 @@ def measure(args: argparse.Namespace, state: dict, ops: list[str]) -> None:
         loader = make_loader(data, indices, args.batch_size, shuffle=False, seed=args.seed,
                              **loader_options(device, args.num_workers))
         edges = ft.select_edges(model, args.edges)
+        if state.get("finished") is not True:
+            log.info(f"warning: {args.checkpoint} is not a finished search (epoch "
+                     f"{state.get('epoch')} of {state['config'].get('epochs')}): these are the "
+                     "features of a part-trained supernet")
         log.info(f"{args.checkpoint} (epoch {state.get('epoch')}): {len(edges)} edges, ops "
                  f"{', '.join(ops)}; {len(indices)} training images ({args.transform} transform) "
                  f"on {device}; statistic {args.statistic}")
         stats = ft.collect(model, loader, edges, device, log.info, args.print_freq)
-        analyse(args, state, ops, stats, len(indices), log.info)
+        groups = analyse(args, state, ops, stats, len(indices), log.info)
         save_config(args, out / "config.json")
+        write_text(out / ft.DONE_FILE, json.dumps(groups, indent=2) + "\n")  # last: the marker
+        log.info(f"written: {out}/ (groups.json: search.py --stage search1 --groups "
+                 f"{out / ft.DONE_FILE})")
     finally:
         close_logger(log)
 
 
 def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
-            num_images: int, log) -> None:
-    """Mean correlation, groups, KMeans views; CSVs, figures, groups.json, summary.json."""
+            num_images: int, log) -> dict:
+    """Mean correlation, groups, KMeans views; CSVs, figures, summary.json; the groups (which
+    the caller writes last, as groups.json)."""
     out = Path(args.feature_dir)
     means = {s: np.mean(np.stack([st.correlation(s) for st in stats.values()]), axis=0)
              for s in ft.STATISTICS}
@@ -228,7 +263,6 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
     ft.plot_kmeans_edges(map_labels, ops, out / "kmeans_edges.png", args.stage)
     with_none = any("none" in e for nodes in state["candidates"].values() for node in nodes for e in node)
     groups = ft.find_groups(mean, ops, args.num_groups, with_none)
-    write_text(out / "groups.json", json.dumps(groups, indent=2) + "\n")
     points, explained, labels = ft.kmeans_views(mean, ks, args.seed)
     ft.plot_clusters(points, explained, labels, ops, out / "clusters_mean.png",
                      f"ops by their |correlation| ({args.statistic}) rows, PCA plane")
@@ -261,7 +295,7 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
     if matches is not None:
         log(f"the paper's groups (pooling, identity, separable, dilated): "
             f"{'matched' if matches else 'not matched'}")
-    log(f"written: {out}/ (groups.json: search.py --stage search1 --groups {out / 'groups.json'})")
+    return groups
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ RELEASED_IDENTITY_MEMBERS = ["skip_connect", "skip_connect", "none"]
 DUPLICABLE_OP = "skip_connect"
 IDENTITY_GROUP_CHOICES = ("single", "released")
 NUM_NODES = 4
+# Cells of a network: two reduction cells need at least 3; more than 100 is no network this
+# code trains (the parsers and the checkpoint checks use the same range).
+MIN_CELLS, MAX_CELLS = 3, 100
 
 # normal/reduce: (op, input) pairs, two per intermediate node; input 0 = c_{k-2},
 # 1 = c_{k-1}, 2+ = earlier nodes. concat: the nodes (2..) joined into the cell output.
@@ -166,6 +169,9 @@ def alpha_set_keys(sets: Any, source: str = "alphas") -> list[str]:
             raise GenotypeError.at(source, "", "mixes shared ('normal'/'reduce') and per-cell "
                                                "('cell_<i>') alpha sets; keep one kind")
     else:
+        if not MIN_CELLS <= len(sets) <= MAX_CELLS:
+            raise GenotypeError.at(source, "", f"per-cell alpha sets of {len(sets)} cells; a "
+                                               f"network has {MIN_CELLS}..{MAX_CELLS} cells")
         expected = set_names(len(sets), False)
     if sorted(sets) != sorted(expected):
         raise GenotypeError.at(source, "", f"alpha sets {sorted(sets)}, expected {expected}")
@@ -225,10 +231,7 @@ def validate_genotype(g: Any, num_nodes: int = NUM_NODES, source: str = "genotyp
         names = [("normal", "normal_concat"), ("reduce", "reduce_concat")]
     elif isinstance(g, list) and g and all(isinstance(c, CellGenotype) for c in g):
         names = [(f"cell[{i}].ops", f"cell[{i}].concat") for i in range(len(g))]
-        for i, cell in enumerate(g):
-            if not isinstance(cell.reduction, bool):
-                raise GenotypeError.at(source, f"cell[{i}].reduction",
-                                       f"expected true/false, got {short_repr(cell.reduction)}")
+        _check_reductions(g, source)
     else:
         raise GenotypeError.at(source, "", f"expected a Genotype or a non-empty list of "
                                            f"CellGenotype, got {type(g).__name__}")
@@ -236,6 +239,24 @@ def validate_genotype(g: Any, num_nodes: int = NUM_NODES, source: str = "genotyp
         _check_ops(ops, num_nodes, source, ops_name)
         _check_concat(concat, num_nodes, source, concat_name)
     return g
+
+
+def _check_reductions(cells: list, source: str) -> None:
+    """A per-cell genotype has MIN_CELLS..MAX_CELLS cells and its reduction flags are
+    true/false exactly at :func:`reduction_cells` of its length (the network it builds)."""
+    for i, cell in enumerate(cells):
+        if not isinstance(cell.reduction, bool):
+            raise GenotypeError.at(source, f"cell[{i}].reduction",
+                                   f"expected true/false, got {short_repr(cell.reduction)}")
+    if not MIN_CELLS <= len(cells) <= MAX_CELLS:
+        raise GenotypeError.at(source, "", f"a per-cell genotype of {len(cells)} cells; a "
+                                           f"network has {MIN_CELLS}..{MAX_CELLS} cells")
+    expected = reduction_cells(len(cells))
+    for i, cell in enumerate(cells):
+        if cell.reduction != (i in expected):
+            raise GenotypeError.at(source, f"cell[{i}].reduction",
+                                   f"is {str(cell.reduction).lower()}, but a {len(cells)}-cell "
+                                   f"network reduces at cells {sorted(expected)} only")
 
 
 def genotype_to_dict(g: AnyGenotype) -> Union[dict, list]:
@@ -263,7 +284,7 @@ def genotype_from_dict(d: Any, source: str = "genotype", num_nodes: int = NUM_NO
         cells = []
         for i, cell in enumerate(d):
             require_keys(cell, ("cell", "reduction", "ops", "concat"), source, f"cell[{i}]")
-            if cell["cell"] != i:
+            if isinstance(cell["cell"], bool) or cell["cell"] != i:
                 raise GenotypeError.at(source, f"cell[{i}].cell", f"is {short_repr(cell['cell'])}, "
                                                                  f"expected {i} (list the cells "
                                                                  "in order from 0)")
@@ -355,10 +376,11 @@ def _best_op(edge: dict) -> Optional[tuple[float, str]]:
     return max(scored, key=lambda s: s[0]) if scored else None
 
 
-def candidates_from_stage1(alphas: dict, groups: dict = GROUPS) -> dict:
+def candidates_from_stage1(alphas: dict, groups: dict = GROUPS, source: str = "alphas") -> dict:
     """Stage-2 candidate ops per edge (StacNAS sec. 3): the members of the group whose
-    representative has the largest raw stage-1 alpha on that edge, ``none`` excluded."""
-    keys = alpha_set_keys(alphas)
+    representative has the largest raw stage-1 alpha on that edge, ``none`` excluded.
+    Errors name `source` (the alphas' file)."""
+    keys = alpha_set_keys(alphas, source)
     by_rep = {g["representative"]: g["members"] for g in groups.values()}
     result = {}
     for key in keys:
@@ -368,13 +390,13 @@ def candidates_from_stage1(alphas: dict, groups: dict = GROUPS) -> dict:
             for j, edge in enumerate(edges):
                 for op in edge["ops"]:
                     if op not in by_rep:
-                        raise GenotypeError(
-                            f"these look like stage-2 (or DARTS) alphas: op {op!r} on {key} "
-                            f"node {i} edge {j} is not a stage-1 group representative; "
-                            "pass the alphas.json of search1")
+                        raise GenotypeError.at(
+                            source, "", f"these look like stage-2 (or DARTS) alphas: op {op!r} "
+                                        f"on {key} node {i} edge {j} is not a stage-1 group "
+                                        "representative; pass the alphas.json of search1")
                 best = _best_op(edge)
                 if best is None:
-                    raise GenotypeError.at("alphas", f"{key} node {i} edge {j}",
+                    raise GenotypeError.at(source, f"{key} node {i} edge {j}",
                                            "only 'none'; no group to pick")
                 result[key][-1].append(list(by_rep[best[1]]))
     return result
@@ -387,7 +409,7 @@ def uniform_candidates(op_names: list[str], set_names: list[str],
             for s in set_names}
 
 
-def _derive_cell(nodes: list, key: str) -> list[tuple[str, int]]:
+def _derive_cell(nodes: list, key: str, source: str) -> list[tuple[str, int]]:
     ops = []
     for i, edges in enumerate(nodes):
         scored = []  # (alpha, op, input) of each edge's best op other than none
@@ -396,7 +418,7 @@ def _derive_cell(nodes: list, key: str) -> list[tuple[str, int]]:
             if best is not None:
                 scored.append((best[0], best[1], j))
         if len(scored) < 2:
-            raise GenotypeError.at("alphas", f"{key} node {i}", f"{len(scored)} edge(s) with an "
+            raise GenotypeError.at(source, f"{key} node {i}", f"{len(scored)} edge(s) with an "
                                                                "op other than 'none'; a final "
                                                                "node needs 2")
         scored.sort(key=lambda s: -s[0])  # stable: ties keep the lower input first
@@ -404,15 +426,17 @@ def _derive_cell(nodes: list, key: str) -> list[tuple[str, int]]:
     return ops
 
 
-def derive_genotype(alphas: dict, num_nodes: Optional[int] = None) -> AnyGenotype:
+def derive_genotype(alphas: dict, num_nodes: Optional[int] = None,
+                    source: str = "alphas") -> AnyGenotype:
     """Final genotype (DARTS sec. 2.4): per edge the best op by raw alpha, ``none`` excluded;
-    per node the 2 strongest edges, strongest first. Per-cell alphas give list[CellGenotype]."""
-    keys = alpha_set_keys(alphas)
+    per node the 2 strongest edges, strongest first. Per-cell alphas give list[CellGenotype].
+    Errors name `source` (the alphas' file)."""
+    keys = alpha_set_keys(alphas, source)
     n = len(alphas[keys[0]])
     if num_nodes is not None and n != num_nodes:
-        raise GenotypeError.at("alphas", "", f"{n} nodes per cell, expected {num_nodes}")
+        raise GenotypeError.at(source, "", f"{n} nodes per cell, expected {num_nodes}")
     concat = list(range(2, n + 2))
-    cells = {key: _derive_cell(alphas[key], key) for key in keys}
+    cells = {key: _derive_cell(alphas[key], key, source) for key in keys}
     if is_shared(alphas):
         return Genotype(cells["normal"], concat, cells["reduce"], list(concat))
     red = reduction_cells(len(keys))

@@ -14,13 +14,22 @@ of the stage before explicitly. The chain stops at the first stage that fails; r
 command skips finished stages and resumes the unfinished one. Outputs:
 <save_dir>/<name>/seed_<k>/<stage>/ per seed (DARTS: <save_dir>/<name>/darts/seed_<k>/),
 <save_dir>/<name>/alpha_efficiency/seed_<k>/, and <save_dir>/<name>/summary.md + summary.json.
-A SIGTERM or SIGINT stops the running stage at its next step (checkpoint saved) and run_all.py
-with the stage's exit code; rerunning the command resumes.
+A SIGTERM, SIGINT or SIGHUP at any moment stops run_all.py: the running stage is passed the
+signal and stops at its next step (checkpoint saved), no further stage is started, and run_all
+prints one `[run_all] stopped by ...` line and exits 128 + the signal's number; rerunning the
+command resumes.
 """
 from __future__ import annotations
 
+from utils.signals import keep_while_starting
+
+if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
+    keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
+
 import argparse
 import json
+import math
+import os
 import shlex
 import signal
 import subprocess
@@ -31,7 +40,7 @@ from pathlib import Path
 import config
 from utils import pipeline
 from utils.cli import run_guarded
-from utils.files import write_text
+from utils.files import BadFile, read_json, write_text
 from utils.signals import ForwardToChild
 from utils.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.summary import write_summary
@@ -56,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download a dataset (passed to every stage)")
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
-    p.add_argument("--seeds", type=config.seed_list, default=[2], help="comma-separated seeds, one pipeline each")
+    p.add_argument("--seeds", type=config.seed_list, default=[2], help=f"comma-separated seeds, one pipeline each; each {config.SEED_HELP}")
     p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
                    help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
                         "baseline (darts -> augment -> test, in <name>/darts/); both: the two on "
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="shared alphas (paper) or one set per cell")
     for key in OVERRIDES:
-        p.add_argument(f"--{key}", type=config.positive_int if "cells" not in key else config.num_cells,
+        p.add_argument(f"--{key}", type=config.size_type(key),
                        default=None, help=f"override the preset's {key.replace('_', ' ')}")
     return p
 
@@ -130,54 +139,140 @@ def launcher(gpus: int) -> list[str]:
     return [sys.executable]
 
 
+# Test-only hook (tests/test_faults_pipeline.py): with STACNAS_RUN_ALL_PAUSE=<point>, run_all
+# announces `[run_all] test pause at <point>` on stderr when it reaches that moment of its life
+# and waits there (at most 60 s, or until a stop signal arrives), so that a test can send a
+# signal at exactly that moment. Points: stage (before a stage is considered), spawn (before a
+# stage's process is created), spawned (created, not yet registered for forwarding), record
+# (recording a finished stage in timings.json), summary (before the summary is written).
+PAUSE_ENV = "STACNAS_RUN_ALL_PAUSE"
+
+
+def pause_for_test(point: str, forwarder: "Forwarder") -> None:
+    """Wait at `point` when the test-only STACNAS_RUN_ALL_PAUSE names it; otherwise nothing."""
+    if os.environ.get(PAUSE_ENV) != point:
+        return
+    print(f"[run_all] test pause at {point}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + 60
+    while forwarder.signum is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+class Interrupted(Exception):
+    """A stop signal reached run_all: `where` says at which moment and what to do."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(where)
+        self.signum, self.where = signum, where
+
+    @property
+    def line(self) -> str:
+        return f"[run_all] stopped by {signal.Signals(self.signum).name} {self.where}"
+
+
 class Forwarder(ForwardToChild):
-    """Runs the stages. SIGTERM / SIGINT sent to run_all.py are passed on to the running stage
-    (which saves its checkpoint and exits); run_all then stops with the stage's exit code. A
-    signal sent to the whole process group reaches the stage directly; the forwarded copy is
-    then harmless (the stage is already stopping)."""
+    """Runs the stages; installed for run_all's whole life (main). SIGTERM / SIGINT / SIGHUP
+    sent to run_all.py at any moment are recorded and passed on to the running stage (which
+    saves its checkpoint and exits), also when one arrives while the stage's process is being
+    created (ForwardToChild). No stage is started after one arrived (check). A signal sent to
+    the whole process group reaches the stage directly; the forwarded copy is then harmless
+    (the stage is already stopping)."""
+
+    def check(self, where: str) -> None:
+        """Raise Interrupted(`where`) once a stop signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, where)
 
     def run(self, cmd: list[str]) -> int:
-        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+        """Run `cmd` to its end; its exit code (negative: killed by that signal)."""
+        pause_for_test("spawn", self)
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+        pause_for_test("spawned", self)
+        self.proc = proc  # a signal that arrived since the last check is passed on now
         try:
-            return self.proc.wait()
+            return proc.wait()
         finally:
             self.proc = None
 
 
+def exit_status(code: int) -> int:
+    """A child's exit code as a shell reports it: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code
+
+
+def how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str, argv: list[str],
               label: str, timings: dict) -> int:
-    """Run one stage unless finished; its exit code (0 when skipped)."""
+    """Run one stage unless finished; its exit code (0 when skipped). Once a stop signal has
+    arrived no stage is started, and a stage that a signal stopped raises Interrupted."""
     cmd = launcher(args.gpus if stage in ("search1", "search2", "darts", "augment", "test") else 1) \
         + [str(ROOT / argv[0]), *argv[1:]]
+    pause_for_test("stage", forwarder)
+    before = f"before {label} {stage} started; rerun the same command to go on"
+    forwarder.check(before)
     print(f"[run_all] {label} {stage}: {shlex.join(cmd)}", flush=True)
     if args.dry_run:
         return 0
     if pipeline.stage_done(seed_dir, stage):
         print(f"[run_all] {label} {stage}: finished earlier, skipped", flush=True)
         return 0
+    forwarder.check(before)  # finding out took a while (checkpoints read)
     began = time.perf_counter()
     code = forwarder.run(cmd)
-    if forwarder.signum is not None:
-        name = signal.Signals(forwarder.signum).name
-        print(f"[run_all] stopped by {name} during {label} {stage} (exit code {code}); rerun the "
-              "same command to resume", file=sys.stderr, flush=True)
-        return code if code != 0 else 128 + forwarder.signum
+    if forwarder.signum is not None and code != 0:
+        ended = "was " + how_it_ended(code) if code < 0 else f"exited with code {code}"
+        raise Interrupted(forwarder.signum, f"during {label} {stage} (the stage {ended}); "
+                          "rerun the same command to resume")
     if code != 0:
         log = seed_dir / {"feature": "search1/feature", "alpha_efficiency": "."}.get(stage, stage) \
             / "log.txt"
-        print(f"[run_all] stage {stage} ({label}) failed with exit code {code}; "
+        ended = "was " + how_it_ended(code) if code < 0 else f"failed with exit code {code}"
+        print(f"[run_all] stage {stage} ({label}) {ended}; "
               f"its log: {log if log.is_file() else 'none written'}", file=sys.stderr)
-        return code
-    timings[stage] = round(time.perf_counter() - began, 1)
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    write_text(seed_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
+        return exit_status(code)
+    record_time(forwarder, seed_dir, timings, stage, time.perf_counter() - began)
+    forwarder.check(f"after {label} {stage} finished; rerun the same command to go on")
     return 0
+
+
+def record_time(forwarder: Forwarder, seed_dir: Path, timings: dict, stage: str,
+                seconds: float) -> None:
+    """Add a finished stage's wall time to <seed_dir>/timings.json (written atomically)."""
+    timings[stage] = round(seconds, 1)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    pause_for_test("record", forwarder)
+    write_text(seed_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
+
+
+def read_timings(path: Path) -> dict:
+    """The stage times run_all recorded in `path` ({} when absent); anything but an object of
+    non-negative finite numbers is a BadFile naming the file."""
+    if not path.is_file():
+        return {}
+    fix = "; remove it (it holds only the stage times the summary shows) and rerun"
+    try:
+        timings = read_json(path, dict, what="run_all's stage times")
+    except BadFile as err:
+        raise BadFile(f"{err}{fix}") from None
+    for stage, seconds in timings.items():
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds < 0):
+            raise BadFile(f"{path}: {stage!r} is {str(seconds)[:40]!r}, not a number of "
+                          f"seconds{fix}")
+    return timings
 
 
 def run_seed(args: argparse.Namespace, forwarder: Forwarder, seed: int, method: str) -> int:
     seed_dir = pipeline.method_dir(args, method, seed)
-    timings_path = seed_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = read_timings(seed_dir / "timings.json")
     label = f"seed {seed}" if args.method == "stacnas" else f"{method} seed {seed}"
     for stage, argv in pipeline.stage_commands(args, seed, method):
         code = run_stage(args, forwarder, seed_dir, seed, stage, argv, label, timings)
@@ -186,7 +281,17 @@ def run_seed(args: argparse.Namespace, forwarder: Forwarder, seed: int, method: 
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, forwarder: Forwarder) -> int:
+    """Every stage of every seed and method, then the summary; the exit code. A stop signal
+    at any moment: one `[run_all] stopped by ...` line, exit 128 + its number."""
+    try:
+        return run_pipeline(args, forwarder)
+    except Interrupted as stop:
+        print(stop.line, file=sys.stderr, flush=True)
+        return 128 + stop.signum
+
+
+def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
     if args.name is None:
         args.name = f"stacnas_{args.dataset or pipeline.PRESETS[args.preset]['dataset']}"
     # the stages run in the project folder: relative paths mean the caller's folder
@@ -199,23 +304,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"[run_all] preset {args.preset}, {' and '.join(methods)}, seeds "
           f"{','.join(map(str, args.seeds))}: {'would write' if args.dry_run else 'writing'} into "
           f"{Path(args.save_dir) / args.name} (--save_dir, --name)", flush=True)
-    with Forwarder() as forwarder:
-        for seed in args.seeds:
-            for method in methods:
-                code = run_seed(args, forwarder, seed, method)
-                if code != 0:
-                    return code
-            if args.alpha_efficiency:
-                code = run_stage(args, forwarder, pipeline.alpha_efficiency_dir(args, seed), seed,
-                                 "alpha_efficiency",
-                                 pipeline.alpha_efficiency_command(args, seed, methods),
-                                 f"seed {seed}", {})
-                if code != 0:
-                    return code
+    for seed in args.seeds:
+        for method in methods:
+            code = run_seed(args, forwarder, seed, method)
+            if code != 0:
+                return code
+        if args.alpha_efficiency:
+            code = run_stage(args, forwarder, pipeline.alpha_efficiency_dir(args, seed), seed,
+                             "alpha_efficiency",
+                             pipeline.alpha_efficiency_command(args, seed, methods),
+                             f"seed {seed}", {})
+            if code != 0:
+                return code
     if args.dry_run:
         return 0
+    pause_for_test("summary", forwarder)
     md, data = write_summary(Path(args.save_dir) / args.name, args.seeds, methods)
     print(f"[run_all] summary: {md}")
+    # a signal while the summary was written: it was completed first (it takes seconds)
+    forwarder.check(f"while the summary was written (completed first: {md}); every stage is "
+                    "finished")
     missing = [f"{s['method']} {s['seed']}" for m in data["methods"].values() for s in m["seeds"]
                if s["test_top1"] is None or s["genotype"] is None]
     if missing:
@@ -226,13 +334,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config.check_folder(args.save_dir, "--save_dir")
-    except argparse.ArgumentTypeError as err:
-        parser.error(str(err))
-    return run_guarded(lambda: run(args))
+    # installed first, for run_all's whole life: a stop signal at any moment is seen and passed on
+    with Forwarder() as forwarder:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            config.check_folder(args.save_dir, "--save_dir")
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
+        return run_guarded(lambda: run(args, forwarder))
 
 
 if __name__ == "__main__":

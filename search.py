@@ -10,8 +10,12 @@ plots/. Rerunning the same command resumes from the last completed epoch.
 """
 from __future__ import annotations
 
+from utils.signals import keep_while_starting
+
+if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
+    keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
+
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -25,21 +29,22 @@ from models.factory import build_supernet, stage_candidates
 from utils import distributed, speed
 from utils.architect import Architect, make_optimizers
 from utils.checkpoint import SEARCH_FORMAT, load_checkpoint
-from utils.checkpoint_fields import check_search_checkpoint
+from utils.checkpoint_fields import check_search_checkpoint, require_kind
 from utils.cli import run_guarded, seed_everything
-from utils.data import (get_dataset, infinite, loader_options, make_loader, split_indices,
-                        subset_size)
+from utils.data import (check_split, get_dataset, infinite, loader_options, make_loader,
+                        split_indices, subset_size)
 from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
-from utils.files import naming, write_text
-from utils.genotype_files import (format_genotype, load_alphas, load_groups, save_alphas,
-                                  save_genotype, save_groups)
+from utils.files import naming, write_json, write_text
+from utils.genotype_files import (check_stage1_alphas, format_genotype, load_alphas, load_groups,
+                                  save_alphas, save_genotype, save_groups)
 from utils.logging import MetricsWriter
 from utils.plots import plot_alpha_history, plot_genotype, softmax
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
-from utils.signals import GracefulStop
-from utils.stage import StageRun, check_same_config, resume_rng, rng_entries
+from utils.signals import GracefulStop, StopNow
+from utils.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
+                         new_run_id, resume_rng, rng_entries)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +58,7 @@ def stage1_alphas(args: argparse.Namespace) -> dict:
         raise gt.GenotypeError(f"{path}: not found; run `search.py --stage search1` for this run "
                                "first, or point --search1_dir at a finished search1 folder")
     alphas = load_alphas(path)
+    check_stage1_alphas(alphas, path, Path(args.search1_dir) / "groups.json")
     if not gt.is_shared(alphas) and len(alphas) != args.num_cells:
         raise gt.GenotypeError(f"{path}: per-cell alphas of {len(alphas)} cells cannot seed a "
                                f"{args.num_cells}-cell search2; pass --num_cells {len(alphas)}")
@@ -95,6 +101,10 @@ class Search:
         self.dist = ranks if ranks.enabled else None  # handed to the engine and architect
         # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
         seed_everything(args.seed + ranks.rank, args.deterministic)
+        if args.stage == "search2":  # its alphas.json and groups.json are search1's result only then
+            check_stage_finished(args.search1_dir, "finish it first (rerun its search.py --stage "
+                                 "search1 command), or point --search1_dir at a finished one")
+        self.run_id = new_run_id()  # kept through resumes (resume)
         with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
             self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
                                                transform="train", cutout=args.cutout,
@@ -103,6 +113,10 @@ class Search:
                                                download=not args.no_download)
         n = subset_size(len(self.train_set), args.subset)
         self.train_idx, self.valid_idx = split_indices(n, args.train_ratio, args.seed)
+        check_split(len(self.train_idx), len(self.valid_idx), flag="--train_ratio",
+                    value=args.train_ratio, images=n, train_share=True, processes=ranks.world_size,
+                    held_out_for={"bilevel": "--optimization bilevel"}.get(args.optimization) or
+                    ("--alphas_from best" if args.alphas_from == "best" else None))
         # one loader each for the stage (set_epoch picks the epoch; the workers persist)
         loading = loader_options(device, args.num_workers)
         shuffled = dict(shuffle=True, replicas=(ranks.rank, ranks.world_size), **loading)
@@ -156,7 +170,8 @@ class Search:
         """`epoch` completed epochs (+ `step` steps of the next one, after an interruption).
         Every rank calls it: rank 0's result holds every rank's RNG states (rng_entries)."""
         return {"format": SEARCH_FORMAT, "epoch": epoch, "step": step, "finished": finished,
-                "config": config_dict(self.args), "model": self.model.state_dict(),
+                "run": self.run_id, "config": config_dict(self.args),
+                "model": self.model.state_dict(),
                 "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -164,7 +179,8 @@ class Search:
                 "genotype": gt.genotype_to_dict(self.model.genotype()), "best": dict(self.best)}
 
     def resume(self, path: Path) -> int:
-        state = check_search_checkpoint(load_checkpoint(path, self.device), path)
+        state = require_kind(load_checkpoint(path, self.device), path, SEARCH_FORMAT, self.args.stage)
+        state = check_search_checkpoint(state, path)
         check_same_config(state, self.args, path)
         if state["candidates"] != self.model.candidates:
             raise ValueError(f"{path}: its supernet has other candidate ops than this command "
@@ -177,6 +193,7 @@ class Search:
             self.scaler.load_state_dict(state["scaler"])
         resume_rng(state, path, self.ranks, self.device, self.log)
         self.best = state.get("best", self.best)
+        self.run_id = state.get("run") or self.run_id
         return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
@@ -263,7 +280,7 @@ class Search:
             return
         alphas, selection = self.selected_alphas()
         genotype = gt.derive_genotype(alphas)
-        write_text(self.dir / "selection.json", json.dumps(selection, indent=2) + "\n")
+        write_json(self.dir / "selection.json", selection)
         self.log(f"alphas.json and genotype.json take the alphas of epoch {selection['alphas_epoch']} "
                  f"of {selection['last_epoch']} ({selection['rule']}"
                  + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection else ")"))
@@ -281,6 +298,14 @@ class Search:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The stage, from wherever its last run stopped. A stop signal before the epoch loop stops
+    at once (StopNow), in the loop saves a checkpoint at the next step (GracefulStop), and
+    while finishing stops at once with the last epoch's checkpoint kept (StageRun.finish)."""
+    with StopNow(NOTHING_TO_SAVE):
+        return run_stage(args)
+
+
+def run_stage(args: argparse.Namespace) -> int:
     stage = StageRun(args, args.stage, "genotype.json")
     if stage.finished():
         return 0
@@ -303,12 +328,14 @@ def run(args: argparse.Namespace) -> int:
                     stage.log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
             except Interrupted as stopped:
                 return stage.interrupted(search, stopped, stop, metrics)
-        final = search.state(args.epochs, finished=True)  # every rank, before rank 0's plots
-        search.finish()
-        stage.save(final, keep_previous=False)
-        stage.log(f"done: {stage.dir / 'genotype.json'}")
-        stage.done(metrics)
-    return 0
+
+            def finish() -> None:
+                final = search.state(args.epochs, finished=True)  # every rank, before the plots
+                search.finish()
+                stage.save(final, keep_previous=False)
+                stage.log(f"done: {stage.dir / 'genotype.json'}")
+
+            return stage.finish(stop, metrics, finish)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 
 Multiply-adds are counted with torch.utils.flop_counter (convolutions and matrix products of
 one eval-mode forward pass for one image at the dataset's input size; FLOPs / 2). Unset
---init_channels / --num_cells take search.py's and augment.py's defaults.
+--init_channels / --num_cells take search.py's and augment.py's defaults; their bounds are the
+training scripts'. The network is built on PyTorch's meta device (shapes, no memory), so a
+large one is counted without allocating it.
 """
 from __future__ import annotations
 
@@ -15,14 +17,16 @@ import argparse
 import json
 import sys
 
+import torch
 import torch.nn as nn
 
+import config
 import genotypes as gt
 from config import AUGMENT_DEFAULTS, SEARCH_DEFAULTS, defaults_text
 from models.factory import SEARCH_STAGES, build_final_network, build_supernet, stage_candidates
 from models.summary import count_macs, count_params, count_params_without_aux
 from utils.data import DATASET_INFO, dataset_info
-from utils.genotype_files import load_alphas, load_genotype
+from utils.genotype_files import check_stage1_alphas, load_alphas, load_genotype
 
 
 def describe(model: nn.Module, in_channels: int, input_size: int) -> dict:
@@ -46,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a search supernet instead of a final network")
     p.add_argument("--dataset", default="cifar10", choices=sorted(DATASET_INFO),
                    help="sets input channels, input size and classes")
-    for flag, what in (("init_channels", "initial channels"), ("num_cells", "cells")):
-        p.add_argument(f"--{flag}", type=int, default=None,
+    for flag, what, kind in (
+            ("init_channels", f"initial channels, 1..{config.MAX_CHANNELS}", config.init_channels),
+            ("num_cells", f"cells, {gt.MIN_CELLS}..{gt.MAX_CELLS}", config.num_cells)):
+        p.add_argument(f"--{flag}", type=kind, default=None,
                        help=f"{what} (default: supernets as search.py, "
                             f"{defaults_text(SEARCH_DEFAULTS, flag)}; final networks as "
                             f"augment.py, {defaults_text(AUGMENT_DEFAULTS, flag)})")
@@ -67,10 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     info = dataset_info(args.dataset)
-    for flag in ("init_channels", "num_cells"):
-        value = getattr(args, flag)
-        if value is not None and value < (3 if flag == "num_cells" else 1):
-            parser.error(f"--{flag} must be >= {3 if flag == 'num_cells' else 1}, got {value}")
     if args.identity_group != "single" and args.stage != "search2":
         parser.error("--identity_group applies to --stage search2 only")
     if args.stage == "search2" and not args.alphas:
@@ -82,24 +84,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.stage:
             alphas = load_alphas(args.alphas) if args.alphas else None
+            if alphas is not None:
+                check_stage1_alphas(alphas, args.alphas)
             groups = gt.identity_group(gt.GROUPS, args.identity_group)
             cands = stage_candidates(args.stage, cells, args.alpha_share, alphas, groups)
-            model = build_supernet(cands, **info.network_shape(), init_channels=channels,
-                                   num_cells=cells, auxiliary=args.auxiliary)
+            with torch.device("meta"):  # shapes only: no memory, whatever the size
+                model = build_supernet(cands, **info.network_shape(), init_channels=channels,
+                                       num_cells=cells, auxiliary=args.auxiliary)
             head = {"network": "supernet", "stage": args.stage}
         else:
             genotype = (gt.get_named_genotype(args.arch) if args.arch
                         else load_genotype(args.genotype))
-            model = build_final_network(genotype, **info.network_shape(), init_channels=channels,
-                                        num_cells=cells, auxiliary=args.auxiliary,
-                                        keep_zero=args.keep_zero)
+            with torch.device("meta"):
+                model = build_final_network(genotype, **info.network_shape(),
+                                            init_channels=channels, num_cells=cells,
+                                            auxiliary=args.auxiliary, keep_zero=args.keep_zero)
             head = {"network": "final", "arch": args.arch or args.genotype}
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        head.update(dataset=args.dataset, init_channels=_first_cell_channels(model),
+                    num_cells=len(model.cells))
+        head.update(describe(model, info.channels, info.size))
+    except (ValueError, OSError, RuntimeError, MemoryError) as err:
+        text = str(err).strip()
+        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
         return 1
-    head.update(dataset=args.dataset, init_channels=_first_cell_channels(model),
-                num_cells=len(model.cells))
-    head.update(describe(model, info.channels, info.size))
     print(json.dumps(head))
     return 0
 

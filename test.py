@@ -9,11 +9,21 @@ from their own contents. The authors' released .pth.tar files (whole pickled mod
 by models.legacy without their code and without running anything from the file.
 Prints top-1, top-5, loss, parameters (millions, and the authors' unit: parameters / 2^20)
 and images/s; writes <save_dir>/<name>/test/results.json.
+
+Only a finished training is a result: looked up by --name (or in a folder), a network whose
+augment.py run is not finished is refused with one line saying how to finish it, and a best.pt
+left by an earlier run of the folder (before an augment.py --force) is passed over; a file
+named with --checkpoint is evaluated anyway, with a warning line, and results.json says
+"finished": false. A NaN or infinite figure is written as null, with a warning line.
 """
 from __future__ import annotations
 
+from utils.signals import keep_while_starting
+
+if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
+    keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
+
 import argparse
-import json
 import sys
 import zipfile
 from pathlib import Path
@@ -30,7 +40,7 @@ from utils.checkpoint_fields import check_final_checkpoint
 from utils.cli import run_guarded, seed_everything
 from utils.data import get_dataset, loader_options, make_loader, subset_size
 from utils.engine import evaluate
-from utils.files import write_text
+from utils.files import write_json
 from utils import distributed, speed
 from utils.lock import hold_folder
 from utils.logging import resolve_device, run_info
@@ -58,6 +68,11 @@ def load_ours(path: Path, state: dict) -> tuple[nn.Module, dict]:
 
 def load_network(path: str | Path) -> tuple[nn.Module, dict, str]:
     """(network in eval mode, its spec, "ours" | "authors") from any supported checkpoint."""
+    return read_network(path)[:3]
+
+
+def read_network(path: str | Path) -> tuple[nn.Module, dict, str, dict | None]:
+    """load_network's, and the checkpoint's data (None for the authors' files)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -69,10 +84,54 @@ def load_network(path: str | Path) -> tuple[nn.Module, dict, str]:
             state = None  # not ours: perhaps an authors' file re-saved in the zip format
         if state is not None:
             model, spec = load_ours(path, state)
-            return model.eval(), spec, "ours"
+            return model.eval(), spec, "ours", state
     from models import legacy  # only needed for the authors' files
     model, spec = legacy.load_authors_network(path)
-    return model.eval(), spec, "authors"
+    return model.eval(), spec, "authors", None
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Two checkpoints of one training run: the same run id (older files: the same options)."""
+    if a.get("run") is not None or b.get("run") is not None:
+        return a.get("run") == b.get("run")
+    return a.get("config") == b.get("config")
+
+
+def _latest_beside(path: Path) -> dict | None:
+    """The run's latest checkpoint (checkpoint.pt beside `path`), checked; None if absent."""
+    latest = path.with_name("checkpoint.pt")
+    if not latest.is_file():
+        return None
+    return check_final_checkpoint(load_checkpoint(latest), latest)
+
+
+def training_status(path: Path, state: dict | None) -> tuple[dict, str | None]:
+    """(results.json's account of the training that made the network: finished, trained_epochs,
+    epochs, run; why it is not a final result, or None). A checkpoint.pt or an export says
+    itself whether it is finished; a best.pt (saved mid-training) is final when the
+    checkpoint.pt beside it is finished and of the same run. The authors' files are final."""
+    if state is None:
+        return {"finished": True}, None
+    info = {"finished": state.get("finished") is True, "run": state.get("run")}
+    if state.get("epoch") is None:  # an export: as final as the network it was made from
+        return info, None if info["finished"] else f"{path} was exported from an unfinished training"
+    latest = state
+    if not info["finished"] and path.name != "checkpoint.pt":
+        latest = _latest_beside(path)
+        if latest is None:
+            return info, (f"{path} was saved during a training, and no checkpoint.pt beside it "
+                          "says whether that training finished")
+        if not _same_run(state, latest):
+            return info, (f"{path} was left by an earlier run of {path.parent}, not by the run "
+                          "whose checkpoint.pt is there")
+        info["finished"] = latest.get("finished") is True
+    config = latest.get("config")
+    epochs = config.get("epochs") if isinstance(config, dict) else None
+    info.update(trained_epochs=latest.get("epoch"), epochs=epochs)
+    if info["finished"]:
+        return info, None
+    return info, (f"{path}: its training is not finished (epoch {info['trained_epochs']} of "
+                  f"{epochs}; stopped, or still running)")
 
 
 # Where a run folder keeps its trained network, in order of preference: the authors' layout
@@ -82,20 +141,36 @@ RUN_FOLDER_MODELS = ("augment/models/best.pth.tar", "models/best.pth.tar", "best
                      "augment/best.pt", "augment/checkpoint.pt", "best.pt", "checkpoint.pt")
 
 
-def find_model(args: argparse.Namespace) -> Path:
-    """--checkpoint / --load_model_dir: a file, or a run folder; none: this run's augment/."""
+def find_model(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(the network to test, whether it was looked up in a folder). --checkpoint /
+    --load_model_dir: a file, or a run folder; none: this run's augment/. A best.pt that an
+    earlier run of its folder left (checkpoint.pt beside it is another run's) is passed over,
+    with a warning line."""
     if args.checkpoint is None:
         folder, names = Path(args.run_dir), ("augment/best.pt", "augment/checkpoint.pt")
     else:
         folder, names = Path(args.checkpoint), RUN_FOLDER_MODELS
         if not folder.is_dir():
-            return folder  # a file (load_network names it when it is missing)
+            return folder, False  # a file (load_network names it when it is missing)
     for name in names:
-        if (folder / name).is_file():
-            return folder / name
+        candidate = folder / name
+        if not candidate.is_file():
+            continue
+        if candidate.name == "best.pt" and _stale_best(candidate):
+            print(f"warning: {candidate} was left by an earlier run of {candidate.parent} (before "
+                  f"an augment.py --force); testing {candidate.with_name('checkpoint.pt')}",
+                  file=sys.stderr)
+            continue
+        return candidate, True
     hint = ("train it with augment.py (same --name and --save_dir) or pass --load_model_dir FILE"
             if args.checkpoint is None else "pass the checkpoint file itself")
     raise CheckpointError(f"no trained network in {folder}: looked for {', '.join(names)}; {hint}")
+
+
+def _stale_best(best: Path) -> bool:
+    """True when checkpoint.pt beside `best` belongs to another training run than it."""
+    latest = _latest_beside(best)
+    return latest is not None and not _same_run(load_checkpoint(best), latest)
 
 
 def authors_megabytes(params: int) -> float:
@@ -112,12 +187,14 @@ def check_fits(spec: dict, info, dataset: str, path: Path) -> None:
                          f"and {have[2]}; pass the dataset it was trained on")
 
 
-def export(model: nn.Module, spec: dict, source: Path, path: Path, force: bool) -> None:
+def export(model: nn.Module, spec: dict, source: Path, path: Path, force: bool,
+           finished: bool = True) -> None:
+    """Write the network as one of our checkpoints; `finished` as the training it came from."""
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; choose another --export path or pass --force")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"format": FINAL_FORMAT, "network": spec, "model": model.state_dict(),
-                     "epoch": None, "finished": True, "source": str(source), "config": {}},
+                     "epoch": None, "finished": finished, "source": str(source), "config": {}},
                     path, keep_previous=False)
 
 
@@ -137,22 +214,38 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, device: torch.device) -> int:
     seed_everything(args.seed, args.deterministic)
-    checkpoint = find_model(args)
-    model, spec, source = load_network(checkpoint)
+    checkpoint, looked_up = find_model(args)
+    model, spec, source, state = read_network(checkpoint)
+    status, problem = training_status(checkpoint, state)
+    if problem and looked_up:
+        raise CheckpointError(f"{problem}; finish it (rerun the same augment.py command: it "
+                              f"resumes), or pass --checkpoint {checkpoint} to evaluate it "
+                              "anyway as an unfinished result")
+    if problem and ranks.is_main:
+        print(f"warning: {problem}; this is not a final result: results.json says "
+              '"finished": false', file=sys.stderr)
     with distributed.main_rank_first(ranks):  # rank 0 downloads a missing dataset
         test_set, info = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
                                      synthetic=config.synthetic_spec(args),
                                      download=not args.no_download)
     check_fits(spec, info, args.dataset, checkpoint)
     with hold_folder(args.stage_dir, ranks):  # one test run at a time writes its results
-        return measure(args, ranks, device, checkpoint, model, spec, source, test_set)
+        return measure(args, ranks, device, checkpoint, model, spec, source, test_set, status)
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """The names of the network's float tensors that hold a NaN or an infinity."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.device,
-            checkpoint: Path, model: nn.Module, spec: dict, source: str, test_set) -> int:
-    """Export (--export), evaluate, and write results.json (rank 0)."""
+            checkpoint: Path, model: nn.Module, spec: dict, source: str, test_set,
+            status: dict) -> int:
+    """Export (--export), evaluate, and write results.json (rank 0), `status` included
+    (training_status); NaN or infinite figures are written as null, with one warning line."""
     if args.export and ranks.is_main:
-        export(model, spec, checkpoint, Path(args.export), args.force)
+        export(model, spec, checkpoint, Path(args.export), args.force, status["finished"])
         print(f"exported {checkpoint} ({source}) to {args.export}")
     count = subset_size(len(test_set), args.subset)
     loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
@@ -172,9 +265,15 @@ def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.dev
                "params_millions": round(params / 1e6, 4),
                "params_authors_unit": round(authors_megabytes(params), 4),
                "params_with_aux_authors_unit": round(authors_megabytes(total), 4),
-               "images_per_s": round(stats["images_per_s"], 1), **run_info(device)}
+               "images_per_s": round(stats["images_per_s"], 1), **status, **run_info(device)}
     out = Path(args.stage_dir)
-    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    nulls = write_json(out / "results.json", results)
+    if nulls:
+        broken = nonfinite_weights(model)
+        cause = (f"{len(broken)} of its weight tensors hold NaN or infinite values (e.g. "
+                 f"{broken[0]}: a diverged training?)" if broken else "the network overflows")
+        print(f"warning: {checkpoint}: {cause}; {', '.join(nulls)} not a number, written as null "
+              f"in {out / 'results.json'}", file=sys.stderr)
     print(f"{checkpoint} ({source}): test top1 {stats['top1']:.2f}% top5 {stats['top5']:.2f}% "
           f"loss {stats['loss']:.4f}; {params / 1e6:.3f}M parameters without the auxiliary head "
           f"= {authors_megabytes(params):.2f}M in the authors' unit (parameters / 2^20; "

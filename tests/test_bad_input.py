@@ -69,9 +69,34 @@ def files(tmp_path_factory):
         (d / f"genotype_{name}.json").write_text(json.dumps(data))
     (d / "malformed.json").write_text('{"normal": [["sep_conv_3x3", 0],')
     (d / "empty_dir").mkdir()
+    _hand_edited(d, json.loads((d / "run" / "search1" / "alphas.json").read_text()))
     torch.save(Evil(d / "pwned"), d / "evil.pt", _use_new_zipfile_serialization=False)
     (d / "evil.pkl").write_bytes(pickle.dumps(Evil(d / "pwned")))
     return d
+
+
+def _hand_edited(d: Path, alphas: dict) -> None:
+    """Hand-edited alphas, groups and genotype files (issue 20, item 9), each in a search1
+    folder of its own where search2 reads it: s1_<name>/alphas.json (+ groups.json)."""
+    def folder(name, data, groups=None):
+        (d / name).mkdir()
+        (d / name / "alphas.json").write_text(data if isinstance(data, str) else json.dumps(data))
+        if groups is not None:
+            (d / name / "groups.json").write_text(json.dumps(groups))
+    marked = json.loads(json.dumps(alphas))
+    marked["normal"][0][0]["alphas"][2] = 123.25  # sep_conv_3x3's, made the integer 10**400
+    folder("s1_huge", json.dumps(marked).replace("123.25", "1" + "0" * 400))
+    folder("s1_nodes5", {k: v + [v[-1] + [v[-1][-1]]] for k, v in alphas.items()})
+    folder("s1_nodes1", {k: v[:1] for k, v in alphas.items()})
+    edited = {**gt.GROUPS, "pooling": {"representative": "avg_pool_3x3",
+                                       "members": ["avg_pool_3x3", "max_pool_3x3", "none"]}}
+    folder("s1_edited", alphas, edited)
+    (d / "groups_zero.json").write_text(json.dumps({"zero": gt.GROUPS["zero"]}))
+    (d / "groups_none_only.json").write_text(json.dumps(
+        {**gt.GROUPS, "pooling": {"representative": "max_pool_3x3", "members": ["none"]}}))
+    cells = gt.genotype_to_dict([gt.CellGenotype(gt.DARTS_V2.normal, [2, 3, 4, 5], i == 1)
+                                 for i in range(3)])
+    (d / "genotype_reductions.json").write_text(json.dumps(cells))
 
 
 def _cases(d):
@@ -109,6 +134,25 @@ def _cases(d):
                     "--search1_dir", str(s2)], 1, "look like stage-2 (or DARTS) alphas"),
         ("search", [*search_base, *net, "--resume", str(d / "missing.pt")], 1,
          "missing.pt: checkpoint not found"),
+        # out-of-range values: refused by the parser, nothing created (issue 20, item 12)
+        ("search", [*search_base, "--seed", "4294967296"], 2, "--seed: must be at most 2,147,483,647"),
+        ("search", [*search_base, "--num_cells", "101"], 2, "--num_cells: must be at most 100"),
+        ("search", [*search_base, "--init_channels", "30000"], 2,
+         "--init_channels: must be at most 2,048"),
+        ("search", [*search_base, "--w_lr", "1e400"], 2, "--learning_rate: must be a finite number"),
+        ("search", [*search_base, *net, "--synthetic_shape", "3,1024,1024", "--synthetic_samples",
+                    "10000"], 2, "the synthetic dataset"),
+        # hand-edited alphas and groups (issue 20, item 9)
+        *[("search", ["--name", "x", "--save_dir", str(d), "--stage", "search2", *net,
+                      "--search1_dir", str(d / folder)], 1, message)
+          for folder, message in (("s1_huge", "alpha of 'sep_conv_3x3' is 1000"),
+                                  ("s1_nodes5", "normal: 5 intermediate node(s), expected 4"),
+                                  ("s1_nodes1", "normal: 1 intermediate node(s), expected 4"),
+                                  ("s1_edited", "groups.json: representatives ['avg_pool_3x3'"))],
+        ("search", [*search_base, *net, "--groups", str(d / "groups_zero.json")], 1,
+         "groups_zero.json: only the zero group"),
+        ("search", [*search_base, *net, "--groups", str(d / "groups_none_only.json")], 1,
+         "groups_none_only.json: pooling: members ['none'] hold no real op"),
         ("augment", [*aug_base, "--dataset", "svhn"], 2, "invalid choice: 'svhn'"),
         ("augment", [*aug_base, "--epochs", "-3"], 2, "--epochs: must be a positive integer"),
         ("augment", [*aug_base, "--valid_ratio", "1.5"], 2, "--valid_ratio: must be in (0, 1]"),
@@ -125,6 +169,10 @@ def _cases(d):
         ("augment", [*aug_base, "--genotype", str(d / "genotype_nodes.json")], 1,
          "normal: 6 entries, expected 8"),
         ("augment", [*aug_base, "--genotype", str(s1 / "alphas.json")], 1, "alphas.json"),
+        ("augment", [*aug_base, "--genotype", str(d / "genotype_reductions.json")], 1,
+         "cell[2].reduction: is false, but a 3-cell network reduces at cells [1, 2] only"),
+        ("augment", [*aug_base, "--epochs", "10000000"], 2, "--epochs: must be at most 1,000,000"),
+        ("augment", [*aug_base, "--num_workers", "100000"], 2, "--num_workers: must be at most 256"),
         ("test", [*test_base, "--checkpoint", str(d / "missing.pt")], 1, "missing.pt: checkpoint not found"),
         ("test", [*test_base], 1, "no trained network in"),
         ("test", [*test_base, "--load_model_dir", str(d / "empty_dir")], 1, "looked for augment/models/best.pth.tar"),
@@ -139,18 +187,34 @@ def _cases(d):
         ("test", [*test_base, "--checkpoint", str(aug / "checkpoint.pt"), "--batch_size", "0"], 2,
          "must be a positive integer"),
         ("test", ["--name", "x", "--checkpoint", "c.pt", "--dataset", "imagenet1k"], 2, "invalid choice"),
+        ("test", [*test_base, "--batch_size", "100000000"], 2, "--batch_size: must be at most 65,536"),
+        ("test", [*test_base, "--synthetic_shape", "3,8192,8192"], 2,
+         "at most 64 channels and 4096 pixels"),
         ("feature", ["--name", "run", "--save_dir", str(d), "--stage", "search2"], 2, "invalid choice"),
         ("feature", ["--name", "nope", "--save_dir", str(d), "--stage", "search1", *TINY], 1, "nope"),
         ("feature", ["--name", "run", "--save_dir", str(d), "--stage", "search1", "--num_groups", "1"], 2,
          "--num_groups"),
         ("run_all", ["--name", "x", "--seeds", "1,a"], 2, "comma-separated integers"),
         ("run_all", ["--name", "x", "--preset", "fast"], 2, "invalid choice: 'fast'"),
-        ("summary", ["--stage", "search1", "--num_cells", "2"], 2, "--num_cells must be >= 3"),
+        ("run_all", ["--name", "x", "--seeds", "1,4294967296"], 2, "seeds must be at most"),
+        ("run_all", ["--name", "x", "--augment_channels", "30000"], 2,
+         "--augment_channels: must be at most 2,048"),
+        ("summary", ["--stage", "search1", "--num_cells", "2"], 2, "--num_cells: must be >= 3"),
+        ("summary", ["--arch", "DARTS_V2", "--init_channels", "30000"], 2,
+         "--init_channels: must be at most 2,048"),
+        ("summary", ["--stage", "search2", "--alphas", str(d / "s1_huge" / "alphas.json")], 1,
+         "expected a finite number"),
+        ("summary", ["--stage", "search2", "--alphas", str(s2 / "alphas.json")], 1,
+         "look like stage-2 (or DARTS) alphas"),
         ("summary", ["--stage", "search2"], 2, "--alphas"),
         ("summary", ["--genotype", str(d / "genotype_unknown_op.json")], 1, "unknown op 'sep_conv_9x9'"),
         ("genotype_files", ["--alphas", str(d / "missing.json")], 1, "missing.json: not found"),
         ("genotype_files", ["--alphas", str(d / "malformed.json")], 1, "not JSON"),
         ("genotype_files", ["--genotype", str(d / "genotype_index.json")], 1, "out of range"),
+        ("genotype_files", ["--alphas", str(d / "s1_huge" / "alphas.json")], 1,
+         "normal node 0 edge 0: alpha of 'sep_conv_3x3' is 1000"),
+        ("genotype_files", ["--alphas", str(d / "s1_nodes1" / "alphas.json")], 1,
+         "1 intermediate node(s), expected 4"),
     ]
 
 
@@ -191,7 +255,7 @@ def test_debug_shows_the_traceback(files, capsys):
 
 def test_table_size():
     """The README counts these cases; keep them in step."""
-    assert len(CASES) == 55
+    assert len(CASES) == 78
     assert len({c[0] for c in CASES}) == 7
     assert (len(HOSTILE), len(READER_CASES), len(GENOTYPE_FILE_CASES)) == (10, 6, 9)
 

@@ -21,6 +21,7 @@ import torch
 import augment
 import feature
 import search
+from tests.processes import group_gone
 from utils import genotype_files as gf
 from utils.checkpoint import load_checkpoint, previous_path
 from utils.lock import FolderLock, hold_folder
@@ -183,17 +184,6 @@ def _same_result(a: Path, b: Path) -> None:
     assert gf.load_alphas(a / "alphas.json") == gf.load_alphas(b / "alphas.json")
 
 
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The uninterrupted tiny search (no workers: the synthetic batches are the same)."""
@@ -215,7 +205,7 @@ def test_sigterm_to_the_process_group_saves_and_resumes_bitwise(tmp_path, straig
     assert proc.returncode == 143, err
     assert "rerun the same command to resume" in out
     assert "Traceback" not in err and "DataLoader worker" not in err and "Logging error" not in err
-    assert _group_gone(proc.pid, 10), "DataLoader workers outlived the run"
+    assert group_gone(proc.pid, 10), "DataLoader workers outlived the run"
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] == 1 and 3 <= state["step"] < 8
     assert not list(run.glob(".*.tmp"))
@@ -241,7 +231,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_kill_9_leaves_no_lock(tmp_
         holder.kill()  # the main process only: its workers are left to torch's watchdog
         holder.communicate()
     FolderLock(run).acquire().release()  # free at once, though the workers may still live
-    assert _group_gone(holder.pid, 20), "DataLoader workers outlived their killed main process"
+    assert group_gone(holder.pid, 20), "DataLoader workers outlived their killed main process"
 
 
 def test_feature_and_test_refuse_a_busy_output_folder(straight, tmp_path, capsys):

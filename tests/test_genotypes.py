@@ -248,7 +248,7 @@ def test_alphas_round_trip(tmp_path):
     GF.save_alphas(alphas, path)
     assert GF.load_alphas(path) == alphas
     assert G.is_shared(alphas)
-    per_cell = uniform_alphas(["cell_0", "cell_1"], ["sep_conv_3x3", "none"], num_nodes=2)
+    per_cell = uniform_alphas(["cell_0", "cell_1", "cell_2"], ["sep_conv_3x3", "none"])
     GF.save_alphas(per_cell, path)
     assert GF.load_alphas(path) == per_cell and not G.is_shared(per_cell)
 
@@ -300,7 +300,7 @@ def test_groups_round_trip(tmp_path):
     path = tmp_path / "groups.json"
     custom = {"conv": {"representative": "sep_conv_3x3",
                        "members": ["sep_conv_5x5", "sep_conv_3x3"]},
-              "pool": {"representative": "max_pool_3x3", "members": ["none"]}}
+              "pool": {"representative": "max_pool_3x3", "members": ["max_pool_3x3", "none"]}}
     for groups in (G.GROUPS, custom):
         path.write_text(json.dumps(groups))
         assert GF.load_groups(path) == groups
@@ -320,6 +320,14 @@ def test_groups_round_trip(tmp_path):
     ({"a": {"representative": "none", "members": ["none"]},
       "b": {"representative": "none", "members": ["none"]}}, "b: representative 'none' already"),
     ([], "expected a non-empty object"),
+    # groups that cannot work (issue 20, item 9): refused when read, naming the groups file
+    ({"zero": {"representative": "none", "members": ["none"]}}, "only the zero group"),
+    ({"a": {"representative": "max_pool_3x3", "members": ["none"]}},
+     "a: members ['none'] hold no real op"),
+    ({"a": {"representative": "none", "members": ["none", "skip_connect"]},
+      "b": {"representative": "sep_conv_3x3", "members": ["sep_conv_3x3"]}},
+     "a: representative 'none' with members ['none', 'skip_connect']: stage 1 never chooses"),
+    ({"a": {"representative": ["sep_conv_3x3"], "members": ["sep_conv_3x3"]}}, "unknown op"),
 ])
 def test_bad_groups_rejected(tmp_path, groups, expected):
     path = tmp_path / "groups.json"
@@ -327,6 +335,57 @@ def test_bad_groups_rejected(tmp_path, groups, expected):
     with pytest.raises(G.GenotypeError) as info:
         GF.load_groups(path)
     assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+
+
+def _stage1_alphas(ops=G.STAGE1_PRIMITIVES):
+    return {k: [[edge(ops, sep_conv_3x3=1.0) for _ in range(i + 2)] for i in range(G.NUM_NODES)]
+            for k in ("normal", "reduce")}
+
+
+def test_stage1_alphas_match_their_groups(tmp_path):
+    """search2's check of search1's alphas against its groups.json: a match passes; an edited
+    groups file is blamed when the alphas search one op list everywhere (search1's), the
+    alphas otherwise (stage-2 or DARTS alphas)."""
+    alphas, groups = _stage1_alphas(), tmp_path / "groups.json"
+    GF.check_stage1_alphas(alphas, "a.json", groups)  # no groups.json: the paper's groups
+    GF.save_groups(G.released_groups(), groups)
+    GF.check_stage1_alphas(alphas, "a.json", groups)  # same representatives
+    edited = {name: dict(g) for name, g in G.GROUPS.items() if name != "dilated"}
+    GF.save_groups(edited, groups)
+    with pytest.raises(G.GenotypeError, match=rf"^{groups}: representatives .* are not the ops "
+                                              r"search1 searched .* every edge of a.json"):
+        GF.check_stage1_alphas(alphas, "a.json", groups)
+    darts = _stage1_alphas(G.PRIMITIVES)
+    with pytest.raises(G.GenotypeError, match=r"^d.json: these look like stage-2 \(or DARTS\) "
+                                              r"alphas: op 'avg_pool_3x3' .*the paper's groups"):
+        GF.check_stage1_alphas(darts, "d.json", tmp_path / "missing.json")
+    GF.save_groups(G.GROUPS, groups)
+    stage2 = _stage1_alphas()
+    stage2["normal"][1][0] = edge(["sep_conv_3x3", "sep_conv_5x5", "none"])
+    with pytest.raises(G.GenotypeError, match=r"^s.json: these look like stage-2 .*normal node 1 "
+                                              "edge 0"):
+        GF.check_stage1_alphas(stage2, "s.json", groups)
+
+
+def test_alphas_and_genotypes_are_checked_field_by_field(tmp_path):
+    path = tmp_path / "alphas.json"
+    alphas = _stage1_alphas()
+    alphas["reduce"][0][1]["alphas"][0] = float("nan")
+    path.write_text(json.dumps(alphas))
+    with pytest.raises(G.GenotypeError, match="reduce node 0 edge 1: alpha of 'max_pool_3x3' is "
+                                              "nan, expected a finite number"):
+        GF.load_alphas(path)
+    cells = per_cell_genotype(3)
+    for changed, match in (
+            (cells + [cells[0]] * 98, r"per-cell genotype of 101 cells; a network has 3..100"),
+            (cells[:2], "per-cell genotype of 2 cells"),
+            ([cells[0]._replace(reduction=True)] + cells[1:], r"cell\[0\].reduction: is true")):
+        with pytest.raises(G.GenotypeError, match=match):
+            G.validate_genotype(changed)
+    d = G.genotype_to_dict(cells)
+    d[1]["cell"] = True
+    with pytest.raises(G.GenotypeError, match=r"cell\[1\].cell: is True, expected 1"):
+        G.genotype_from_dict(d)
 
 
 # ----------------------------------------------------------------------------- plots

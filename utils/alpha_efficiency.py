@@ -157,7 +157,8 @@ def correlations(x: list[float], y: list[float]) -> dict:
 
 # ----------------------------------------------------------------------------- table
 def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(float(value), 4)
+    """A result rounded to 4 places; None for none, NaN or infinite (a diverged run)."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
 def mean(values: list[Optional[float]]) -> Optional[float]:

@@ -1,10 +1,10 @@
 """Checkpoints hold data, not objects: state_dicts, epoch, RNG states, config as a dict,
-genotype as plain lists. Written to a temp file then `os.replace`d, the previous one kept as
-`<name>.prev.pt`; loaded with `weights_only=True`."""
+genotype as plain lists. Written to a temp file, fsynced, then `os.replace`d; the previous one
+is kept as `<name>.prev.pt` (a hard link made before the rename, so that `<name>.pt` exists at
+every moment: utils.files.write_bytes); loaded with `weights_only=True`."""
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
 import zipfile
@@ -34,10 +34,11 @@ def previous_path(path: str | Path) -> Path:
 
 
 def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = True) -> None:
-    """Write `state` atomically; the checkpoint it replaces becomes `<name>.prev.pt`. It is
-    serialised in memory first and written with plain file IO, so that a full disk is a
-    WriteError naming the file (torch.save to a path says only `iostream error`) and the
-    checkpoint on disk stays the previous good one."""
+    """Write `state` atomically and durably; the checkpoint it replaces becomes
+    `<name>.prev.pt` (`path` is never missing meanwhile). It is serialised in memory first and
+    written with plain file IO, so that a full disk is a WriteError naming the file (torch.save
+    to a path says only `iostream error`) and the checkpoint on disk stays the previous good
+    one."""
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)

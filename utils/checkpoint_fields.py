@@ -8,7 +8,10 @@ a network built at whatever size the file claims.
     state = check_search_checkpoint(load_checkpoint(path, device), path)  # search.py, feature.py
 
 A checkpoint of another format is only checked to be bounded data with a string "format"; the
-caller says what it is (e.g. "a stacnas-search-1 checkpoint, not a trained final network").
+caller says what it is (e.g. "a stacnas-search-1 checkpoint, not a trained final network"), or
+calls require_kind, which names what the file is and what was expected, on one line:
+
+    state = require_kind(check_search_checkpoint(state, path), path, SEARCH_FORMAT, "search2")
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import FINAL_FORMAT, SEARCH_FORMAT
+from utils.checkpoint import FINAL_FORMAT, SEARCH_FORMAT, CheckpointError
 from utils.checkpoint_shapes import GENOTYPE, check_network_spec, check_supernet, state_dict
 from utils.checkpoint_values import (BOOL, DICT, INT, LIST, NUMBER, STR, TENSOR, Kind,
                                      check_bounded, fail, need, need_int, show)
@@ -58,6 +61,42 @@ def check_search_checkpoint(state: dict, path: str | Path) -> dict:
     return state
 
 
+def describe_kind(state: dict) -> str:
+    """What wrote a (bounded, checked) checkpoint, in words: "a search1 checkpoint (search.py
+    --stage search1)", "a trained final network's checkpoint (augment.py)"..."""
+    fmt = state.get("format")
+    if fmt == SEARCH_FORMAT:
+        config = state.get("config")
+        stage = config.get("stage") if isinstance(config, dict) else None
+        if stage in ("search1", "search2", "darts"):
+            return f"a {stage} checkpoint (search.py --stage {stage})"
+        return f"a search checkpoint of the stage {show(stage)}"
+    if fmt == FINAL_FORMAT:
+        if state.get("epoch") is None:
+            return "an exported network (test.py --export), which holds no training state"
+        return "a trained final network's checkpoint (augment.py)"
+    return f"a {show(fmt)} checkpoint, not one of ours"
+
+
+def require_kind(state: dict, path: str | Path, fmt: str, stage: str | None = None) -> dict:
+    """`state` when it is a checkpoint of format `fmt` (a search checkpoint: of `stage`; a final
+    network: with its training state, as augment.py's are); else one CheckpointError line
+    naming the file, what it is and what --resume takes instead. Call it before the field
+    checks (check_search_checkpoint...), whose messages assume the right kind."""
+    check_bounded(state, path)
+    ok = state.get("format") == fmt
+    if ok and fmt == SEARCH_FORMAT and stage is not None:
+        config = state.get("config")
+        ok = isinstance(config, dict) and config.get("stage") == stage
+    if ok and fmt == FINAL_FORMAT:
+        ok = state.get("epoch") is not None
+    if ok:
+        return state
+    wanted = (f"a {stage} checkpoint (one that search.py --stage {stage} wrote)"
+              if fmt == SEARCH_FORMAT else "a checkpoint that augment.py wrote")
+    raise CheckpointError(f"{path}: {describe_kind(state)}; this command resumes from {wanted}")
+
+
 # ----------------------------------------------------------------------------- training state
 def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None:
     """What a resume reads besides the weights: epoch, step, finished, config, the optimisers',
@@ -66,6 +105,7 @@ def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None
     need_int(state, "epoch", 0, 10 ** 6, path)
     need_int(state, "step", 0, 10 ** 9, path, default=0)
     need(state, "finished", BOOL, path)
+    need(state, "run", STR, path, default=None)
     config = need(state, "config", DICT, path)
     if not all(isinstance(k, str) for k in config):
         raise fail(path, "config", "expected option names (strings) as keys")

@@ -6,15 +6,26 @@ place only once verified); Fashion-MNIST falls back to Debian's ``dataset-fashio
 ImageNet and image folders are never downloaded. A dataset that is not on disk and could not be
 downloaded is a one-line ``DataError`` naming where it was looked for (or the URL that failed) and
 how to get it. Transforms follow DARTS's code and pt.darts (the code StacNAS builds on).
+
+Every dataset file is read here and checked, so that a damaged one is a one-line DataError naming
+it (and what to do), never a traceback: CIFAR batches through a restricted unpickler (a file
+carrying code is refused before anything runs), idx files by their header and length, images
+item by item (`read_item`, in DataLoader workers too). A Loader's workers are shut down when a
+pass fails, and before the interpreter exits, so a failing worker never leaves the run hanging.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import gzip
+import multiprocessing.util  # its exit handler is registered before this module's (see _LOADERS)
 import os
+import pickle
 import random
 import shutil
 import signal
+import weakref
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -26,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from utils.download import DownloadError, Log, download_cifar, download_idx, log_to_stderr
+from utils.signals import STOP_SIGNALS, Stopped
 
 # torchvision is imported inside the functions that build datasets and transforms, not here:
 # importing it takes about 2 s, which every script would pay at startup (even for --help).
@@ -158,34 +170,156 @@ def build_transform(name: str, transform: str, *, cutout: int = 0, auto_aug: boo
 
 # ------------------------------------------------------------------------------------- CIFAR
 
-def _no_md5(files: list) -> list:
-    return [(filename, None) for filename, _ in files]
+# A CIFAR python batch is a pickle (https://www.cs.toronto.edu/~kriz/cifar.html): a dict of
+# strings, lists of ints or names, and uint8 numpy arrays. Plain pickle would run whatever a
+# file on disk names (a `__reduce__` payload), so batches are read by `_CifarUnpickler`, which
+# admits only the globals those files hold: numpy's array reconstruction and dtypes, and the
+# latin-1 encoding Python 3 pickles bytes with.
+def _numpy_attr(module: str, name: str) -> Any:
+    """numpy's `<module>.<name>` (numpy 2 renamed numpy.core to numpy._core)."""
+    import importlib
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise pickle.UnpicklingError(f"numpy has no {module}.{name}")
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """np.dtype(*args), refusing object dtypes (an array of arbitrary Python objects)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("it holds an array of Python objects")
+    return dtype
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` as Python 3 pickles bytes (protocol 2), latin-1 only."""
+    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError(f"it encodes text as {encoding!r}")
+    return text.encode("latin1")
+
+
+_CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: _plain_dtype,
+    ("_codecs", "encode"): lambda: _latin1,
+    **{(f"{package}.multiarray", name): functools.partial(_numpy_attr, "multiarray", name)
+       for package in ("numpy.core", "numpy._core") for name in ("_reconstruct", "scalar")},
+    **{(f"{package}.numeric", "_frombuffer"): functools.partial(_numpy_attr, "numeric", "_frombuffer")
+       for package in ("numpy.core", "numpy._core")},
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python batch holds and nothing else: any other global (a
+    function or class a payload would call) is refused before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        make = _CIFAR_GLOBALS.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never "
+                                         "holds: refused, nothing was run")
+        return make()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it refers to a persistent object, which a CIFAR batch never holds")
+
+
+def _cifar_fix(title: str, folder: Path) -> str:
+    return (f"replace it with the file from the python version of {title} ({_CIFAR_PAGE}), or "
+            f"delete {folder} and rerun without --no-download to download it again")
+
+
+def _reason(err: BaseException) -> str:
+    """One short line describing `err`."""
+    text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _unpickle_cifar(path: Path, title: str) -> Any:
+    """The object pickled in the CIFAR file `path`, read by `_CifarUnpickler` (nothing in it is
+    called but numpy's array and dtype constructors). Unreadable, truncated, damaged or
+    carrying code: a one-line DataError naming `path`."""
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({_reason(err)})") from err
+    except Exception as err:  # any damage: UnpicklingError, EOFError, ValueError, MemoryError...
+        what = ("truncated" if isinstance(err, EOFError) or "truncated" in str(err)
+                else "not a CIFAR python batch")
+        raise DataError(f"{path}: {what} ({_reason(err)}); {_cifar_fix(title, path.parent)}") from None
+
+
+def _cifar_batch(path: Path, title: str, classes: int) -> tuple[np.ndarray, list[int]]:
+    """(pixels as N x 3072 uint8, labels) of one CIFAR batch file, each checked: a dict with
+    "data" (uint8, 3072 values a row) and as many "labels" ("fine_labels" for CIFAR-100), each
+    in 0..classes-1. Otherwise a one-line DataError naming `path`."""
+    entry = _unpickle_cifar(path, title)
+    fix = _cifar_fix(title, path.parent)
+    if not isinstance(entry, dict) or "data" not in entry:
+        raise DataError(f"{path}: not a CIFAR python batch (no 'data' entry); {fix}")
+    key = "labels" if "labels" in entry else "fine_labels"
+    data, labels = entry["data"], entry.get(key)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3 * 32 * 32):
+        shape = f"{data.dtype} {tuple(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: its 'data' is {shape}, expected uint8 rows of 3072 pixels "
+                        f"(32x32x3); {fix}")
+    if not isinstance(labels, list) or not all(type(y) is int for y in labels):
+        raise DataError(f"{path}: its '{key}' is not a list of class numbers; {fix}")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels (truncated or "
+                        f"damaged); {fix}")
+    bad = next((i for i, y in enumerate(labels) if not 0 <= y < classes), None)
+    if bad is not None:
+        raise DataError(f"{path}: label {labels[bad]} of image {bad} is not a class of {title} "
+                        f"(0..{classes - 1}); {fix}")
+    return data, labels
+
+
+def _cifar_names(path: Path, key: str, title: str, classes: int) -> list[str]:
+    """The class names in the CIFAR meta file `path` (`key`: label_names / fine_label_names),
+    checked to be `classes` strings; otherwise a one-line DataError naming `path`."""
+    meta = _unpickle_cifar(path, title)
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names)):
+        raise DataError(f"{path}: not {title}'s class list (expected '{key}': {classes} names); "
+                        f"{_cifar_fix(title, path.parent)}")
+    return names
 
 
 @functools.cache
 def _local_cifar(name: str) -> type[datasets.CIFAR10]:
-    """``LocalCIFAR10`` or ``LocalCIFAR100``: torchvision's CIFAR10 / CIFAR100 reader with
-    integrity = the files are present (md5 None skips the sums). A subclass of a torchvision
-    class, so it is built on first use (see the imports), once; it stays reachable as
-    ``utils.data.<name>`` (module ``__getattr__``), so its datasets pickle like before."""
+    """``LocalCIFAR10`` or ``LocalCIFAR100``: torchvision's CIFAR10 / CIFAR100 dataset whose
+    files are read by `_cifar_batch` / `_cifar_names` (a restricted unpickler, every field
+    checked) instead of plain pickle. A subclass of a torchvision class, so it is built on
+    first use (see the imports), once; it stays reachable as ``utils.data.<name>`` (module
+    ``__getattr__``), so its datasets pickle like before."""
     from torchvision import datasets
+    from torchvision.datasets.vision import VisionDataset
 
     base = getattr(datasets, name.removeprefix("Local"))
+    title = "CIFAR-100" if base is datasets.CIFAR100 else "CIFAR-10"
+    classes = 100 if base is datasets.CIFAR100 else 10
 
-    class Local(base):
-        __doc__ = f"torchvision's {base.__name__} reader; integrity = the files are present."
-        train_list = _no_md5(base.train_list)
-        test_list = _no_md5(base.test_list)
-        meta = {**base.meta, "md5": None}
+    def __init__(self, root: str, train: bool = True, transform: Callable | None = None,
+                 target_transform: Callable | None = None, download: bool = False) -> None:
+        VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        folder = Path(self.root) / self.base_folder
+        batches = [_cifar_batch(folder / f, title, classes)
+                   for f, _ in (self.train_list if train else self.test_list)]
+        self.data = np.vstack([d for d, _ in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = [y for _, labels in batches for y in labels]
+        self.classes = _cifar_names(folder / self.meta["filename"], self.meta["key"], title, classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    Local.__name__ = Local.__qualname__ = name
-    return Local
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("LocalCIFAR10", "LocalCIFAR100"):
-        return _local_cifar(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    doc = f"torchvision's {base.__name__} dataset, its files read by a restricted unpickler."
+    return type(name, (base,), {"__doc__": doc, "__init__": __init__, "__module__": __name__,
+                                "__qualname__": name})
 
 
 _CIFAR = {"cifar10": ("LocalCIFAR10", "CIFAR-10", "data_batch_1..5, test_batch and batches.meta"),
@@ -236,18 +370,42 @@ def _has_idx(folder: Path, plain_only: bool = False) -> bool:
     return all(any((folder / n).is_file() for n in options) for options in names)
 
 
-def _unpack_idx(source: Path, target: Path) -> None:
-    """Copy or gunzip the four idx files from ``source`` into ``target`` (atomically per file)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in _IDX_FILES:
-        if (target / name).is_file():
-            continue
-        plain = (source / name).is_file()
-        tmp = target / f".{name}.{os.getpid()}.tmp"
-        with (open(source / name, "rb") if plain else gzip.open(source / f"{name}.gz", "rb")) as src, \
-                open(tmp, "wb") as dst:
+def _unpack_one(source: Path, tmp: Path) -> None:
+    """Copy or gunzip `source` to `tmp`; a damaged gzip file is a ValueError saying how."""
+    opener = gzip.open if source.name.endswith(".gz") else open
+    try:
+        with opener(source, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        os.replace(tmp, target / name)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        reason = "truncated (it ends inside the compressed data)" if isinstance(err, EOFError) else \
+            f"not a gzip file or damaged ({_reason(err)})"
+        raise ValueError(reason) from None
+
+
+def _unpack_idx(source: Path, target: Path, name: str) -> None:
+    """Copy or gunzip the four idx files of `name` from ``source`` into ``target``, each
+    through a temporary file that is checked to be a complete idx file before it is renamed
+    into place. Any failure (a damaged or truncated source, a full disk, a signal) removes the
+    temporary file and is a one-line DataError naming the file at fault."""
+    target.mkdir(parents=True, exist_ok=True)
+    for base in _IDX_FILES:
+        if (target / base).is_file():
+            continue
+        source_file = source / base if (source / base).is_file() else source / f"{base}.gz"
+        tmp = target / f".{base}.{os.getpid()}.tmp"
+        fix = ("reinstall dataset-fashion-mnist" if source == Path(FASHION_MNIST_SYSTEM_DIR)
+               else f"replace it with the original ({_IDX[name][1]})")
+        try:
+            _unpack_one(source_file, tmp)
+            with open(tmp, "rb") as f:
+                _idx_layout(f.read(16), tmp.stat().st_size, _idx_dims(base))
+            os.replace(tmp, target / base)
+        except ValueError as err:
+            raise DataError(f"{source_file}: {err}; {fix}") from None
+        except OSError as err:
+            raise DataError(f"cannot unpack {source_file} into {target}: {_reason(err)}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 # The torchvision reader (by class name, which is also its folder under data_dir) and web page.
@@ -307,18 +465,115 @@ def _idx_root(name: str, data_dir: str, download: bool, log: Log) -> Path:
             return root
     writable = local if _is_writable(local / folder / "raw") else cache
     if _has_idx(local / folder / "raw"):
-        _unpack_idx(local / folder / "raw", writable / folder / "raw")
+        _unpack_idx(local / folder / "raw", writable / folder / "raw", name)
         return writable
     if download and _download_idx(name, writable, local / folder / "raw", log):
         return writable
     if name == "fashionmnist" and _has_idx(Path(FASHION_MNIST_SYSTEM_DIR)):
-        _unpack_idx(Path(FASHION_MNIST_SYSTEM_DIR), writable / folder / "raw")
+        _unpack_idx(Path(FASHION_MNIST_SYSTEM_DIR), writable / folder / "raw", name)
         return writable
     raise _idx_missing(name, local / folder / "raw")
 
 
+# An idx file (http://yann.lecun.com/exdb/mnist/): a big-endian magic number 0x0000080N (ubyte
+# data, N dimensions), N big-endian sizes, then the bytes. Every idx file is read or unpacked
+# through `_idx_layout`, so a wrong magic number, a truncated or empty file, or a mismatch
+# between images and labels is a one-line DataError naming the file, never a traceback.
+def _idx_dims(name: str) -> int:
+    """Dimensions of idx file `name`: 3 for images (N x 28 x 28), 1 for labels."""
+    return 3 if "images" in name else 1
+
+
+def _idx_layout(head: bytes, size: int, dims: int) -> tuple[int, ...]:
+    """The sizes declared by an idx header `head` of a `size`-byte file holding `dims`-d ubyte
+    data, checked against that size; otherwise a ValueError saying what is wrong."""
+    need = 4 + 4 * dims
+    if size < need:
+        raise ValueError(f"{'empty' if size == 0 else 'truncated'} ({size} bytes; the idx header "
+                         f"alone is {need})")
+    magic = int.from_bytes(head[:4], "big")
+    if magic != 0x800 + dims:
+        raise ValueError(f"not an idx file of {dims}-d ubyte data (magic number 0x{magic:08x}, "
+                         f"expected 0x{0x800 + dims:08x})")
+    sizes = tuple(int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    want = need + int(np.prod(sizes, dtype=object))
+    if size != want:
+        raise ValueError(f"{'truncated' if size < want else 'longer than its header says'}: "
+                         f"{size} bytes, its header ({' x '.join(map(str, sizes))}) needs {want}")
+    return sizes
+
+
+def _idx_fix(name: str) -> str:
+    return (f"replace it with the original ({_IDX[name][1]}), or delete it to have it unpacked "
+            "or downloaded again")
+
+
+def _read_idx(path: Path, name: str) -> np.ndarray:
+    """The uint8 array in idx file `path` (of dataset `name`), its layout checked; otherwise a
+    one-line DataError naming `path`."""
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({_reason(err)})") from err
+    dims = _idx_dims(path.name)
+    try:
+        sizes = _idx_layout(blob[:4 + 4 * dims], len(blob), dims)
+    except ValueError as err:
+        raise DataError(f"{path}: {err}; {_idx_fix(name)}") from None
+    return np.frombuffer(blob, np.uint8, offset=4 + 4 * dims).reshape(sizes)
+
+
+def _idx_data(raw: Path, name: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images N x 28 x 28, labels N) of one split of `name` in folder `raw`, checked to agree:
+    as many labels as images, each a class; otherwise a one-line DataError naming the file."""
+    prefix = "train" if train else "t10k"
+    images_file, labels_file = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    images, labels = _read_idx(images_file, name), _read_idx(labels_file, name)
+    info = DATASET_INFO[name]
+    if images.shape[1:] != (info.size, info.size):
+        raise DataError(f"{images_file}: holds {images.shape[1]}x{images.shape[2]} images, {name}'s "
+                        f"are {info.size}x{info.size}; {_idx_fix(name)}")
+    if len(images) != len(labels):
+        raise DataError(f"{labels_file}: {len(labels)} labels for the {len(images)} images of "
+                        f"{images_file.name}; {_idx_fix(name)}")
+    if len(labels) and int(labels.max()) >= info.classes:
+        bad = int(np.argmax(labels >= info.classes))
+        raise DataError(f"{labels_file}: label {labels[bad]} of image {bad} is not a class of {name} "
+                        f"(0..{info.classes - 1}); {_idx_fix(name)}")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+@functools.cache
+def _local_idx(name: str) -> type[datasets.MNIST]:
+    """``LocalMNIST`` or ``LocalFashionMNIST``: torchvision's MNIST / FashionMNIST dataset over
+    the idx files of ``<root>/<MNIST|FashionMNIST>/raw``, read by `_idx_data` (every file
+    checked; torchvision's legacy ``processed/*.pt`` files are never read). Built on first use,
+    reachable as ``utils.data.<name>`` like the CIFAR classes."""
+    from torchvision import datasets
+
+    base = getattr(datasets, name.removeprefix("Local"))
+    dataset = {"MNIST": "mnist", "FashionMNIST": "fashionmnist"}[base.__name__]
+    members = {
+        "__doc__": f"torchvision's {base.__name__} dataset, its idx files read and checked here.",
+        "__module__": __name__, "__qualname__": name,
+        "raw_folder": property(lambda self: os.path.join(self.root, base.__name__, "raw")),
+        "_check_legacy_exist": lambda self: False,
+        "_check_exists": lambda self: True,  # _idx_root found the files; reading names any gap
+        "_load_data": lambda self: _idx_data(Path(self.raw_folder), dataset, self.train),
+    }
+    return type(name, (base,), members)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("LocalCIFAR10", "LocalCIFAR100"):
+        return _local_cifar(name)
+    if name in ("LocalMNIST", "LocalFashionMNIST"):
+        return _local_idx(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _mnist(name: str, data_dir: str, train: bool, transform: Callable, download: bool, log: Log) -> Dataset:
-    cls = _idx_class(name)
+    cls = _local_idx("Local" + _IDX[name][0])
     return cls(str(_idx_root(name, data_dir, download, log)), train=train, transform=transform, download=False)
 
 
@@ -362,6 +617,7 @@ def _image_folder(split: Path, name: str, how: str, **kwargs: Any) -> datasets.I
         raise DataError(f"{name} not found: {err} (looked in {split}); {how}") from None
 
 
+_IMAGE_FIX = "replace it or remove it from the folder"
 _FOLDER_HOW = "put one folder per class of images under {root}/train and {root}/test (or val)"
 
 
@@ -373,10 +629,16 @@ def _folder_split(data_dir: str, train: bool) -> Path:
 
 
 def _imagefolder_info(data_dir: str) -> DatasetInfo:
+    """Channels and size from the first training image, classes from the folders; an image
+    PIL cannot open is a one-line DataError naming it."""
     train_dir = Path(data_dir) / "train"
     classes, _ = _class_dir(train_dir, "imagefolder", _FOLDER_HOW.format(root=data_dir))
-    with Image.open(_first_image(train_dir, classes)) as img:
-        return DatasetInfo(1 if img.mode == "L" else 3, img.height, len(classes))
+    first = _first_image(train_dir, classes)
+    try:
+        with Image.open(first) as img:
+            return DatasetInfo(1 if img.mode == "L" else 3, img.height, len(classes))
+    except Exception as err:  # PIL: UnidentifiedImageError, OSError, DecompressionBombError...
+        raise DataError(f"{first}: not a readable image ({_reason(err)}); {_IMAGE_FIX}") from None
 
 
 def _imagefolder(data_dir: str, train: bool, transform: str, cutout: int) -> tuple[Dataset, DatasetInfo]:
@@ -455,13 +717,24 @@ def get_dataset(name: str, data_dir: str, train: bool, transform: str = "train",
         spec = synthetic or SyntheticSpec()
         return SyntheticDataset(spec, train), DatasetInfo(spec.channels, spec.size, spec.classes)
     if name == "imagefolder":
-        return _imagefolder(data_dir, train, transform, cutout)
+        return _not_empty(*_imagefolder(data_dir, train, transform, cutout), name, train)
     pipeline = build_transform(name, transform, cutout=cutout, auto_aug=auto_aug)
     if name == "imagenet":
-        return _imagenet(data_dir, train, pipeline)
+        return _not_empty(*_imagenet(data_dir, train, pipeline), name, train)
     if name in _CIFAR:
-        return _cifar(name, data_dir, train, pipeline, download, log or log_to_stderr), DATASET_INFO[name]
-    return _mnist(name, data_dir, train, pipeline, download, log or log_to_stderr), DATASET_INFO[name]
+        data = _cifar(name, data_dir, train, pipeline, download, log or log_to_stderr)
+    else:
+        data = _mnist(name, data_dir, train, pipeline, download, log or log_to_stderr)
+    return _not_empty(data, DATASET_INFO[name], name, train)
+
+
+def _not_empty(data: Dataset, info: DatasetInfo, name: str, train: bool) -> tuple[Dataset, DatasetInfo]:
+    """(data, info), when `data` holds at least one item; otherwise a one-line DataError naming
+    where its files are."""
+    if len(data) == 0:
+        raise DataError(f"{name}: the {'training' if train else 'test'} split holds no images "
+                        f"({_files_of(data)}); check or replace its files")
+    return data, info
 
 
 def split_indices(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
@@ -474,6 +747,29 @@ def split_indices(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = round(n * ratio)
     return order[:k], order[k:]
+
+
+def check_split(train: int, held_out: int, *, flag: str, value: float | None, images: int,
+                train_share: bool, held_out_for: str | None = None, processes: int = 1) -> None:
+    """Refuse, before any training, a split of `images` images by ``flag value`` (the training
+    share when `train_share`, else the held-out share; None: no split) into `train` training
+    and `held_out` held-out images that leaves a part empty where it is used: no training
+    images, no held-out images while `held_out_for` (the option that uses them) is set, or
+    fewer training images than `processes` (each trains on its own share, drop_last). A
+    one-line ValueError naming the flag, its value, the sizes and what to change."""
+    made_by = (f"{flag} {value} of {images} image{'s' if images != 1 else ''}" if value is not None
+               else f"the {images} image{'s' if images != 1 else ''} (--subset or the dataset)")
+    sizes = f"{train} training / {held_out} held-out"
+    more_images = "or use more images (a larger --subset or dataset)"
+    more_train = f"{'raise' if train_share else 'lower'} {flag} {more_images}"
+    if train == 0:
+        raise ValueError(f"{made_by} leaves no training images ({sizes}); {more_train}")
+    if held_out_for and held_out == 0:
+        raise ValueError(f"{held_out_for} needs held-out images, but {made_by} leaves none ({sizes}); "
+                         f"{'lower' if train_share else 'raise'} {flag} {more_images}")
+    if train < processes:
+        raise ValueError(f"{made_by} leaves {train} training images for {processes} processes, which "
+                         f"need at least one each ({sizes}); {more_train}, or run fewer processes")
 
 
 def subset_size(n_total: int, subset: int | None) -> int:
@@ -496,12 +792,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # group (Slurm's preemption and time limit, `timeout`, Ctrl-C), they must not kill the
 # DataLoader workers under it, or the run ends with "DataLoader worker ... is killed" instead of
 # its step-boundary checkpoint.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def worker_init_fn(worker_id: int) -> None:
     """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed, and make
-    the worker ignore SIGTERM / SIGINT (the main process stops the run and shuts its workers
+    the worker ignore SIGTERM / SIGINT / SIGHUP (the main process stops the run and shuts its workers
     down; if the main process dies, torch's watchdog ends them within seconds)."""
     seed = torch.initial_seed() % (1 << 32)
     np.random.seed(seed)
@@ -512,12 +807,31 @@ def worker_init_fn(worker_id: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+# Every Loader alive. multiprocessing's exit handler terminates daemonic processes with SIGTERM
+# and then joins them without a timeout; a worker ignores SIGTERM (worker_init_fn), so a
+# loader whose workers were not shut down before that (a pass left by an exception, a
+# reference cycle keeping the loader alive) would hang the exit forever. `_close_loaders`,
+# registered after multiprocessing's and torch's exit handlers (so it runs before them),
+# shuts down every live loader's workers first.
+_LOADERS: "weakref.WeakSet[Loader]" = weakref.WeakSet()
+
+
 class Loader(DataLoader):
-    """A DataLoader whose workers start with SIGTERM / SIGINT held, so that a signal to the
+    """A DataLoader whose workers start with the stop signals held, so that a signal to the
     process group in the moment a worker starts is dropped by it (worker_init_fn) rather than
-    killing it; the main process gets such a signal once its workers are started."""
+    killing it; the main process gets such a signal once its workers are started. A failure
+    while loading (an unreadable file in a worker, a worker killed) shuts the workers down
+    (`close`) and is a one-line DataError (`loading_failure`); `close` also runs for every live
+    loader before the interpreter exits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _LOADERS.add(self)
 
     def __iter__(self):
+        return _Pass(self, self._start_pass())
+
+    def _start_pass(self):
         if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
             return super().__iter__()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -526,12 +840,143 @@ class Loader(DataLoader):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
+    def close(self) -> None:
+        """Shut this loader's worker processes down now and wait for them (a worker that does
+        not stop within seconds is killed); a later pass starts new ones. Safe to call at any
+        time, more than once, and on a loader without workers."""
+        passing, self._iterator = getattr(self, "_iterator", None), None
+        _stop_workers(passing)
+
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """The next pass visits epoch `epoch`'s order from batch `skip_batches` on; the
         loader, and its persistent workers, stay."""
         if not isinstance(self.batch_sampler, EpochBatches):
             raise ValueError("this loader's order comes from the sampler it was given")
         self.batch_sampler.set_epoch(epoch, skip_batches)
+
+
+class _Pass:
+    """One pass over a Loader's batches. Any failure while loading closes the loader's workers
+    before it propagates, as a one-line DataError when it is a loading failure."""
+
+    def __init__(self, loader: Loader, batches: Iterator) -> None:
+        self.loader, self.batches = loader, batches
+
+    def __iter__(self) -> "_Pass":
+        return self
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __next__(self):
+        try:
+            return next(self.batches)
+        except StopIteration:
+            raise
+        except BaseException as err:
+            self.loader.close()
+            failure = loading_failure(err)
+            if failure is None:
+                raise
+            raise failure from err
+
+
+def _stop_workers(passing: Any) -> None:
+    """Shut down the worker processes of a DataLoader iterator (none: nothing to do), the way
+    torch does, then kill any that still runs (they ignore SIGTERM) and reap it."""
+    workers = list(getattr(passing, "_workers", ()) or ())
+    try:
+        if workers and hasattr(passing, "_shutdown_workers"):
+            passing._shutdown_workers()
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
+
+
+def _close_loaders() -> None:
+    """Close every live Loader (at interpreter exit): no worker outlives the main process,
+    and multiprocessing's exit handler never waits on one."""
+    for loader in list(_LOADERS):
+        try:
+            loader.close()
+        except Exception:  # at exit, one loader's trouble must not keep the others' workers
+            pass
+
+
+atexit.register(_close_loaders)
+
+
+# What a loading failure looks like once torch re-raises it in the main process: the worker's
+# exception as "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback ...", its
+# last line "<module.Type>: <message>"; a dead worker as "DataLoader worker (pid ...) ...".
+_OOM_HINT = ("out of memory? (the kernel's OOM killer sends SIGKILL); rerun the same command "
+             "(a training stage resumes from its last checkpoint), with a lower --num_workers or "
+             "--batch_size if it recurs")
+
+
+def loading_failure(err: BaseException) -> DataError | None:
+    """The one-line DataError for `err` when it is a failure of data loading: an exception in
+    a DataLoader worker (its own message, which names the file for a dataset item: see
+    `read_item`) or a worker that died (killed by a signal). None for anything else."""
+    if isinstance(err, DataError) and "\n" not in str(err):
+        return None  # already one line (loaded in the main process)
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return None
+    first = lines[0]
+    if first.startswith("Caught ") and "DataLoader worker process" in first:
+        worker = first.rstrip(".").rsplit(" ", 1)[-1]
+        last = lines[-1].strip()
+        if isinstance(err, DataError):
+            return DataError(f"{last.partition(': ')[2] or last} (in data-loading worker {worker})")
+        return DataError(f"data-loading worker {worker} failed: {last[:300]}")
+    if first.startswith("DataLoader worker (pid"):
+        return DataError(f"{first.strip().rstrip('.')}: {_OOM_HINT}")
+    return None
+
+
+def _item_source(dataset: Dataset, index: int) -> tuple[str, str]:
+    """(where item `index` of `dataset` comes from, what to do when it is unreadable): an image
+    folder's file, else the folder of the dataset's files."""
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and 0 <= index < len(samples):
+        return f"{samples[index][0]} (image {index} of {_files_of(dataset)})", _IMAGE_FIX
+    return f"item {index} of {_files_of(dataset)}", "check or replace the dataset's files"
+
+
+def _files_of(dataset: Dataset) -> str:
+    """Where `dataset`'s files are (a folder), for messages; its class name when not known."""
+    folder = getattr(dataset, "raw_folder", None)
+    if folder is None and hasattr(dataset, "base_folder") and hasattr(dataset, "root"):
+        folder = os.path.join(dataset.root, dataset.base_folder)
+    if folder is None:
+        folder = getattr(dataset, "root", None)
+    return str(folder) if folder is not None else type(dataset).__name__
+
+
+def read_item(dataset: Dataset, index: int) -> Any:
+    """``dataset[index]``; any failure (an image PIL cannot read, a truncated file, a missing
+    label) is a one-line DataError naming the file and the index, in a worker as in the main
+    process. A stop (utils.signals.Stopped) passes unchanged."""
+    try:
+        return dataset[index]
+    except (DataError, Stopped):
+        raise
+    except Exception as err:
+        where, fix = _item_source(dataset, index)
+        raise DataError(f"{where}: cannot be read ({_reason(err)}); {fix}") from err
+
+
+class _ReadSubset(Subset):
+    """torch's Subset, each item read through `read_item`."""
+
+    def __getitem__(self, idx: int) -> Any:
+        return read_item(self.dataset, self.indices[idx])
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return [self[i] for i in indices]
 
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int,
@@ -606,7 +1051,7 @@ class SeededSubset(Dataset):
         np.random.seed(seed % (1 << 32))
         random.seed(seed)
         try:
-            return [self.dataset[self.indices[pos]] for _, pos in items]
+            return [read_item(self.dataset, self.indices[pos]) for _, pos in items]
         finally:
             if saved is not None:
                 torch.set_rng_state(saved[0])
@@ -615,6 +1060,14 @@ class SeededSubset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         return self.__getitems__([item])[0]
+
+
+def _some_batch(drop_last: bool, items: int, batch_size: int) -> None:
+    """Refuse a loader that would yield no batch because drop_last drops a short one."""
+    if drop_last and 0 < items < batch_size:
+        raise ValueError(f"batch size {batch_size} is larger than the {items} images to load, and "
+                         f"the last short batch is dropped, so there would be no step; lower "
+                         f"--batch_size to {items} or less")
 
 
 def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int, *, shuffle: bool,
@@ -636,9 +1089,11 @@ def make_loader(dataset: Dataset, indices: Iterable[int] | None, batch_size: int
         batches = EpochBatches(len(base), batch_size, shuffle=shuffle, drop_last=drop_last,
                                seed=seed, replicas=replicas)
         batches.set_epoch(epoch, skip_batches)
+        _some_batch(drop_last, len(batches.order), batch_size)
         data, order = SeededSubset(dataset, base), {"batch_sampler": batches}
     else:
-        data, order = Subset(dataset, base), {"batch_size": batch_size, "sampler": sampler,
+        _some_batch(drop_last, len(sampler), batch_size)
+        data, order = _ReadSubset(dataset, base), {"batch_size": batch_size, "sampler": sampler,
                                               "drop_last": drop_last}
     return Loader(data, **order, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(  # workers' draws: one stream per rank

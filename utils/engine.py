@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
+
+from utils.data import loading_failure
 
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -48,6 +50,24 @@ def optimizer_step(loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimize
             scaler.step(optimizer)
     if scaler is not None:
         scaler.update()
+
+
+@contextlib.contextmanager
+def closing_on_error(loader) -> Iterator[None]:
+    """Leaving the block by any exception shuts `loader`'s worker processes down first (its
+    `close()`, where it has one: utils.data.Loader), so that no worker is left for the exit to
+    wait on; a loading failure (a worker's exception, a worker killed by a signal, which torch
+    may raise at any point of a step) becomes its one-line DataError."""
+    try:
+        yield
+    except BaseException as err:
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
+        failure = loading_failure(err)
+        if failure is None:
+            raise
+        raise failure from err
 
 
 class Interrupted(Exception):
@@ -145,24 +165,25 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
         checked = done
         return sums
 
-    for i, (x, y) in enumerate(loader, start=first_step):
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        loss, logits = step(x, y)
-        totals.add(loss, logits.detach(), y)
-        done = i + 1
-        if done % print_freq == 0 or done == n_steps:
-            sums = read()
-            elapsed = time.perf_counter() - start
-            rate = sums["n"] / max(elapsed, 1e-9)
-            eta = elapsed / (done - first_step) * (n_steps - done)
-            n = max(sums["n"], 1)
-            log(f"epoch {epoch + 1}/{epochs} step {done}/{n_steps} loss {sums['loss'] / n:.4f} "
-                f"top1 {sums['top1'] / n:.2f}% top5 {sums['top5'] / n:.2f}% {rate:.1f} img/s "
-                f"epoch ETA {format_seconds(eta)}")
-        if should_stop is not None and done < n_steps and should_stop():
-            read()  # no checkpoint of a model whose loss already went non-finite
-            raise Interrupted(epoch, done)
+    with closing_on_error(loader):
+        for i, (x, y) in enumerate(loader, start=first_step):
+            x = x.to(device, non_blocking=True, memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            loss, logits = step(x, y)
+            totals.add(loss, logits.detach(), y)
+            done = i + 1
+            if done % print_freq == 0 or done == n_steps:
+                sums = read()
+                elapsed = time.perf_counter() - start
+                rate = sums["n"] / max(elapsed, 1e-9)
+                eta = elapsed / (done - first_step) * (n_steps - done)
+                n = max(sums["n"], 1)
+                log(f"epoch {epoch + 1}/{epochs} step {done}/{n_steps} loss {sums['loss'] / n:.4f} "
+                    f"top1 {sums['top1'] / n:.2f}% top5 {sums['top5'] / n:.2f}% {rate:.1f} img/s "
+                    f"epoch ETA {format_seconds(eta)}")
+            if should_stop is not None and done < n_steps and should_stop():
+                read()  # no checkpoint of a model whose loss already went non-finite
+                raise Interrupted(epoch, done)
     seconds = time.perf_counter() - start
     averages = _averages(read(), dist_info, device)
     return {"loss": averages["loss"], "top1": averages["top1"], "top5": averages["top5"],
@@ -183,12 +204,13 @@ def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.de
     model.eval()
     totals = DeviceTotals(device)
     start = time.perf_counter()
-    for x, y in loader:
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x).float()
-        totals.add(criterion(logits, y), logits, y)
+    with closing_on_error(loader):
+        for x, y in loader:
+            x = x.to(device, non_blocking=True, memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            with autocast():
+                logits = model(x).float()
+            totals.add(criterion(logits, y), logits, y)
     model.train(was_training)
     averages = _averages(totals.read(), dist_info, device)  # the one wait for the device
     seconds = time.perf_counter() - start

@@ -32,6 +32,32 @@ import genotypes as gt
 from utils.files import naming, write_text
 from utils.genotype_files import validate_groups
 
+# feature.py's "done" marker: groups.json (what `search.py --groups` reads) is the last file
+# it writes, and is removed before a folder is measured again, so that a folder holding it
+# holds a finished analysis. summary.json and config.json are written before it.
+DONE_FILE = "groups.json"
+WRITTEN_BEFORE_DONE = ("summary.json", "config.json")
+
+
+def is_finished(feature_dir: str | Path) -> bool:
+    """True when feature.py finished in `feature_dir`: groups.json, written last, is there with
+    summary.json and config.json (an interrupted run, or one by an older feature.py that wrote
+    groups.json first, lacks one of them)."""
+    folder = Path(feature_dir)
+    return all((folder / name).is_file() for name in (*WRITTEN_BEFORE_DONE, DONE_FILE))
+
+
+def unmark_finished(feature_dir: str | Path) -> bool:
+    """Remove the done marker of `feature_dir` before it is measured again (the folder then
+    mixes old and new files until the new groups.json is written); True if there was one."""
+    marker = Path(feature_dir) / DONE_FILE
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 # Short op names for tables and scatter labels.
 SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip",
          "sep_conv_3x3": "sep3", "sep_conv_5x5": "sep5", "dil_conv_3x3": "dil3",

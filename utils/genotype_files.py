@@ -6,7 +6,11 @@ in one line too. Genotypes are stored as JSON; a ``Genotype(...)`` repr (genotyp
 read, with ``ast`` and never ``eval``. Standard library only, like genotypes.py.
 
 alphas.json: the alphas of genotypes.py's docstring, ``{set: [node][edge] -> {"ops": [names],
-"alphas": [raw values]}}``. groups.json: ``{name: {"representative": op, "members": [ops]}}``.
+"alphas": [raw values]}}``: NUM_NODES nodes per set, a finite number per op, and on every
+node two edges or more with a real op (not only ``none``), as the derivation needs. groups.json: ``{name: {"representative": op, "members":
+[ops]}}``: the representative among the members, every group with a real op except the zero
+group (``none`` alone), and at least one group with a real representative (StacNAS sec. 3:
+stage 1 searches the representatives, stage 2 the members of the group that won an edge).
 
     python -m utils.genotype_files --alphas runs/exp/search1/alphas.json --plot plots/
     python -m utils.genotype_files --genotype runs/exp/search2/genotype.txt
@@ -22,13 +26,14 @@ import os
 import re
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from genotypes import (KNOWN_OPS, NUM_NODES, AnyGenotype, CellGenotype, Genotype, GenotypeError,
-                       alpha_set_keys, derive_genotype, duplicate_problem, genotype_from_dict,
-                       genotype_to_dict, require_keys, short_repr, unknown_op)
+from genotypes import (GROUPS, KNOWN_OPS, NUM_NODES, AnyGenotype, CellGenotype, Genotype,
+                       GenotypeError, alpha_set_keys, derive_genotype, duplicate_problem,
+                       genotype_from_dict, genotype_to_dict, require_keys, short_repr,
+                       stage1_primitives, unknown_op)
+from utils.files import write_text
 from utils.plots import plot_genotype
 
 # A genotype file is under 1 KB, per-cell alphas of 100 cells about 300 KB; they nest 5 deep.
@@ -38,6 +43,17 @@ _TOO_DEEP = object()
 
 
 # ----------------------------------------------------------------------------- checks
+def _finite(value: Any) -> bool:
+    """True for a real number (not a bool) that is a finite float; an integer too large for
+    a float (10**400 in a hand-edited file) is not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_edge(edge: Any, source: str, where: str) -> None:
     require_keys(edge, ("ops", "alphas"), source, where)
     ops, values = edge["ops"], edge["alphas"]
@@ -46,26 +62,28 @@ def _check_edge(edge: Any, source: str, where: str) -> None:
     if len(ops) != len(values):
         raise GenotypeError.at(source, where, f"{len(ops)} ops but {len(values)} alphas")
     for op, value in zip(ops, values):
-        if op not in KNOWN_OPS:
+        if not isinstance(op, str) or op not in KNOWN_OPS:
             raise GenotypeError.at(source, where, unknown_op(op))
-        if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-                or not math.isfinite(value)):
+        if not _finite(value):
             raise GenotypeError.at(source, where, f"alpha of {op!r} is {short_repr(value)}, "
-                                                  "expected a finite number")
+                                                  "expected a finite number (a float)")
     problem = duplicate_problem(ops)
     if problem:
         raise GenotypeError.at(source, where, problem)
 
 
 def validate_alphas(alphas: Any, source: str = "alphas") -> dict:
-    """Check the alphas.json structure (module docstring); raise GenotypeError, else return it."""
+    """Check the alphas.json structure (module docstring): the sets, NUM_NODES nodes each,
+    node i with i+2 edges (2 with a real op), every edge's ops and values; raise GenotypeError naming `source`
+    and the entry, else return the alphas unchanged."""
     keys = alpha_set_keys(alphas, source)
-    sizes = set()
     for key in keys:
         nodes = alphas[key]
-        if not isinstance(nodes, list) or not nodes:
-            raise GenotypeError.at(source, key, "expected a non-empty list over intermediate nodes")
-        sizes.add(len(nodes))
+        if not isinstance(nodes, list) or len(nodes) != NUM_NODES:
+            got = (f"{len(nodes)} intermediate node(s)" if isinstance(nodes, list)
+                   else short_repr(nodes))
+            raise GenotypeError.at(source, key, f"{got}, expected {NUM_NODES} (the DARTS cell "
+                                                "this code searches and trains)")
         for i, edges in enumerate(nodes):
             if not isinstance(edges, list) or len(edges) != i + 2:
                 got = len(edges) if isinstance(edges, list) else short_repr(edges)
@@ -74,17 +92,25 @@ def validate_alphas(alphas: Any, source: str = "alphas") -> dict:
                                        "edges)")
             for j, edge in enumerate(edges):
                 _check_edge(edge, source, f"{key} node {i} edge {j}")
-    if len(sizes) > 1:
-        raise GenotypeError.at(source, "", f"alpha sets have different node counts {sorted(sizes)}")
+            real = sum(any(op != "none" for op in edge["ops"]) for edge in edges)
+            if real < 2:
+                raise GenotypeError.at(source, f"{key} node {i}",
+                                       f"{real} edge(s) with an op other than 'none'; a final "
+                                       "node keeps 2, so no cell can be derived")
     return alphas
 
 
 def validate_groups(groups: Any, source: str = "groups") -> dict:
-    """Check ``{name: {"representative": op, "members": [ops]}}``; return a clean copy."""
+    """Check ``{name: {"representative": op, "members": [ops]}}`` (module docstring): known
+    ops, distinct members and representatives, and groups stage 1 and stage 2 can search;
+    raise GenotypeError naming `source` and the group, else return a clean copy."""
     if not isinstance(groups, dict) or not groups:
         raise GenotypeError.at(source, "", "expected a non-empty object of groups")
     clean, seen = {}, set()
     for name, group in groups.items():
+        if not isinstance(name, str) or not name.strip():
+            raise GenotypeError.at(source, "", f"group name {short_repr(name)}: expected a "
+                                               "non-empty string")
         require_keys(group, ("representative", "members"), source, name)
         rep, members = group["representative"], group["members"]
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
@@ -94,19 +120,75 @@ def validate_groups(groups: Any, source: str = "groups") -> dict:
             raise GenotypeError.at(source, name, f"members must be non-empty and distinct, got "
                                                  f"{members}")
         for op in [rep] + members:
-            if op not in KNOWN_OPS:
+            if not isinstance(op, str) or op not in KNOWN_OPS:
                 raise GenotypeError.at(source, name, unknown_op(op))
         problem = duplicate_problem(members)
         if problem:
             raise GenotypeError.at(source, name, f"members must be distinct: {problem}")
-        if rep not in members and members != ["none"]:
-            raise GenotypeError.at(source, name, f"representative {rep!r} is not among the members")
+        _check_searchable(name, rep, members, source)
         if rep in seen:
             raise GenotypeError.at(source, name, f"representative {rep!r} already represents "
                                                  "another group")
         seen.add(rep)
         clean[name] = {"representative": rep, "members": list(members)}
+    if all(g["representative"] == "none" for g in clean.values()):
+        raise GenotypeError.at(source, "", "only the zero group ('none'): stage 1 would search "
+                                           "'none' alone and no cell can be derived; add groups "
+                                           "of real ops (see the paper's groups in genotypes.py)")
     return clean
+
+
+def _check_searchable(name: str, rep: str, members: list, source: str) -> None:
+    """A group stage 2 can search: a real representative is among its members (the group's
+    winners are searched there); the representative 'none' (never chosen: the derivation
+    skips it) goes with the members ['none'] alone, the zero group."""
+    if rep == "none":
+        if members != ["none"]:
+            raise GenotypeError.at(source, name, f"representative 'none' with members {members}: "
+                                                 "stage 1 never chooses 'none', so these members "
+                                                 "would never be searched; give them a real "
+                                                 "representative (the zero group is ['none'] "
+                                                 "alone)")
+        return
+    if all(m == "none" for m in members):
+        raise GenotypeError.at(source, name, f"members {members} hold no real op: an edge this "
+                                             f"group wins would search only 'none' and no cell "
+                                             f"can be derived; list {rep!r} and the ops it stands "
+                                             "for")
+    if rep not in members:
+        raise GenotypeError.at(source, name, f"representative {rep!r} is not among the members")
+
+
+def check_stage1_alphas(alphas: dict, alphas_path: Union[str, Path],
+                        groups_path: Union[str, Path, None] = None) -> None:
+    """Stage 2 reads stage-1 alphas with the groups stage 1 searched (groups.json beside
+    them, else the paper's GROUPS): every edge must search exactly the groups'
+    representatives. A mismatch is one GenotypeError that blames the file at fault: the
+    groups file when the alphas search one op list on every edge (search1's) but the groups
+    file names other representatives (edited after search1 ran), else the alphas."""
+    has_groups = groups_path is not None and Path(groups_path).is_file()
+    groups = load_groups(groups_path) if has_groups else GROUPS
+    reps = stage1_primitives(groups)
+    edges = [(key, i, j, edge["ops"]) for key, nodes in alphas.items()
+             for i, node in enumerate(nodes) for j, edge in enumerate(node)]
+    if all(sorted(ops) == sorted(reps) for *_, ops in edges):
+        return
+    lists = {tuple(ops) for *_, ops in edges}
+    where = f"{groups_path}" if has_groups else "the paper's groups"
+    if has_groups and len(lists) == 1:
+        searched = list(next(iter(lists)))
+        raise GenotypeError(f"{groups_path}: representatives {reps} are not the ops search1 "
+                            f"searched ({searched} on every edge of {alphas_path}): the groups "
+                            "file was changed after search1 ran; restore it, or rerun search1 "
+                            "with these groups (search.py --stage search1 --force --groups FILE)")
+    key, i, j, ops = next(e for e in edges if sorted(e[3]) != sorted(reps))
+    odd = next((op for op in ops if op not in reps), None)
+    problem = (f"op {odd!r} on {key} node {i} edge {j} is not a stage-1 group representative"
+               if odd is not None else f"{key} node {i} edge {j} searches {ops}, not every "
+                                       "representative")
+    raise GenotypeError(f"{alphas_path}: these look like stage-2 (or DARTS) alphas: {problem} "
+                        f"(representatives {reps}, from {where}); pass the alphas.json of "
+                        "search1")
 
 
 # ----------------------------------------------------------------------------- text
@@ -120,20 +202,6 @@ def _dumps(obj: Any, indent: str = "") -> str:
         items = [f"{inner}{json.dumps(k)}: {_dumps(v, inner)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + indent + "}"
     return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in obj) + "\n" + indent + "]"
-
-
-def _atomic_write(text: str, path: Union[str, Path]) -> None:
-    """Write via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _read_text(path: Union[str, Path]) -> str:
@@ -194,7 +262,7 @@ def _parse_json(text: str, path: Union[str, Path], hint: str = "") -> Any:
 # ----------------------------------------------------------------------------- genotypes
 def save_genotype(g: AnyGenotype, path: Union[str, Path]) -> None:
     """Write a genotype as readable JSON, atomically."""
-    _atomic_write(_dumps(genotype_to_dict(g)), path)
+    write_text(path, _dumps(genotype_to_dict(g)) + "\n")
 
 
 def load_genotype(path: Union[str, Path], num_nodes: int = NUM_NODES) -> AnyGenotype:
@@ -269,17 +337,18 @@ def save_alphas(alphas: dict, path: Union[str, Path]) -> None:
     validate_alphas(alphas, str(path))
     plain = {k: [[{"ops": list(e["ops"]), "alphas": [float(a) for a in e["alphas"]]} for e in node]
                  for node in nodes] for k, nodes in alphas.items()}
-    _atomic_write(_dumps(plain), path)
+    write_text(path, _dumps(plain) + "\n")
 
 
 def load_alphas(path: Union[str, Path]) -> dict:
-    """Read and validate an alphas.json; errors name the file and the entry."""
+    """Read and validate an alphas.json (every field, see validate_alphas); errors name the
+    file and the entry."""
     return validate_alphas(_parse_json(_read_text(path), path), str(path))
 
 
 def save_groups(groups: dict, path: Union[str, Path]) -> None:
     """Validate and write groups as JSON (2-space indent), atomically."""
-    _atomic_write(json.dumps(validate_groups(groups, str(path)), indent=2), path)
+    write_text(path, json.dumps(validate_groups(groups, str(path)), indent=2) + "\n")
 
 
 def load_groups(path: Union[str, Path]) -> dict:
@@ -301,7 +370,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.alphas:
-            g = derive_genotype(load_alphas(args.alphas))
+            g = derive_genotype(load_alphas(args.alphas), source=args.alphas)
         else:
             g = load_genotype(args.genotype)
         print(json.dumps(genotype_to_dict(g)))

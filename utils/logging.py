@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from utils.files import append_text, naming, write_text
+from utils.files import BadFile, append_text, json_text, naming, read_jsonl, write_text
+from utils.signals import Stopped
 
 
 def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
@@ -25,9 +25,7 @@ def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
     logger = logging.getLogger(f"stacnas.{name}.{os.path.abspath(stage_dir)}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
+    close_logger(logger)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S")
     log_file = Path(stage_dir) / "log.txt"
     with naming(log_file):
@@ -39,8 +37,12 @@ def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
 
 
 def close_logger(logger: logging.Logger) -> None:
+    """Close every handler. A log line that could not be written (a full disk) stays in the
+    file's buffer, and closing retries it: that failure was already reported once (WarnOnce),
+    so it must not replace the error the run is stopping with."""
     for handler in list(logger.handlers):
-        handler.close()
+        with contextlib.suppress(OSError):
+            handler.close()
         logger.removeHandler(handler)
 
 
@@ -52,10 +54,12 @@ class WarnOnce:
     _warned = False
 
     def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, Stopped):  # a stop signal that arrived mid-write: not a write error
+            raise err
         if self._warned:
             return
         self._warned = True
-        err = sys.exc_info()[1]
         cause = getattr(err, "strerror", None) or str(err) or type(err).__name__
         with contextlib.suppress(Exception):
             sys.stderr.write(f"warning: cannot write {self.target}: {cause}; its lines are lost "
@@ -134,26 +138,35 @@ class EventsFile:
 
 
 class MetricsWriter:
-    """One JSON object per line in <stage_dir>/metrics.jsonl; tensorboard scalars beside it."""
+    """One JSON object per line in <stage_dir>/metrics.jsonl; tensorboard scalars beside it.
+    A record is strict JSON (a NaN or infinite value is written as null) appended whole or
+    not at all (utils.files.append_text); a partial last line that a kill mid-append left is
+    dropped on resume (truncate_after), so it never stops a rerun."""
 
     def __init__(self, stage_dir: str | Path, tensorboard: bool = True):
         self.path = Path(stage_dir) / "metrics.jsonl"
         self.tb = EventsFile(Path(stage_dir) / "tb") if tensorboard else None
 
     def write(self, record: dict, step: int) -> None:
-        append_text(self.path, json.dumps(record) + "\n")
+        append_text(self.path, json_text(record, indent=None)[0])
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.tb.add_scalar(key, value, step)
 
     def truncate_after(self, epoch: int) -> None:
-        """Drop records of epochs after `epoch` (a resumed run rewrites them)."""
+        """Drop records of epochs after `epoch` (a resumed run rewrites them) and a partial last
+        line (an append that a kill or a full disk cut short); the file is rewritten atomically.
+        Any other damage: one BadFile line naming the file (utils.files.read_jsonl)."""
         if not self.path.exists():
             return
-        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                 if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        write_text(self.path, "".join(line + "\n" for line in lines))
+        records = read_jsonl(self.path, what="one metrics record (a JSON object) per line")
+        for record in records:
+            if not isinstance(record.get("epoch", 0), int) or isinstance(record.get("epoch"), bool):
+                raise BadFile(f"{self.path}: a record's \"epoch\" is {str(record['epoch'])[:40]!r}, "
+                              "expected an integer; repair or remove that line")
+        kept = [json_text(r, indent=None)[0] for r in records if r.get("epoch", 0) <= epoch]
+        write_text(self.path, "".join(kept))
 
     def close(self) -> None:
         if self.tb is not None:

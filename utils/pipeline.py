@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from utils import features
+from utils.files import read_json
 from utils.stage import is_finished
 
 METHODS = ("stacnas", "darts")
@@ -145,12 +147,33 @@ def alpha_efficiency_command(args: argparse.Namespace, seed: int, methods: list[
 
 
 def stage_done(seed_dir: Path, stage: str) -> bool:
-    """A finished search/augment stage (checkpoint marked finished), or test/feature results."""
+    """True when `stage` of a seed is finished, judged by the marker the stage writes last, so
+    that an interrupted stage is never taken as done (it is rerun and resumes):
+    search1/search2/darts and augment: checkpoint.pt marked finished, saved after every other
+    output (genotype.json / results.json required too); test: results.json, its only output,
+    written atomically, of the training now in augment/ (its run id); feature: groups.json, written last (utils.features.is_finished);
+    alpha_efficiency: alpha_efficiency.json, written after its CSV and figure."""
     if stage in ("search1", "search2", "darts"):
         return is_finished(seed_dir / stage, "genotype.json")
     if stage == "augment":
         return is_finished(seed_dir / stage, "results.json")
-    marker = {"test": seed_dir / "test" / "results.json",
-              "feature": seed_dir / "search1" / "feature" / "groups.json",
-              "alpha_efficiency": seed_dir / "alpha_efficiency.json"}[stage]
-    return marker.is_file()
+    if stage == "feature":
+        return features.is_finished(seed_dir / "search1" / "feature")
+    if stage == "test":
+        return _tested_this_training(seed_dir)
+    return (seed_dir / "alpha_efficiency.json").is_file()
+
+
+def _tested_this_training(seed_dir: Path) -> bool:
+    """test/results.json is there and names the training run whose augment/results.json is
+    there (both carry augment's run id), so that a test of a network an `augment.py --force`
+    has since replaced is not taken as done. Files of older versions, without run ids, count
+    when present."""
+    tested = seed_dir / "test" / "results.json"
+    trained = seed_dir / "augment" / "results.json"
+    if not tested.is_file():
+        return False
+    if not trained.is_file():
+        return True
+    runs = [read_json(f, what="a results file").get("run") for f in (tested, trained)]
+    return None in runs or runs[0] == runs[1]

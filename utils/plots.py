@@ -3,8 +3,8 @@ it is missing), alphas over epochs, training curves and alpha against stand-alon
 (matplotlib, headless)."""
 from __future__ import annotations
 
-import json
 import math
+import numbers
 import os
 import shutil
 import subprocess
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from genotypes import AnyGenotype, cell_kinds
-from utils.files import naming
+from utils.files import BadFile, naming, read_json
 
 
 def _pyplot():
@@ -30,12 +30,69 @@ def softmax(values: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
+def _edge_ops(alphas: dict) -> dict:
+    """{(set, node, edge): ops} of alphas of the alphas.json layout, or None when it is not
+    that layout (sets of nodes of edges, each {"ops": [names], "alphas": [numbers]})."""
+    layout = {}
+    for key, nodes in alphas.items():
+        if not isinstance(nodes, list) or not nodes:
+            return None
+        for i, edges in enumerate(nodes):
+            if not isinstance(edges, list) or not edges:
+                return None
+            for j, edge in enumerate(edges):
+                if not (isinstance(edge, dict) and isinstance(edge.get("ops"), list)
+                        and all(isinstance(op, str) for op in edge["ops"])
+                        and isinstance(edge.get("alphas"), list)
+                        and len(edge["alphas"]) == len(edge["ops"]) > 0):
+                    return None
+                layout[(key, i, j)] = edge["ops"]
+    return layout
+
+
+def _finite_floats(values: list) -> bool:
+    try:
+        return all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                   and math.isfinite(v) for v in values)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def read_alpha_history(alpha_files: list[str | Path]) -> list[dict]:
+    """The per-epoch alphas files, in order, each checked to have the first file's layout
+    (sets, nodes, edges, ops) and a finite number per op: BadFile naming the file otherwise
+    (a hand-edited or foreign file), never a KeyError or OverflowError while plotting."""
+    history, first = [], None
+    for path in alpha_files:
+        alphas = read_json(path, dict, "per-epoch alphas (the alphas.json layout)")
+        layout = _edge_ops(alphas)
+        if not layout:
+            raise BadFile(f"{path}: not alphas (expected {{set: [node][edge] -> {{\"ops\": "
+                          "[names], \"alphas\": [numbers]}}}}); remove it or rerun the search")
+        if first is None:
+            first = (path, layout)
+        elif layout != first[1]:
+            raise BadFile(f"{path}: its sets, edges or ops differ from {first[0]}'s; per-epoch "
+                          "alphas of one search all have the same; remove it or rerun the search")
+        bad = next((k for k in layout if not _finite_floats(_edge(alphas, k)["alphas"])), None)
+        if bad is not None:
+            raise BadFile(f"{path}: {bad[0]} node {bad[1]} edge {bad[2]}: alphas "
+                          f"{str(_edge(alphas, bad)['alphas'])[:60]} are not all finite numbers; "
+                          "remove it or rerun the search")
+        history.append(alphas)
+    return history
+
+
+def _edge(alphas: dict, key: tuple) -> dict:
+    return alphas[key[0]][key[1]][key[2]]
+
+
 def plot_alpha_history(alpha_files: list[str | Path], out_dir: str | Path) -> list[str]:
     """One PNG per alpha set: a panel per edge, softmax(alpha) of each candidate over epochs.
 
-    `alpha_files` are the per-epoch alphas.json files in epoch order.
+    `alpha_files` are the per-epoch alphas.json files in epoch order (read_alpha_history).
     """
-    history = [json.loads(Path(f).read_text(encoding="utf-8")) for f in alpha_files]
+    history = read_alpha_history(alpha_files)
     if not history:
         return []
     plt = _pyplot()

@@ -3,11 +3,10 @@ into checkpoints), and the options in which a resumed run differs from the run i
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from genotypes import NUM_NODES
-from utils.files import write_text
+from utils.files import write_json
 
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
@@ -25,7 +24,9 @@ def config_dict(args: argparse.Namespace) -> dict:
 
 
 def save_config(args: argparse.Namespace, path: str | Path) -> None:
-    write_text(path, json.dumps(config_dict(args), indent=2) + "\n")
+    """config.json, strict JSON (the parsers refuse non-finite numbers; were one to pass, it
+    would be written as null rather than as JSON's missing NaN)."""
+    write_json(path, config_dict(args))
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

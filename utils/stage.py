@@ -1,18 +1,30 @@
 """What every stage script does around its loop: detect a finished stage, hold the stage folder
 for one run at a time, check that a resumed run has the configuration it was started with, stop
-cleanly on SIGTERM / SIGINT."""
+cleanly on SIGTERM / SIGINT / SIGHUP at any moment (in the loop: a checkpoint at the next step;
+before it or while finishing: at once, nothing lost), and trust another stage's outputs only
+once that stage is finished (README "Interruptions and bad input")."""
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from utils import distributed
-from utils.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
+from utils.checkpoint import (CheckpointError, load_checkpoint, previous_path, rng_state,
+                              set_rng_state)
 from utils.checkpoint_values import check_bounded
+from utils.files import naming, sync_folder
 from utils.lock import FolderLock, hold_folder
 from utils.runconfig import config_dict, config_differences, save_config
-from utils.signals import GracefulStop
+from utils.signals import GracefulStop, StopNow, Stopped
+
+# What a stop before the training loop (or after the stage is done) says: nothing needs saving.
+NOTHING_TO_SAVE = "nothing needed saving at this moment; rerun the same command to go on"
+# A forced rerun of a finished stage moves the old run's outputs here (<stage>/replaced/run_<k>).
+REPLACED = "replaced"
 
 
 def finished_config(stage_dir: str | Path, output: str) -> dict | None:
@@ -35,6 +47,64 @@ def finished_config(stage_dir: str | Path, output: str) -> dict | None:
 def is_finished(stage_dir: str | Path, output: str) -> bool:
     """True when `<stage_dir>/checkpoint.pt` is marked finished and `output` exists."""
     return finished_config(stage_dir, output) is not None
+
+
+def made_by_a_stage(folder: str | Path) -> bool:
+    """True when a stage script has run in `folder` (it locks the folder before anything else,
+    so its .lock file is there); False for a folder of files put there by hand."""
+    return (Path(folder) / ".lock").is_file()
+
+
+def check_stage_finished(folder: str | Path, fix: str) -> None:
+    """Before a stage reads another stage's output (search2: search1's alphas.json and
+    groups.json; augment: a search's genotype.json): a folder a stage script made must hold a
+    checkpoint.pt marked finished, else one ValueError line naming the folder, how far it got
+    and `fix`. Files put in a folder by hand (no .lock) are taken as they are."""
+    folder = Path(folder)
+    if not made_by_a_stage(folder):
+        return
+    path = folder / "checkpoint.pt"
+    if not path.is_file():
+        raise ValueError(f"{folder} is not finished (no checkpoint.pt: a run of it is starting, "
+                         f"was stopped in its first epoch or is being redone with --force); "
+                         f"{fix}")
+    state = load_checkpoint(path)
+    check_bounded(state, path)
+    if state.get("finished") is True:
+        return
+    epochs = state.get("config", {}).get("epochs") if isinstance(state.get("config"), dict) else None
+    got = f"epoch {state.get('epoch')}" + (f" of {epochs}" if epochs is not None else "")
+    raise ValueError(f"{folder} is not finished (its checkpoint is from {got}: a run of it was "
+                     f"stopped or is still going), so its outputs are not its result; {fix}")
+
+
+def new_run_id() -> str:
+    """An id for one training run from scratch; its checkpoints (and best.pt) carry it, so a
+    file left by an earlier run of the same folder can be told apart."""
+    return uuid.uuid4().hex[:12]
+
+
+def set_aside(folder: str | Path) -> Path | None:
+    """Move what a finished run left in `folder` (all but .lock, log.txt and earlier runs set
+    aside) into `folder/replaced/run_<k>/`, the next free k, checkpoint.pt first (so that
+    the stage reads as unfinished before its outputs go). Nothing is deleted. Returns the
+    folder they went to (None when there was nothing)."""
+    folder = Path(folder)
+    keep = {".lock", "log.txt", REPLACED}
+    entries = sorted((p for p in folder.iterdir() if p.name not in keep),
+                     key=lambda p: (p.name != "checkpoint.pt", p.name))
+    if not entries:
+        return None
+    k = 1
+    while (folder / REPLACED / f"run_{k}").exists():
+        k += 1
+    target = folder / REPLACED / f"run_{k}"
+    with naming(target):
+        target.mkdir(parents=True)
+        for entry in entries:
+            os.replace(entry, target / entry.name)
+    sync_folder(folder)
+    return target
 
 
 def check_same_config(state: dict, args: argparse.Namespace, path: str | Path) -> None:
@@ -103,7 +173,9 @@ def silent(message: str) -> None:
 
 
 def resume_path(args: argparse.Namespace, checkpoint: Path, log) -> Path | None:
-    """The checkpoint to resume from: --resume FILE, else <stage>/checkpoint.pt if present.
+    """The checkpoint to resume from: --resume FILE, else <stage>/checkpoint.pt if present,
+    else checkpoint.prev.pt if present (with a log line: checkpoint.pt can only be missing if
+    something removed it, or an older version was killed while rotating them), else None.
     With --resume, an unreadable checkpoint.pt is moved aside (checkpoint.corrupt.pt) so that
     rotating checkpoints never replaces the good previous one with it."""
     if getattr(args, "resume", None):
@@ -117,13 +189,25 @@ def resume_path(args: argparse.Namespace, checkpoint: Path, log) -> Path | None:
                 os.replace(checkpoint, aside)
                 log(f"{checkpoint} is unreadable; moved to {aside}")
         return chosen
-    return checkpoint if checkpoint.is_file() else None
+    if checkpoint.is_file():
+        return checkpoint
+    prev = previous_path(checkpoint)
+    if prev.is_file():
+        log(f"{checkpoint} is missing but {prev} is there (a run was stopped while replacing "
+            f"them): resuming from {prev}")
+        return prev
+    unfinished = checkpoint.with_name(f".{checkpoint.name}.tmp")
+    if unfinished.is_file():
+        log(f"{unfinished} is a checkpoint whose writing was interrupted before it was complete; "
+            "it is not used: starting from epoch 0")
+    return None
 
 
 class StageRun:
     """What search.py and augment.py do around their epoch loop: skip a finished stage, join
-    the torchrun process group, create and lock the folder and open the log (rank 0), pick the
-    checkpoint to resume from, save checkpoints (rank 0), and stop cleanly on SIGTERM / SIGINT."""
+    the torchrun process group, create and lock the folder and open the log (rank 0), set a
+    finished run's outputs aside on --force, pick the checkpoint to resume from, save
+    checkpoints (rank 0), and stop cleanly on SIGTERM / SIGINT / SIGHUP."""
 
     def __init__(self, args: argparse.Namespace, name: str, output: str):
         self.args, self.name, self.output = args, name, output
@@ -132,6 +216,7 @@ class StageRun:
         self.logger = None
         self.log = silent
         self.lock: FolderLock | None = None
+        self.restart = False
 
     def finished(self) -> bool:
         """True (with a message) when the stage is done with these options and --force was not
@@ -158,7 +243,31 @@ class StageRun:
         if self.ranks.is_main:
             self.logger = get_logger(self.dir, self.name)
             self.log = self.logger.info
+        self.restart = self._forced_restart()
         return self
+
+    def _forced_restart(self) -> bool:
+        """--force on a finished stage runs it again from scratch: the finished run's outputs
+        (checkpoints, best.pt, results, alphas, genotype, metrics, plots...) are moved to
+        <stage>/replaced/run_<k>/ first, so that nothing reads them as the new run's (test.py
+        would test the old best.pt; search2 would read the old alphas.json) and nothing is
+        lost. Decided by rank 0, for every rank."""
+        if not self.args.force:
+            return False
+        restart, problem = False, None
+        if self.ranks.is_main:
+            try:
+                restart = is_finished(self.dir, self.output)
+                if restart:
+                    aside = set_aside(self.dir)
+                    self.log(f"--force: {self.dir} was finished; its outputs are moved to {aside}, "
+                             "and this run starts from scratch")
+            except (OSError, ValueError, RuntimeError) as err:
+                problem = str(err)
+        restart, problem = distributed.from_main((restart, problem), self.ranks)
+        if problem is not None:
+            raise RuntimeError(problem)
+        return restart
 
     def __exit__(self, exc_type, exc, tb) -> None:
         from utils.logging import close_logger
@@ -175,8 +284,7 @@ class StageRun:
     def begin(self, job) -> tuple[int, int, object]:
         """Resume `job` if there is a checkpoint; (first epoch, first step, metrics writer)."""
         from utils.logging import MetricsWriter, run_info
-        restart = self.args.force and is_finished(self.dir, self.output)
-        source = None if restart else resume_path(self.args, self.checkpoint, self.log)
+        source = None if self.restart else resume_path(self.args, self.checkpoint, self.log)
         start, first_step = job.resume(source) if source is not None else (0, 0)
         if source is not None:
             self.log(f"resuming from {source} after epoch {start}"
@@ -201,6 +309,26 @@ class StageRun:
         self.log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
                  f"checkpoint saved to {self.checkpoint}: rerun the same command to resume")
         return stop.exit_code
+
+    def finish(self, stop: GracefulStop, metrics, work: Callable[[], None]) -> int:
+        """Run `work` (write the stage's outputs, then the checkpoint marked finished) after the
+        last epoch's checkpoint; the exit code. A signal now (or one that came after the last
+        step of the loop) stops at once with one log line: the writers remove their temp files,
+        the checkpoint is the last epoch's, and a rerun of the same command resumes after it
+        and finishes the stage (no training is lost)."""
+        saved = (f"{self.checkpoint} holds all {self.args.epochs} epochs: rerun the same "
+                 "command to finish the stage")
+        try:
+            with StopNow(saved):
+                if stop.requested(self.ranks):  # on any rank: every rank stops here
+                    raise Stopped(stop.signum or signal.SIGTERM, saved)
+                work()
+        except Stopped as stopped:
+            metrics.close()
+            self.log(f"stopped by {stopped.name} while finishing the stage; {saved}")
+            return stopped.exit_code
+        self.done(metrics)
+        return 0
 
     def done(self, metrics) -> None:
         metrics.close()

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 
 import genotypes as gt
-from utils.files import write_text
+from utils import files
+from utils.files import BadFile, write_text
 from utils.genotype_files import format_genotype, load_alphas, load_genotype
 from utils.plots import plot_curves
 
@@ -21,14 +22,94 @@ SEARCHES = {"stacnas": ("search1", "search2"), "darts": ("darts",)}
 PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none")
 
 
-def read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+# The numbers the summary takes from a stage's results.json (each a number or null).
+RESULT_FIELDS = ("best_valid_top1", "test_top1", "test_top5", "params_millions", "macs")
+# The numbers it takes from a metrics.jsonl record (each absent or a number); "epoch" is needed.
+METRIC_FIELDS = ("top1", "valid_top1", "test_top1")
+
+
+def is_number(value) -> bool:
+    """A JSON number the summary can compute with: not true/false, and within a float (a
+    hand-edited 10**400 is not). NaN and infinities count: they are reported, not computed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def check_numbers(record: dict, fields: tuple, where: str, nullable: bool = True,
+                  fix: str = "") -> dict:
+    """`record`, once each of `fields` it holds is a number (or null where `nullable`):
+    BadFile naming `where` and the field (then `fix`) otherwise."""
+    for key in fields:
+        value = record.get(key)
+        if key in record and not (is_number(value) or (nullable and value is None)):
+            raise BadFile(f"{where}: {key} is {json.dumps(value)[:40]}, expected a number"
+                          + (" or null" if nullable else "") + (f"; {fix}" if fix else ""))
+    return record
+
+
+# What to do about a damaged file the summary reads, by file.
+RESULTS_FIX = "restore it, or rerun the stage that wrote it (--force)"
+TIMINGS_FIX = "restore it, or delete it (it holds the stage times only)"
+METRICS_FIX = "restore it, or delete the damaged line (the summary's curves use it)"
+
+
+def read_json(path: Path, what: str = "a JSON object", fix: str = RESULTS_FIX) -> dict | None:
+    """The object in `path` (None when there is no such file); not UTF-8, not JSON or not an
+    object: BadFile naming the file, then `fix`."""
+    if not path.is_file():
+        return None
+    try:
+        return files.read_json(path, dict, what)
+    except BadFile as err:
+        raise BadFile(f"{err}; {fix}") from None
+
+
+def finite_or_none(record: dict, fields: tuple) -> dict:
+    """`record` with each of `fields` that is NaN or infinite (a diverged run) made None:
+    the summary reports it as missing, and summary.json stays valid JSON."""
+    return {k: None if k in fields and isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
+
+
+def read_results(path: Path) -> dict:
+    """A stage's results.json ({} when absent), its numbers checked (RESULT_FIELDS); NaN or
+    infinite ones read as None."""
+    results = read_json(path, "a stage's results (results.json)") or {}
+    check_numbers(results, RESULT_FIELDS, str(path), fix=RESULTS_FIX)
+    return finite_or_none(results, RESULT_FIELDS)
+
+
+def read_timings(path: Path) -> dict:
+    """A seed's timings.json ({} when absent): {stage: seconds}, each a number (NaN or
+    infinite ones read as None)."""
+    timings = read_json(path, "stage times ({stage: seconds})", TIMINGS_FIX) or {}
+    check_numbers(timings, tuple(timings), str(path), nullable=False, fix=TIMINGS_FIX)
+    return finite_or_none(timings, tuple(timings))
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """A stage's metrics.jsonl ([] when absent): one record per epoch, each with an integer
+    "epoch" and numbers for METRIC_FIELDS; a partial last line (an interrupted append) is
+    skipped; anything else is BadFile naming the file and the record."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        records = files.read_jsonl(path, "one JSON object per epoch")
+    except BadFile as err:
+        raise BadFile(f"{err}; {METRICS_FIX}") from None
+    for number, record in enumerate(records, 1):
+        where = f"{path}: record {number}"
+        epoch = record.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise BadFile(f"{where}: epoch is {json.dumps(epoch)[:40]}, expected an integer; "
+                          f"{METRICS_FIX}")
+        check_numbers(record, METRIC_FIELDS, where, nullable=False, fix=METRICS_FIX)
+    return records
 
 
 def _choices(genotype) -> set[tuple]:
@@ -91,13 +172,13 @@ def seed_summary(seed_dir: Path, method: str = "stacnas") -> dict:
     final = seed_dir / SEARCHES[method][-1]
     genotype = load_genotype(final / "genotype.json") if (final / "genotype.json").is_file() else None
     alphas = load_alphas(final / "alphas.json") if (final / "alphas.json").is_file() else None
-    augment = read_json(seed_dir / "augment" / "results.json") or {}
-    test = read_json(seed_dir / "test" / "results.json") or {}
+    augment = read_results(seed_dir / "augment" / "results.json")
+    test = read_results(seed_dir / "test" / "results.json")
     curves = plot_curves({s: read_jsonl(seed_dir / s / "metrics.jsonl")
                           for s in (*SEARCHES[method], "augment")}, seed_dir / "curves.png")
     plots = sorted(str(p.relative_to(seed_dir.parent)) for p in (final / "plots").glob("*.png")
                    if not p.name.startswith("alphas_")) if (final / "plots").is_dir() else []
-    seconds = read_json(seed_dir / "timings.json") or {}
+    seconds = read_timings(seed_dir / "timings.json")
     searched = [seconds.get(s) for s in SEARCHES[method]]
     return {"seed": seed_dir.name, "method": method,
             "genotype": gt.genotype_to_dict(genotype) if genotype else None,
@@ -140,10 +221,41 @@ def _alpha_efficiency(run_dir: Path, seed_names: list[str]) -> dict:
     --alpha_efficiency): {seed: {label: {n, pearson, spearman, kendall}}}."""
     found = {}
     for name in seed_names:
-        data = read_json(run_dir / "alpha_efficiency" / name / "alpha_efficiency.json")
+        path = run_dir / "alpha_efficiency" / name / "alpha_efficiency.json"
+        data = read_json(path, "alpha_efficiency.py's results", AE_FIX)
         if data is not None:
-            found[name] = {label: {"n": c["pooled"]["n"], **c["pooled"]["softmax_alpha"]}
-                           for label, c in data["correlations"].items()}
+            found[name] = _pooled_correlations(data, path)
+    return found
+
+
+AE_FIX = "delete it and rerun alpha_efficiency.py (its finished training runs are kept)"
+# The coefficient each correlation of alpha_efficiency.json reports.
+COEFFICIENTS = {"pearson": "r", "spearman": "rho", "kendall": "tau"}
+
+
+def _pooled_correlations(data: dict, path: Path) -> dict:
+    """{label: {n, pearson, spearman, kendall}} from alpha_efficiency.json's
+    correlations.<label>.pooled, every field checked (BadFile naming the file and field)."""
+    def need(value, kind, field: str):
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadFile(f"{path}: {field} is {json.dumps(value)[:40]}, expected "
+                          f"{'an object' if kind is dict else 'an integer'}; {AE_FIX}")
+        return value
+
+    found = {}
+    for label, c in need(data.get("correlations"), dict, "correlations").items():
+        pooled = need(need(c, dict, f"correlations.{label}").get("pooled"), dict,
+                      f"correlations.{label}.pooled")
+        soft = need(pooled.get("softmax_alpha"), dict, f"correlations.{label}.pooled.softmax_alpha")
+        entry = {"n": need(pooled.get("n"), int, f"correlations.{label}.pooled.n")}
+        for test, key in COEFFICIENTS.items():
+            value = soft.get(test)
+            field = f"correlations.{label}.pooled.softmax_alpha.{test}"
+            if value is not None:
+                check_numbers(need(value, dict, field), (key, "p"), f"{path}: {field}",
+                              fix=AE_FIX)
+            entry[test] = value
+        found[label] = entry
     return found
 
 
