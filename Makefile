@@ -1,6 +1,7 @@
 # make install : .venv with the requirements (+ Debian graphviz and Fashion-MNIST when root)
-# make test    : install, then the test suite
+# make test    : install, the development requirements (pytest), then the test suite
 # make demo    : install, then the quick pipeline offline on Fashion-MNIST (~15 min on 2 cores)
+# make test-floor : the test suite on the oldest PyTorch requirements.txt allows, in .venv-floor
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,17 +12,25 @@ TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
+# The oldest PyTorch the suite passes on (requirements.txt states it).
+FLOOR_SPEC ?= torch==2.4.1 torchvision==0.19.1 numpy<2
 APT_PACKAGES := graphviz dataset-fashion-mnist
 
-.PHONY: install test demo system-packages clean
+.PHONY: install dev test test-floor demo system-packages clean
 
 install: $(VENV)/.installed system-packages
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install $(TORCH_SPEC)
+	$(PIP) install $(foreach spec,$(TORCH_SPEC),'$(spec)')
 	$(PIP) install -r requirements.txt
+	touch $@
+
+dev: install $(VENV)/.dev
+
+$(VENV)/.dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
 	touch $@
 
 # Debian packages: `dot` for cell plots and the offline Fashion-MNIST copy. Only as root with
@@ -35,12 +44,15 @@ system-packages:
 	  command -v dot >/dev/null 2>&1 || echo "note: graphviz 'dot' not found; cell plots will be skipped (apt-get install graphviz)"; \
 	fi
 
-test: install
+test: dev
 	$(PY) -m pytest -q
+
+test-floor:
+	$(MAKE) test VENV=.venv-floor TORCH_SPEC="$(FLOOR_SPEC)"
 
 demo: install
 	$(PY) run_all.py --preset quick --name demo --device auto
 	@echo "demo finished: see runs/demo/summary.md"
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-floor .pytest_cache

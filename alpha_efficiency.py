@@ -37,6 +37,7 @@ from utils.cli import run_guarded
 from utils.files import BadFile, read_json, write_text
 from utils.signals import ForwardToChild
 from utils.genotype_files import load_alphas, load_genotype, save_genotype
+from utils.lock import FolderLock
 from utils.plots import plot_alpha_efficiency
 from utils.stage import is_finished
 from utils.summary import RESULT_FIELDS, check_numbers
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic: training images")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available")
+    d.add_argument("--gpu", type=config.gpu, default=None, metavar="N|N,M,...|all",
+                   help="every training run on CUDA device N (passed on as --gpu N); a list "
+                        "such as 0,1 or all means the first listed (all: GPU 0), as the "
+                        "authors' code does, with one line saying so; an error without CUDA")
+    d.add_argument("--print_freq", "--report_freq", dest="print_freq", type=config.steps,
+                   default=None, help="each training run logs a line every N steps (the "
+                                      "authors' 50.0 is 50); None: augment.py's (50)")
     d.add_argument("--num_workers", type=config.num_workers, default=None,
                    help="data-loading processes; None: augment.py's default for the device")
     s = p.add_argument_group("speed and memory of each training run (augment.py's flags)")
@@ -146,7 +154,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config.parse(build_parser(), resolve, argv)
+    args = config.parse(build_parser(), resolve, argv, pass_gpu_on=True)
     return run_guarded(lambda: run(args), args.debug)
 
 
@@ -255,8 +263,10 @@ def augment_command(args: argparse.Namespace, cfg: dict, opts: dict, genotype_fi
     cmd = [sys.executable, str(ROOT / "augment.py"), "--name", f"seed_{opts['seed']}",
            "--save_dir", str(folder.resolve()), "--genotype", str(genotype_file.resolve()),
            "--data_dir", str(data_dir), "--device", args.device]
-    if args.num_workers is not None:
-        cmd += ["--num_workers", str(args.num_workers)]
+    for flag, value in (("--gpu", config.first_gpu(args.gpu)), ("--print_freq", args.print_freq),
+                        ("--num_workers", args.num_workers)):
+        if value is not None:
+            cmd += [flag, str(value)]
     if args.amp is not None:
         cmd += ["--amp", args.amp]
     if args.channels_last is not None:
@@ -273,25 +283,13 @@ def augment_command(args: argparse.Namespace, cfg: dict, opts: dict, genotype_fi
 # ----------------------------------------------------------------------------- runs
 @contextmanager
 def out_lock(out: Path):
-    """An exclusive lock on <out>/.lock, also held by the training run in progress: a rerun
-    after a killed analysis waits until the run it left behind has saved and stopped."""
+    """The stages' lock (utils.lock.FolderLock) on <out>, also held by the training run in
+    progress (its inherited descriptor, None where nothing is locked): a rerun after a killed
+    analysis waits until the run it left behind has saved and stopped."""
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): no lock
-            yield fd
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another alpha_efficiency.py (or a training run it left) to "
-                  f"release {out}", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield fd
-    finally:
-        os.close(fd)
+    with FolderLock(out).acquire(wait="waiting for another alpha_efficiency.py (or a training "
+                                      f"run it left) to release {out}") as lock:
+        yield lock.inheritable_fd()
 
 
 def _stop_with_parent():
@@ -315,7 +313,7 @@ def _stop_with_parent():
 class Child(ForwardToChild):
     """Runs augment.py; SIGTERM / SIGINT sent to us are passed on (it saves and stops)."""
 
-    def __init__(self, lock_fd: int) -> None:
+    def __init__(self, lock_fd: int | None) -> None:
         super().__init__()
         self.lock_fd = lock_fd
 
@@ -323,7 +321,8 @@ class Child(ForwardToChild):
         with open(log, "a", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a live log
-                                         pass_fds=(self.lock_fd,), preexec_fn=_stop_with_parent())
+                                         pass_fds=() if self.lock_fd is None else (self.lock_fd,),
+                                         preexec_fn=_stop_with_parent())
             try:
                 code = self.proc.wait()
             finally:
@@ -454,6 +453,7 @@ def write_outputs(args: argparse.Namespace, plans, results: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    config.check_gpu_usable(args)  # one line here rather than a failed training run
     searches = [read_search(Path(d), label) for d, label in zip(args.search_dir, args.labels)]
     plans = [(s, *ae.plan(s["alphas"], s["genotype"], args.edges, str(s["dir"] / "alphas.json")))
              for s in searches]

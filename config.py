@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from functools import partial
 
 from genotypes import IDENTITY_GROUP_CHOICES, MAX_CELLS, MIN_CELLS, NAMED_GENOTYPES, NUM_NODES
 from models.factory import SEARCH_STAGES
 from utils.data import DATASETS, SyntheticSpec
-from utils.speed import add_speed_args
+from utils.speed import add_speed_args, check_compile_with_checkpoint
 
 # Per-stage defaults of the search, one entry per SEARCH_STAGES (the paper's settings, README
 # "Searching"; `darts` = DARTS's own settings).
@@ -99,6 +100,64 @@ synthetic_samples = _checked(int, lambda v: v > 0, "must be a positive integer",
 num_nodes = _checked(int, lambda v: v == NUM_NODES,
                      f"only {NUM_NODES} intermediate nodes per cell are supported (the DARTS space "
                      "the paper searches)", "num_nodes")
+
+
+def steps(text: str) -> int:
+    """--print_freq / --report_freq: a positive whole number of steps, also written as a float
+    (`50.0`, the authors' parser reads a float); a fractional `50.5` is refused."""
+    value = _number(text, float)
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, got {text}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    if value > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT:,}, got {text}")
+    return int(value)
+
+
+class GpuRequest(tuple):
+    """What --gpu asked for: `first` (the GPU used) and `listed` (every GPU named, `all`: none
+    known). A tuple so that argparse keeps it as one value; config.select_gpu turns it into the
+    plain int `first`."""
+
+    first = property(lambda self: self[0])
+    listed = property(lambda self: self[1])
+
+    def several(self) -> bool:
+        """True when more than one GPU was asked for (`0,1` or `all`)."""
+        return self.listed == "all" or len(self.listed) > 1
+
+    def text(self) -> str:
+        return "all" if self.listed == "all" else ",".join(map(str, self.listed))
+
+
+def gpu(text: str) -> GpuRequest:
+    """--gpu as the authors' parser reads it: `N`, a comma-separated list `0,1` or `all`. One
+    process uses one GPU: the first listed (`all`: GPU 0), as the authors' code does; several
+    GPUs take torchrun (one process each). Each N is an integer in 0..MAX_INT, the list has no
+    repeats."""
+    if text.strip().lower() == "all":
+        return GpuRequest((0, "all"))
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() and len(part) <= 30 for part in parts):
+        raise argparse.ArgumentTypeError(f"expected a GPU number N, a list such as 0,1, or all, "
+                                         f"got {text!r}")
+    listed = [int(part) for part in parts]
+    if len(set(listed)) != len(listed):
+        raise argparse.ArgumentTypeError(f"names a GPU twice, got {text!r}")
+    if max(listed) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"GPU numbers must be at most {MAX_INT:,}, got {text!r}")
+    return GpuRequest((listed[0], listed))
+
+
+def first_gpu(request) -> int | None:
+    """The one GPU a --gpu value gives a process: N itself, or a GpuRequest's first."""
+    return request.first if isinstance(request, GpuRequest) else request
+
+
+GPU_HELP = ("the authors' flag: run on CUDA device N; a list such as 0,1 or `all` runs on the "
+            "first listed (all: GPU 0), as the authors' code does, and says so: several GPUs "
+            "take torchrun (README, 'GPU clusters'); an error without CUDA")
 
 
 def run_name(text: str) -> str:
@@ -233,14 +292,13 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     g.add_argument("--save_dir", default="runs", help="folder holding all runs")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available, else cpu")
-    g.add_argument("--gpu", type=non_negative_int, default=None, metavar="N",
-                   help="run on CUDA device N (the authors' flag; an error without CUDA); "
-                        "default: --device decides")
+    g.add_argument("--gpu", type=gpu, default=None, metavar="N|N,M,...|all",
+                   help=f"{GPU_HELP}; default: --device decides")
     g.add_argument("--seed", type=seed, default=2, help=f"random seed, {SEED_HELP}")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (bitwise-reproducible CPU runs; slower on GPU)")
-    g.add_argument("--print_freq", "--report_freq", dest="print_freq", type=positive_int, default=50,
-                   help="log a line every N steps")
+    g.add_argument("--print_freq", "--report_freq", dest="print_freq", type=steps, default=50,
+                   help="log a line every N steps (a whole number; the authors' 50.0 is 50)")
     g.add_argument("--force", action="store_true",
                    help="rerun a finished stage / resume despite a changed configuration")
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -408,23 +466,71 @@ def check_folder(path: str, flag: str) -> None:
         raise argparse.ArgumentTypeError(f"{flag}: {here} is a file, not a folder{inside}")
 
 
-def select_gpu(args: argparse.Namespace) -> None:
-    """`--gpu N` (the authors' flag) means `--device cuda:N`; with `--device cpu` it is a contradiction."""
+def select_gpu(args: argparse.Namespace, script: str = "", pass_on: bool = False) -> None:
+    """`--gpu N` (the authors' flag) means `--device cuda:N`; with `--device cpu` it is a
+    contradiction. A list (`0,1`) or `all` means the first listed GPU (all: GPU 0), as in the
+    authors' code, with one `note:` line on stderr saying that only that GPU is used and how
+    torchrun uses several (not when CUDA is unusable: the device check then stops the run with
+    its one error line; not under torchrun, which gives each process its own GPU). After this,
+    args.gpu is a plain int (or None). `pass_on`: a script that starts others (run_all.py,
+    alpha_efficiency.py) keeps its --device and passes `--gpu N` on."""
+    request = getattr(args, "gpu", None)
+    if request is None:
+        return
+    if not isinstance(request, GpuRequest):  # set by code rather than parsed
+        request = GpuRequest((int(request), [int(request)]))
+    args.gpu = request.first
+    if args.device == "cpu":
+        raise argparse.ArgumentTypeError(f"--gpu {request.text()} asks for CUDA device "
+                                         f"{request.first} but --device cpu was given; drop one "
+                                         "of them")
+    if request.several():
+        note = several_gpus_note(request, script)
+        if note:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+    if not pass_on:
+        args.device = f"cuda:{request.first}"
+
+
+def check_gpu_usable(args: argparse.Namespace) -> None:
+    """--gpu N of a script that starts others (run_all.py, alpha_efficiency.py): the device
+    check each started script would make (utils.logging.resolve_device), made once before any
+    starts, so that a machine without CUDA gets its one error line (a RuntimeError) rather than
+    a failed stage."""
     if getattr(args, "gpu", None) is None:
         return
-    if args.device == "cpu":
-        raise argparse.ArgumentTypeError(f"--gpu {args.gpu} asks for CUDA device {args.gpu} but "
-                                         "--device cpu was given; drop one of them")
-    args.device = f"cuda:{args.gpu}"
+    from utils.logging import resolve_device
+    resolve_device(f"cuda:{args.gpu}")
 
 
-def parse(parser: argparse.ArgumentParser, resolve, argv: list[str] | None) -> argparse.Namespace:
-    """parse_args (strict: misspelt flags fail) then `resolve`; its errors exit 2 like argparse's."""
+def several_gpus_note(request: GpuRequest, script: str) -> str | None:
+    """The line --gpu 0,1 / --gpu all prints: only the first GPU is used, and how to use
+    several; None when CUDA is unusable or under torchrun (see select_gpu)."""
+    import torch
+    if os.environ.get("WORLD_SIZE") is not None or not torch.cuda.is_available():
+        return None
+    count = len(request.listed) if request.listed != "all" else torch.cuda.device_count()
+    head = (f"--gpu {request.text()}: {script or 'this script'} runs on one GPU, GPU "
+            f"{request.first} (the first listed, as the authors' code does)")
+    if script == "run_all.py":
+        return f"{head}; run_all.py --gpus {count} runs every stage on {count} GPUs (torchrun)"
+    if script == "alpha_efficiency.py":
+        return (f"{head}, for every training run; to use {count} GPUs, run analyses side by side "
+                "with different --gpu and --out")
+    return (f"{head}; torchrun uses several: torchrun --standalone --nproc_per_node {count} "
+            f"{script or '<script>'} ... (one process per GPU), or run_all.py --gpus {count}")
+
+
+def parse(parser: argparse.ArgumentParser, resolve, argv: list[str] | None,
+          pass_gpu_on: bool = False) -> argparse.Namespace:
+    """parse_args (strict: misspelt flags fail), --gpu (select_gpu; `pass_gpu_on`: see there),
+    then `resolve`; their errors exit 2 like argparse's."""
     args = parser.parse_args(argv)
     try:
-        select_gpu(args)
+        select_gpu(args, parser.prog, pass_on=pass_gpu_on)
         args = resolve(args)
         check_synthetic_size(args)
+        check_compile_with_checkpoint(args)
         return args
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))

@@ -4,9 +4,14 @@ the analysis behind StacNAS's operation groups, closed into the groups.json stag
     python feature.py --name exp --stage darts --dataset cifar10              # the 7 DARTS ops
     python search.py --stage search1 --name exp2 --groups runs/exp/darts/feature/groups.json
 
-Reads <save_dir>/<name>/<stage>/checkpoint.pt (or --checkpoint PATH), runs --num_samples
-training images (the train transform by default, as the authors; the model in eval mode)
-through the supernet, and accumulates per chosen edge every candidate op's per-position mean
+Reads the stage's supernet of the best held-out epoch (--model best, the default, as the
+authors: best.pt, or checkpoint.pt when that epoch is the last; a search without a held-out
+split has none, and its checkpoint.pt is read, with one line saying so), its final
+checkpoint.pt (--model last) or --checkpoint PATH; runs --num_samples training images (the
+first ones in dataset order by default, as the authors, but drawn at random from class-sorted
+ImageFolder datasets; --samples picks) with the
+train transform by default (as the authors; the model in eval mode) through the supernet, and
+accumulates per chosen edge every candidate op's per-position mean
 output and the pooled co-moments of the ops' outputs. The correlation is the authors'
 statistic by default (--statistic position: each output element centred by its own mean over
 the images) or one mean per op (--statistic global). Writes into --feature_dir (default
@@ -29,6 +34,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -69,11 +75,24 @@ def feature_parser() -> argparse.ArgumentParser:
                    help="the run's stage to analyse: darts (the 7 DARTS ops: discovers the groups) "
                         "or search1 (the group representatives)")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
-                   help="supernet checkpoint (default <save_dir>/<name>/<stage>/checkpoint.pt)")
+                   help="supernet checkpoint; default: the stage folder's, as --model picks")
+    p.add_argument("--model", choices=["best", "last"], default=None,
+                   help="which supernet of <save_dir>/<name>/<stage>/ to analyse: best = the "
+                        "epoch with the best held-out top-1 (the authors' choice: their search "
+                        "keeps it when --train_ratio is below 1; best.pt, or checkpoint.pt when "
+                        "that epoch is the last), falling back to the last with one line when "
+                        "the search had no held-out split; last = the final checkpoint.pt. "
+                        "Default: best (not with --checkpoint, which names the file itself)")
     config.add_common_args(p, "batch size (default 64)")
     f = p.add_argument_group("features")
     f.add_argument("--num_samples", type=config.positive_int, default=10000,
                    help="training images run through the supernet (the authors use 10000)")
+    f.add_argument("--samples", choices=["auto", "first", "random"], default="auto",
+                   help="which training images: first = the first --num_samples in dataset order "
+                        "(the authors' feature.py); random = as many drawn with --seed; auto "
+                        "(default) = first, except for ImageFolder datasets (imagenet, "
+                        "imagefolder), whose files are sorted by class, so that the first 10,000 "
+                        "would be a few classes only: random there")
     f.add_argument("--transform", choices=["train", "eval"], default="train",
                    help="transform of those images: train (augmentation, the authors' choice) or "
                         "eval (no augmentation)")
@@ -95,12 +114,23 @@ def feature_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Datasets read with torchvision's ImageFolder: their files come sorted by class.
+CLASS_SORTED = ("imagenet", "imagefolder")
+
+
 def resolve_feature(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults and paths. --checkpoint stays None unless given: run() picks the stage
+    folder's file by --model (pick_model). --samples auto becomes first or random."""
     if args.batch_size is None:
         args.batch_size = 64
+    if args.checkpoint is not None and args.model is not None:
+        raise argparse.ArgumentTypeError(f"--model {args.model} picks a checkpoint of the stage "
+                                         f"folder, --checkpoint names one: pass one of them")
+    if args.checkpoint is None and args.model is None:
+        args.model = "best"
+    if args.samples == "auto":
+        args.samples = "random" if args.dataset in CLASS_SORTED else "first"
     config.set_paths(args, args.stage)
-    if args.checkpoint is None:
-        args.checkpoint = os.path.join(args.stage_dir, "checkpoint.pt")
     if args.feature_dir is None:
         args.feature_dir = os.path.join(args.stage_dir, "feature")
     config.check_folder(args.feature_dir, "--feature_dir")
@@ -116,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
 
 
-def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
-    """The checkpoint and its measured ops (the same on every edge); wrong ones are errors."""
-    path = Path(args.checkpoint)
+def load_supernet(path: Path, args: argparse.Namespace) -> dict:
+    """A search checkpoint of --stage, checked; a missing or wrong one is a CheckpointError
+    naming it."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run `search.py --stage {args.stage} "
                               f"--name {args.name}` first, or pass --checkpoint PATH")
@@ -129,6 +159,70 @@ def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if stage != args.stage:
         raise CheckpointError(f"{path}: a {stage} supernet, but --stage is {args.stage} "
                               f"(feature.py analyses {' or '.join(STAGES)} supernets)")
+    return state
+
+
+class Choice(NamedTuple):
+    """The supernet feature.py analyses: its file and checked state, whether its search is
+    finished, and the line saying which model it is and why (None: the file was named)."""
+    path: Path
+    state: dict
+    search_finished: bool
+    note: str | None
+
+
+def pick_model(args: argparse.Namespace) -> Choice:
+    """--checkpoint FILE itself, else the stage folder's supernet by --model: last =
+    checkpoint.pt; best = the weights of the best held-out epoch that checkpoint.pt records,
+    which checkpoint.pt itself holds when that epoch is its own, else best.pt (search.py);
+    a search without a held-out split (or before its first held-out epoch) has none: its last
+    checkpoint, with a note saying so. Sets args.checkpoint to the file picked."""
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        state = load_supernet(path, args)
+        return Choice(path, state, state.get("finished") is True, None)
+    last = Path(args.stage_dir) / "checkpoint.pt"
+    args.checkpoint = str(last)
+    state = load_supernet(last, args)
+    finished = state.get("finished") is True
+    if args.model == "last":
+        return Choice(last, state, finished, f"--model last: {last} (epoch {state['epoch']})")
+    ratio = state["config"].get("train_ratio", 1.0)
+    best = state.get("best") or {}
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio < 1:
+        return Choice(last, state, finished, (
+            f"--model best: this search had no held-out split (--train_ratio {ratio}), so no "
+            f"best held-out epoch: analysing its last checkpoint {last} (epoch "
+            f"{state['epoch']}), as the authors' feature.py does"))
+    epoch = best.get("epoch")
+    if epoch is None:
+        return Choice(last, state, finished, (
+            f"--model best: no held-out epoch of this search is finished yet: analysing its "
+            f"last checkpoint {last} (epoch {state['epoch']}, step {state.get('step', 0)})"))
+    held_out = (f"the best held-out epoch, {epoch} of {state['config'].get('epochs')} "
+                f"(held-out top-1 {best.get('valid_top1')}%)")
+    if ft.holds_epoch(state, state.get("run"), epoch):
+        return Choice(last, state, finished, f"--model best: {last}, {held_out}")
+    path = last.with_name(ft.BEST_FILE)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found, but {last} names epoch {epoch} as the best "
+                              "held-out one (a search by an older version, which kept no "
+                              "best.pt); pass --model last for the final supernet, or rerun the "
+                              "search with --force")
+    chosen = load_supernet(path, args)
+    if not ft.holds_epoch(chosen, state.get("run"), epoch):
+        raise CheckpointError(f"{path}: holds epoch {chosen.get('epoch')} of run "
+                              f"{chosen.get('run')}, but {last} names epoch {epoch} of run "
+                              f"{state.get('run')} as the best held-out one (not the search's "
+                              "own file); pass --model last, or --checkpoint FILE")
+    args.checkpoint = str(path)
+    return Choice(path, chosen, finished, f"--model best: {path}, {held_out}")
+
+
+def read_supernet(args: argparse.Namespace, state: dict) -> list[str]:
+    """The measured ops of the checked supernet `state` (the same on every edge); wrong ones
+    are errors."""
+    path = Path(args.checkpoint)
     lists = {tuple(op for op in e if op != "none") for nodes in state["candidates"].values()
              for node in nodes for e in node}
     if len(lists) != 1:
@@ -140,7 +234,7 @@ def read_supernet(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if args.num_groups > len(ops):
         raise UsageError(f"argument --num_groups: {args.num_groups} groups of {len(ops)} ops "
                          f"({', '.join(ops)}): use at most {len(ops)}")
-    return state, ops
+    return ops
 
 
 def rebuild(state: dict, info, args: argparse.Namespace) -> torch.nn.Module:
@@ -183,26 +277,31 @@ def check_not_a_stage_folder(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_not_a_stage_folder(args)
-    state, ops = read_supernet(args)
+    choice = pick_model(args)
+    ops = read_supernet(args, choice.state)
     if already_done(args):
         print(f"{args.feature_dir} is already finished with these options ({ft.DONE_FILE}); "
               "pass --force to measure again")
         return 0
     out = Path(args.feature_dir)
     with hold_folder(out), StopNow(f"{out} is incomplete; rerun the same command to measure again"):
-        measure(args, state, ops)
+        measure(args, choice, ops)
     return 0
 
 
-def measure(args: argparse.Namespace, state: dict, ops: list[str]) -> None:
-    """Run the images through the supernet, then analyse(); logs to <feature_dir>/log.txt.
-    The done marker (groups.json) is removed first and written last."""
+def measure(args: argparse.Namespace, choice: Choice, ops: list[str]) -> None:
+    """Run the images (--samples) through the supernet, then analyse(); logs to
+    <feature_dir>/log.txt, starting with the line saying which supernet (--model). The done
+    marker (groups.json) is removed first and written last."""
+    state = choice.state
     out = Path(args.feature_dir)
     log = get_logger(out, "feature")
     try:
         if ft.unmark_finished(out):
             log.info(f"measuring again: removed the previous {out / ft.DONE_FILE} (written "
                      "anew at the end)")
+        if choice.note:
+            log.info(choice.note)
         device = resolve_device(args.device)
         seed_everything(args.seed, args.deterministic)
         data, info = get_dataset(args.dataset, args.data_dir, train=True, transform=args.transform,
@@ -210,18 +309,18 @@ def measure(args: argparse.Namespace, state: dict, ops: list[str]) -> None:
                                  download=not args.no_download)
         model = rebuild(state, info, args).to(device)
         n = len(data) if args.subset is None else min(args.subset, len(data))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
-        indices = sorted(order[:args.num_samples])
+        indices = ft.sample_indices(n, args.num_samples, args.samples, args.seed)
         loader = make_loader(data, indices, args.batch_size, shuffle=False, seed=args.seed,
                              **loader_options(device, args.num_workers))
         edges = ft.select_edges(model, args.edges)
-        if state.get("finished") is not True:
-            log.info(f"warning: {args.checkpoint} is not a finished search (epoch "
+        if not choice.search_finished:
+            log.info(f"warning: {args.checkpoint} is from a search that is not finished (epoch "
                      f"{state.get('epoch')} of {state['config'].get('epochs')}): these are the "
                      "features of a part-trained supernet")
         log.info(f"{args.checkpoint} (epoch {state.get('epoch')}): {len(edges)} edges, ops "
-                 f"{', '.join(ops)}; {len(indices)} training images ({args.transform} transform) "
-                 f"on {device}; statistic {args.statistic}")
+                 f"{', '.join(ops)}; {len(indices)} training images ({args.samples} "
+                 f"{'in dataset order' if args.samples == 'first' else 'drawn with --seed'}, "
+                 f"{args.transform} transform) on {device}; statistic {args.statistic}")
         stats = ft.collect(model, loader, edges, device, log.info, args.print_freq)
         groups = analyse(args, state, ops, stats, len(indices), log.info)
         save_config(args, out / "config.json")
@@ -269,6 +368,7 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
     ft.plot_dendrogram(mean, ops, args.num_groups, out / "dendrogram_mean.png")
     matches = ft.same_partition(groups) if sorted(ops) == sorted(gt.PRIMITIVES[1:]) else None
     summary = {"checkpoint": str(args.checkpoint), "stage": args.stage, "epoch": state.get("epoch"),
+               "model": args.model, "samples": args.samples,
                "num_images": num_images, "transform": args.transform,
                "statistic": args.statistic, "edges": list(corrs), "ops": ops,
                "mean_correlation": mean.round(6).tolist(),

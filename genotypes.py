@@ -79,7 +79,26 @@ STACNAS_C10 = Genotype(
     reduce=[("skip_connect", 1), ("max_pool_3x3", 0), ("dil_conv_5x5", 2), ("avg_pool_3x3", 0),
             ("dil_conv_5x5", 3), ("avg_pool_3x3", 0), ("dil_conv_5x5", 3), ("sep_conv_5x5", 0)],
     reduce_concat=[2, 3, 4, 5])
-NAMED_GENOTYPES = ("DARTS_V1", "DARTS_V2", "STACNAS_C10")
+# StacNAS CIFAR-100 cells from the paper's figures (README "Found architectures"): every node of
+# the normal cell takes the two cell inputs. At 36 channels / 20 cells with the auxiliary head
+# they have 4.58M parameters = 4.37 x 2^20, the authors' "4.36M" for their CIFAR-100 release.
+STACNAS_C100 = Genotype(
+    normal=[("skip_connect", 0), ("dil_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_5x5", 2),
+            ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("sep_conv_3x3", 0), ("dil_conv_5x5", 3)],
+    reduce_concat=[2, 3, 4, 5])
+# StacNAS ImageNet cells from the paper's figures (searched on ImageNet): separable 3x3
+# convolutions from the two cell inputs, two skips into the first node of the normal cell.
+STACNAS_IMAGENET = Genotype(
+    normal=[("skip_connect", 0), ("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1)],
+    reduce_concat=[2, 3, 4, 5])
+NAMED_GENOTYPES = ("DARTS_V1", "DARTS_V2", "STACNAS_C10", "STACNAS_C100", "STACNAS_IMAGENET")
 
 _SHARED_KEYS = ("normal", "reduce")
 _CELL_KEY = re.compile(r"cell_(0|[1-9][0-9]*)")

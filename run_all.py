@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download a dataset (passed to every stage)")
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
+    p.add_argument("--gpu", type=config.gpu, default=None, metavar="N|N,M,...|all",
+                   help="every stage runs on CUDA device N (passed on as --gpu N); a list such as "
+                        "0,1 or all means the first listed (all: GPU 0), as the authors' code "
+                        "does, with one line saying so. For several GPUs use --gpus instead: "
+                        "--gpu with --gpus above 1 is an error (torchrun gives each process its "
+                        "own GPU, 0..N-1 of CUDA_VISIBLE_DEVICES); an error without CUDA")
+    p.add_argument("--print_freq", "--report_freq", dest="print_freq", type=config.steps,
+                   default=None, help="every stage logs a line every N steps (the authors' 50.0 "
+                                      "is 50); default: the stages' own (50)")
     p.add_argument("--seeds", type=config.seed_list, default=[2], help=f"comma-separated seeds, one pipeline each; each {config.SEED_HELP}")
     p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
                    help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
@@ -115,6 +124,19 @@ def check_speed_flags(args: argparse.Namespace) -> None:
     if args.amp == "fp16" and ("darts" in methods or args.optimization == "bilevel"):
         raise ValueError("--amp fp16 works with one-level search only; the DARTS baseline and "
                          "--optimization bilevel are bilevel: use --amp bf16")
+
+
+def check_gpu_flags(args: argparse.Namespace) -> None:
+    """--gpu (one GPU per stage, passed on as --gpu N: config.select_gpu) and --gpus N (N
+    processes per stage through torchrun, each on its own GPU) are two answers to one question:
+    together, a usage error."""
+    if args.gpu is not None and args.gpus > 1:
+        text = args.gpu.text() if isinstance(args.gpu, config.GpuRequest) else args.gpu
+        raise argparse.ArgumentTypeError(
+            f"--gpu {text} runs each stage on one GPU, --gpus {args.gpus} on {args.gpus} GPUs "
+            "through torchrun (GPUs 0..N-1, or those CUDA_VISIBLE_DEVICES lists): pass one of "
+            "them")
+    config.select_gpu(args, "run_all.py", pass_on=True)
 
 
 def effective_batch_note(args: argparse.Namespace) -> str | None:
@@ -298,6 +320,8 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
     args.save_dir, args.data_dir = (str(Path(d).resolve()) for d in (args.save_dir, args.data_dir))
     methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
     check_speed_flags(args)
+    if not args.dry_run:
+        config.check_gpu_usable(args)  # one line here rather than a failed stage
     note = effective_batch_note(args)
     if note:
         print(f"[run_all] {note}", flush=True)
@@ -340,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         try:
             config.check_folder(args.save_dir, "--save_dir")
+            check_gpu_flags(args)
         except argparse.ArgumentTypeError as err:
             parser.error(str(err))
         return run_guarded(lambda: run(args, forwarder))

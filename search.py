@@ -5,8 +5,9 @@ the groups search1 chose), or `--stage darts` (the DARTS baseline).
     python search.py --stage search2 --name exp --dataset cifar10   # reads exp/search1/alphas.json
 
 Writes into <save_dir>/<name>/<stage>/: config.json, log.txt, metrics.jsonl, tb/,
-checkpoint.pt (resumable), alphas/epoch_NNN.json, alphas.json, genotype.json, genotype.txt,
-plots/. Rerunning the same command resumes from the last completed epoch.
+checkpoint.pt (resumable), best.pt (with a held-out split: the supernet of the best held-out
+epoch, which feature.py reads), alphas/epoch_NNN.json, alphas.json, genotype.json,
+genotype.txt, plots/. Rerunning the same command resumes from the last completed epoch.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ import genotypes as gt
 from models.factory import build_supernet, stage_candidates
 from utils import distributed, speed
 from utils.architect import Architect, make_optimizers
-from utils.checkpoint import SEARCH_FORMAT, load_checkpoint
+from utils import features as ft
+from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from utils.checkpoint_fields import check_search_checkpoint, require_kind
 from utils.cli import run_guarded, seed_everything
 from utils.data import (check_split, get_dataset, infinite, loader_options, make_loader,
@@ -178,6 +180,33 @@ class Search:
                 **rng_entries(self.ranks, self.device),
                 "genotype": gt.genotype_to_dict(self.model.genotype()), "best": dict(self.best)}
 
+    def save_best(self, state: dict) -> None:
+        """With a held-out split, best.pt (features.BEST_FILE) beside checkpoint.pt: `state`
+        when its epoch is the best held-out epoch so far, written like the checkpoint (atomic,
+        fsynced), after it. feature.py analyses it (the authors' feature.py reads the stage-1
+        model of the best held-out epoch). A stop between the two writes leaves checkpoint.pt
+        holding that epoch; the resume writes best.pt from it (repair_best)."""
+        if (self.ranks.is_main and self.valid_idx
+                and ft.holds_epoch(state, self.run_id, self.best["epoch"])):
+            save_checkpoint(state, self.dir / ft.BEST_FILE, keep_previous=False)
+
+    def repair_best(self, state: dict) -> None:
+        """On resume from a checkpoint saved at the end of the best held-out epoch: write
+        best.pt from it unless best.pt already holds that epoch of this run (it is missing,
+        unreadable, or older when a stop came between the checkpoint and best.pt)."""
+        if not (self.ranks.is_main and self.valid_idx and self.best.get("epoch") is not None
+                and ft.holds_epoch(state, state.get("run"), self.best["epoch"])):
+            return
+        path = self.dir / ft.BEST_FILE
+        try:
+            held = ft.holds_epoch(load_checkpoint(path), state.get("run"), self.best["epoch"])
+        except CheckpointError:
+            held = False
+        if not held:
+            save_checkpoint(state, path, keep_previous=False)
+            self.log(f"{path} written from the resumed checkpoint (epoch {self.best['epoch']}, "
+                     "the best held-out epoch)")
+
     def resume(self, path: Path) -> int:
         state = require_kind(load_checkpoint(path, self.device), path, SEARCH_FORMAT, self.args.stage)
         state = check_search_checkpoint(state, path)
@@ -194,6 +223,7 @@ class Search:
         resume_rng(state, path, self.ranks, self.device, self.log)
         self.best = state.get("best", self.best)
         self.run_id = state.get("run") or self.run_id
+        self.repair_best(state)
         return state["epoch"], state.get("step", 0)
 
     # -- one epoch ----------------------------------------------------------------------
@@ -324,7 +354,9 @@ def run_stage(args: argparse.Namespace) -> int:
                     search.write_epoch(epoch, stats, lr, metrics)
                     epoch_times.append(stats["seconds"])
                     remaining = sum(epoch_times) / len(epoch_times) * (args.epochs - epoch - 1)
-                    stage.save(search.state(epoch + 1))
+                    state = search.state(epoch + 1)
+                    stage.save(state)
+                    search.save_best(state)
                     stage.log(f"checkpoint saved; stage ETA {format_seconds(remaining)}")
             except Interrupted as stopped:
                 return stage.interrupted(search, stopped, stop, metrics)

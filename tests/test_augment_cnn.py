@@ -99,3 +99,17 @@ def test_final_cell_stride_and_structure():
     assert red.inputs[1] == [2, 1]
     assert type(red.nodes[1][0]).__name__ == "Identity"
     assert red.nodes[1][1].pool.stride == 2
+
+
+@pytest.mark.parametrize("name, dataset, size, classes", [("STACNAS_C100", "cifar100", 32, 100),
+                                                          ("STACNAS_IMAGENET", "imagenet", 224, 1000)])
+def test_stacnas_c100_and_imagenet_networks_train(name, dataset, size, classes):
+    """The two genotypes read off the authors' figures build a network of their dataset that
+    runs forward and backward (small widths: the full sizes are pinned in test_summary.py)."""
+    genotype = gt.get_named_genotype(name)
+    net = build_final_network(genotype, **dataset_info(dataset).network_shape(),
+                              init_channels=8, num_cells=5, auxiliary=True).train()
+    logits, aux = net(torch.randn(2, 3, size, size))
+    assert logits.shape == aux.shape == (2, classes)
+    (logits.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)

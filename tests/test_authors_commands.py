@@ -101,11 +101,17 @@ def test_search_commands(pipeline):
 
 
 def test_feature_command(pipeline):
-    """The authors' defaults: their statistic and transform, their stage-1 supernet's ops."""
-    run_dir, _ = pipeline
+    """The authors' defaults: their statistic and transform, their stage-1 supernet's ops, the
+    first training images in dataset order, and search1's model (the last one: the README's
+    search1 has --train_ratio 1.0, no held-out split, which one line says)."""
+    run_dir, outputs = pipeline
     out = run_dir / "search1" / "feature"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["statistic"] == "position" and summary["transform"] == "train"
+    assert summary["samples"] == "first" and summary["model"] == "best"
+    assert summary["checkpoint"] == str(run_dir / "search1" / "checkpoint.pt")
+    said = [line for line in outputs["feature"].stdout.splitlines() if "held-out" in line]
+    assert len(said) == 1 and "no held-out split (--train_ratio 1.0)" in said[0]
     assert summary["num_images"] == 8 and set(summary["ops"]) == set(gt.STAGE1_PRIMITIVES) - {"none"}
     load_groups(out / "groups.json")  # a valid groups file for search.py --groups
 
@@ -168,6 +174,9 @@ def test_run_all_dry_run_prints_the_paper_pipeline(tmp_path):
     (config.search_parser, "--alpha_learning_rate 0.002", ("alpha_lr", 0.002)),
     (config.search_parser, "--alpha_weight_decay 0.01", ("alpha_weight_decay", 0.01)),
     (config.search_parser, "--report_freq 7", ("print_freq", 7)),
+    (config.search_parser, "--report_freq 50.0", ("print_freq", 50)),
+    (config.search_parser, "--gpu 0,1", ("gpu", 0)),
+    (config.search_parser, "--gpu all", ("gpu", 0)),
     (config.search_parser, "--cutout_length 8", ("cutout", 8)),
     (config.search_parser, "--power_lr", ("power_lr", True)),
     (config.search_parser, "--auto_aug", ("auto_aug", True)),
@@ -180,6 +189,10 @@ def test_run_all_dry_run_prints_the_paper_pipeline(tmp_path):
     (config.augment_parser, "--cutout_length 8", ("cutout", 8)),
     (config.augment_parser, "--train_ratio 0.8", ("valid_ratio", 0.2)),
     (config.augment_parser, "--report_freq 7", ("print_freq", 7)),
+    (config.augment_parser, "--report_freq 50.0", ("print_freq", 50)),
+    (config.augment_parser, "--gpu 1,0", ("gpu", 1)),
+    (config.test_parser, "--gpu all", ("gpu", 0)),
+    (config.test_parser, "--report_freq 50.0", ("print_freq", 50)),
     (config.augment_parser, "--dataset Fashionmnist", ("dataset", "fashionmnist")),
     (config.test_parser, "--load_model_dir m.pth.tar", ("checkpoint", "m.pth.tar")),
     (config.test_parser, "--stage test", ("stage", "test")),

@@ -220,6 +220,8 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_kill_9_leaves_no_lock(tmp_
     run = tmp_path / "busy" / "search1"
     try:
         _wait_for(run / "log.txt", "step 2/8", holder)
+        # paused, still holding the lock: now only the refused run below could change a file
+        os.killpg(holder.pid, signal.SIGSTOP)
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
         capsys.readouterr()
         assert _in_process(argv, tmp_path, "busy") == 1
@@ -228,6 +230,10 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_kill_9_leaves_no_lock(tmp_
         assert f"pid {holder.pid} on {socket.gethostname()}" in err
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     finally:
+        try:
+            os.killpg(holder.pid, signal.SIGCONT)  # its workers too, so that they see it die
+        except ProcessLookupError:
+            pass
         holder.kill()  # the main process only: its workers are left to torch's watchdog
         holder.communicate()
     FolderLock(run).acquire().release()  # free at once, though the workers may still live

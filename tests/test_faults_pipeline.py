@@ -356,7 +356,7 @@ def test_feature_refuses_a_stage_folder_as_its_output(supernet, capsys):
     assert (stage / "groups.json").read_bytes() == before
 
 
-TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
+STAGE_ARGS = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--num_cells", "3", "--init_channels", "4", "--batch_size",
         "16", "--epochs", "1", "--device", "cpu", "--num_workers", "0"]
 
@@ -370,7 +370,8 @@ def test_a_stage_signalled_while_importing_stops_with_one_line(tmp_path, script,
     """A signal in a stage script's first seconds (a run_all stage being started, a Ctrl-C
     right after Enter): SIGINT was a KeyboardInterrupt traceback, SIGTERM / SIGHUP a silent
     end. Now the script's one stop line and 128 + the signal; nothing trained."""
-    data = TINY[:8] + TINY[12:14] + TINY[16:] if script == "test.py" else TINY  # no training flags
+    # test.py takes the data flags, no network or training ones
+    data = STAGE_ARGS[:8] + STAGE_ARGS[12:14] + STAGE_ARGS[16:] if script == "test.py" else STAGE_ARGS
     proc = _start([script, *extra, *data, "--name", "early", "--save_dir", str(tmp_path)],
                   tmp_path, "early")
     _wait_importing_torch(proc)

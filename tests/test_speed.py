@@ -5,6 +5,7 @@ import argparse
 import pytest
 import torch
 
+import config
 from utils import speed
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -56,3 +57,29 @@ def test_bf16_on_gpus_without_native_support(monkeypatch, major, force, expected
     assert args.amp == expected and args.channels_last is False and args.fast_path == ()
     assert len(lines) == (1 if expected == "none" else 0)
     assert all("no native bf16" in line and f"sm_{major}0" in line for line in lines)
+
+
+@pytest.mark.parametrize("version, refused", [("2.4.1+cu121", True), ("2.8.0", True),
+                                              ("2.9.1", True), ("2.10.0+cu128", False),
+                                              ("2.11.0+cu130", False), ("2.14.1", False),
+                                              ("3.0.0a0+git1234", False)])
+def test_compile_with_grad_checkpoint_refused_where_pytorch_gets_it_wrong(monkeypatch, capsys,
+                                                                         version, refused):
+    """PyTorch 2.4.1 and 2.8.0 update batch-norm statistics again in a compiled network's
+    recomputation (measured: tests/test_gpu_models.py there): the pair is a usage error on
+    them, and accepted from 2.10 on (measured there too). Either flag alone is always accepted."""
+    monkeypatch.setattr(torch, "__version__", version)
+    argv = ["--stage", "search1", "--name", "x", "--dataset", "synthetic", "--compile",
+            "--grad_checkpoint"]
+    if refused:
+        with pytest.raises(SystemExit) as exit_:
+            _parse(argv)
+        assert exit_.value.code == 2
+        assert "--compile with --grad_checkpoint needs PyTorch >= 2.10" in capsys.readouterr().err
+    else:
+        assert _parse(argv).compile
+    assert _parse(argv[:-1]).compile  # --compile alone
+
+
+def _parse(argv):
+    return config.parse(config.search_parser(), config.resolve_search, argv)

@@ -78,3 +78,21 @@ def test_runs_as_script():
                            "--num_cells", "5", "--init_channels", "8"],
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout)["num_cells"] == 5
+
+
+def test_stacnas_cifar100_matches_the_authors_release(capsys):
+    """The CIFAR-100 cells read off the authors' figures, at 36 channels / 20 cells with the
+    auxiliary head, come to the size the authors' README gives their CIFAR-100 model: "4.36M",
+    parameters / 2^20 (a check of the reading of the figures)."""
+    out = _summary(capsys, "--arch", "STACNAS_C100", "--dataset", "cifar100", "--auxiliary")
+    assert (out["init_channels"], out["num_cells"]) == (36, 20)
+    assert (out["params"], out["params_without_aux"]) == (4_579_572, 4_033_936)
+    assert round(out["params"] / 2 ** 20, 2) in (4.36, 4.37)  # 4.367
+    assert out["macs"] == 611_493_120
+
+
+def test_stacnas_imagenet_mobile_size(capsys):
+    out = _summary(capsys, "--arch", "STACNAS_IMAGENET", "--dataset", "imagenet")
+    assert (out["init_channels"], out["num_cells"]) == (48, 14)
+    assert out["params_without_aux"] == 5_715_040
+    assert out["macs"] == 615_825_408  # above the mobile setting's 600M: all separable convs

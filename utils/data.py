@@ -338,8 +338,8 @@ def _download(name: str, fetch: Callable[[], Path], by_hand: str) -> Path:
         return fetch()
     except DownloadError as err:
         raise DataError(f"{name}: download failed: {err} — {by_hand}") from err
-    except OSError as err:
-        raise DataError(f"{name}: cannot store the download: {type(err).__name__}: {err} — {by_hand}") from err
+    except OSError as err:  # utils.files.WriteError: "cannot write <folder>: <cause>[; make room...]"
+        raise DataError(f"{name}: download not stored: {err}") from err
 
 
 def _cifar(name: str, data_dir: str, train: bool, transform: Callable, download: bool, log: Log) -> Dataset:

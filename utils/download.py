@@ -5,12 +5,27 @@ The URLs, mirrors and md5 sums are torchvision's own (the dataset classes' ``url
 ``mirrors``/``resources``), and so are the download, checksum and extraction functions
 (``torchvision.datasets.utils``). What this module adds is that nothing half-written ever lands
 where a rerun would trust it: files are fetched and extracted in a temporary folder inside the
-target (``.download-<name>-<pid>``), checked against their md5, and only then moved into place
-with ``os.replace``; the temporary folder is removed whatever happens. Sockets time out after
+target (``.download-<name>-<host>-<pid>``), checked against their md5, and only then moved into
+place with ``os.replace``; the temporary folder is removed whatever happens, and one that a
+killed process left is removed by the next download. Sockets time out after
 ``DOWNLOAD_TIMEOUT`` seconds, so a stalled server is an error, not a hang.
+
+Why not the datasets' own ``download=True`` (with ``socket.setdefaulttimeout``)? It lacks:
+- placement: it downloads and unpacks straight into the final names. MNIST's check of what is
+  there is presence only (its md5 sums are the archives'), so a file cut short by a kill or a
+  full disk while it was unpacked stays, and once all four are present no rerun replaces it.
+  CIFAR's check is every file's md5 at every load, which also replaces a copy the user put
+  there that differs from torchvision's; here files that are there are never touched.
+- mirror fallback: MNIST tries the next mirror only on a URLError or a RuntimeError (a refused
+  connection, an HTTP error, a bad md5); a mirror that stalls mid-file raises a timeout, which
+  stops the whole download. Here any failure of a mirror moves on to the next.
+- one line: its errors span lines (MNIST lists every mirror on its own line) and name neither
+  the folder nor, for a bad md5 ("File not found or corrupted."), the URL; a full disk reads
+  as a download failure. Here a failure names each URL tried, and a full disk names the folder.
 """
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import shutil
@@ -23,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from utils.files import NO_ROOM, naming
+
 # torchvision is imported inside the functions that use it, not here: importing it takes about
 # 2 s, which every script would pay at startup (utils.data imports this module).
 if TYPE_CHECKING:
@@ -30,6 +47,10 @@ if TYPE_CHECKING:
 
 # Seconds a connection or a read may stall before the download is an error.
 DOWNLOAD_TIMEOUT = 30.0
+
+# Write errors a user fixes by making room: reported as such (WriteError naming the folder),
+# never as a failed download.
+STORAGE_ERRNOS = NO_ROOM | {errno.EROFS}
 
 # What fetching or unpacking can raise: network and file errors (URLError, HTTPError and socket
 # timeouts are OSErrors), HTTP protocol errors (IncompleteRead), torchvision's RuntimeErrors (too
@@ -64,16 +85,40 @@ def _reason(err: BaseException) -> str:
 
 @contextmanager
 def staging(parent: Path, name: str) -> Iterator[Path]:
-    """A fresh temporary folder ``<parent>/.download-<name>-<pid>``, removed on exit whatever
-    happens (what should survive must be moved out of it first)."""
+    """A fresh temporary folder ``<parent>/.download-<name>-<host>-<pid>``, removed on exit
+    whatever happens (what should survive must be moved out of it first). Those that killed
+    processes of this host left (their pid no longer runs) are removed first."""
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".download-{name}-{os.getpid()}"
+    prefix = f".download-{name}-{socket.gethostname()}-"
+    for old in parent.iterdir():
+        pid = old.name[len(prefix):]
+        if old.name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = parent / f"{prefix}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process that had the same pid
     tmp.mkdir()
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (this process counts as not running)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _stored(err: BaseException) -> bool:
+    """Whether ``err`` is a write error a user fixes by making room (not a failed download)."""
+    return isinstance(err, OSError) and err.errno in STORAGE_ERRNOS
 
 
 @contextmanager
@@ -99,6 +144,8 @@ def fetch(url: str, md5: str, folder: Path, filename: str | None = None) -> Path
             download_url(url, str(folder), path.name)
         got = calculate_md5(path)
     except _FETCH_ERRORS as err:
+        if _stored(err):
+            raise
         raise DownloadError([(url, _reason(err))]) from err
     if got != md5:
         raise DownloadError([(url, f"md5 {got} of {path.stat().st_size} bytes, expected {md5}: "
@@ -114,6 +161,8 @@ def _extract(archive: Path, folder: Path, url: str) -> None:
     try:
         extract_archive(str(archive), str(folder))
     except _FETCH_ERRORS as err:
+        if _stored(err):
+            raise
         raise DownloadError([(url, f"cannot extract {archive.name}: {_reason(err)}")]) from err
 
 
@@ -135,12 +184,12 @@ def move_into(source: Path, target: Path) -> None:
 def download_cifar(cls: type[datasets.CIFAR10], data_dir: str | Path, log: Log = log_to_stderr) -> Path:
     """Download ``cls.url`` (torchvision's CIFAR10 or CIFAR100, or a subclass), check it against
     ``cls.tgz_md5``, extract it and move ``cls.base_folder`` to ``<data_dir>/<cls.base_folder>``,
-    which is returned. A failed download is a DownloadError naming the URL; an OSError means
-    data_dir cannot be written."""
+    which is returned. A failed download is a DownloadError naming the URL; a WriteError naming
+    the target means data_dir cannot be written (a full disk: make room)."""
     data_dir = Path(data_dir)
     target = data_dir / cls.base_folder
     log(f"downloading {cls.url} to {target}")
-    with staging(data_dir, cls.base_folder) as tmp:
+    with naming(target), staging(data_dir, cls.base_folder) as tmp:
         archive = fetch(cls.url, cls.tgz_md5, tmp, cls.filename)
         _extract(archive, tmp / "extracted", cls.url)
         folder = tmp / "extracted" / cls.base_folder
@@ -171,11 +220,12 @@ def download_idx(cls: type[datasets.MNIST], root: str | Path, log: Log = log_to_
     """Download the gzipped idx files of ``cls`` (torchvision's MNIST or FashionMNIST: its
     ``resources``, each from the first of its ``mirrors`` that serves it with the right md5),
     gunzip them and move them into ``<root>/<cls.__name__>/raw``, which is returned. A failed
-    download is a DownloadError naming the URLs tried; an OSError means root cannot be written."""
+    download is a DownloadError naming the URLs tried; a WriteError naming ``raw`` means root
+    cannot be written (a full disk: make room)."""
     root = Path(root)
     raw = root / cls.__name__ / "raw"
     log(f"downloading {cls.__name__} ({len(cls.resources)} files) from {cls.mirrors[0]} to {raw}")
-    with staging(root, cls.__name__) as tmp:
+    with naming(raw), staging(root, cls.__name__) as tmp:
         unpacked = tmp / "raw"
         for filename, md5 in cls.resources:
             archive, url = _fetch_mirrored(cls.mirrors, filename, md5, tmp, log)

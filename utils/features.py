@@ -58,6 +58,31 @@ def unmark_finished(feature_dir: str | Path) -> bool:
     return True
 
 
+# search.py's supernet of the best held-out epoch, beside its checkpoint.pt (with a held-out
+# split, --train_ratio below 1): what the authors' feature.py analyses.
+BEST_FILE = "best.pt"
+
+
+def holds_epoch(state: dict, run: str | None, epoch: int) -> bool:
+    """True when the search checkpoint `state` holds the weights at the end of `epoch` of the
+    run with id `run`: saved after that epoch, not part-way into the next one."""
+    return (state.get("run") == run and state.get("epoch") == epoch
+            and state.get("step", 0) == 0)
+
+
+def sample_indices(n: int, count: int, how: str, seed: int) -> list[int]:
+    """The training images feature.py runs through the supernet, in increasing order:
+    "first", the first `count` of the `n` in dataset order (the authors' feature.py: a loader
+    without shuffling, stopped after 10,000 images), or "random", `count` of them drawn with
+    `seed`. Never more than `n`."""
+    if how == "first":
+        return list(range(min(count, n)))
+    if how != "random":
+        raise ValueError(f"samples must be 'first' or 'random', got {how!r}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[:count])
+
+
 # Short op names for tables and scatter labels.
 SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip",
          "sep_conv_3x3": "sep3", "sep_conv_5x5": "sep5", "dil_conv_3x3": "dil3",

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import platform
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from utils.files import BadFile, append_text, json_text, naming, read_jsonl, write_text
+from utils.files import (BadFile, WriteError, append_text, json_text, naming, read_jsonl,
+                         write_text)
 from utils.signals import Stopped
 
 
@@ -90,51 +91,67 @@ class SafeFileHandler(WarnOnce, logging.FileHandler):
 
 
 class EventsFile:
-    """A TensorBoard event file, written synchronously: every record is flushed at once, and a
-    failed write is a WriteError naming the file. (tensorboardX's SummaryWriter writes from a
-    thread, where a full disk prints tracebacks and then blocks its queue.)"""
+    """A TensorBoard event file written synchronously by tensorboardX's RecordWriter (its
+    framing and checksums): every record is flushed to the disk at once, and a failed write is
+    a WriteError naming the file, after which the file is closed (a partial last record is
+    what TensorBoard's reader skips). Not tensorboardX's SummaryWriter, which writes from a
+    thread where a full disk prints tracebacks and then blocks its queue; not its EventsWriter,
+    which names the file by the second and opens it with "wb", so a second writer started in
+    the same folder within that second (a quick rerun) would truncate the first one's records.
+    Here the file is always a new one (`_new_file`)."""
 
     def __init__(self, folder: Path):
-        folder.mkdir(exist_ok=True)
-        self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-        with naming(self.path):
-            self._file = open(self.path, "ab")
-        self._add(0, None)  # the header event TensorBoard expects first
-
-    def _add(self, step: int, summary) -> None:
         from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.record_writer import masked_crc32c
-        if summary is None:
-            event = Event(wall_time=time.time(), step=step, file_version="brain.Event:2")
-        else:
-            event = Event(wall_time=time.time(), step=step, summary=summary)
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        record = (header + struct.pack("<I", masked_crc32c(header)) + data
-                  + struct.pack("<I", masked_crc32c(data)))
+        from tensorboardX.record_writer import RecordWriter
+        folder.mkdir(exist_ok=True)
+        self.path = _new_file(folder, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+        with naming(self.path):  # an absolute path, which tensorboardX never takes for s3:/gs:
+            self._writer = RecordWriter(os.path.abspath(self.path))
+        self._add(Event(wall_time=time.time(), file_version="brain.Event:2"))  # header first
+
+    def _add(self, event) -> None:
         try:
             with naming(self.path):
-                self._file.write(record)
-                self._file.flush()
+                self._writer.write(event.SerializeToString())
+                self._writer.flush()
         except OSError:
             self.close()  # closed now, so that garbage collection does not retry the write
             raise
 
+    def _summary(self, step: int, summary) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        self._add(Event(wall_time=time.time(), step=step, summary=summary))
+
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         from tensorboardX.summary import scalar
-        self._add(step, scalar(tag, float(value)))
+        self._summary(step, scalar(tag, float(value)))
 
     def add_histogram(self, tag: str, values, step: int) -> None:
         from tensorboardX.summary import histogram
-        self._add(step, histogram(tag, values, "auto"))
+        self._summary(step, histogram(tag, values, "auto"))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         from tensorboardX.summary import text as text_summary
-        self._add(step, text_summary(tag, text))
+        self._summary(step, text_summary(tag, text))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self._file.close()
+            self._writer.close()
+
+
+def _new_file(folder: Path, name: str) -> Path:
+    """`folder/name`, or `name.1`, `name.2`... the first that does not exist, created empty
+    (O_EXCL: never one that another writer has just taken)."""
+    for n in range(1000):
+        path = folder / (name if n == 0 else f"{name}.{n}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise WriteError(path, err) from None
+    raise WriteError(folder / name, FileExistsError(errno.EEXIST, "1000 event files of that name exist"))
 
 
 class MetricsWriter:

@@ -39,6 +39,31 @@ def add_speed_args(p: argparse.ArgumentParser, training: bool = True) -> None:
                             "(16-35%% of the memory, 25-30%% less speed)")
 
 
+# The oldest PyTorch on which a compiled network with --grad_checkpoint updates batch-norm
+# statistics once per step, as eager recomputation does (tests/test_gpu_models.py): 2.4.1 gave
+# other running means, 2.8.0 counted every batch twice; 2.10, 2.11 and 2.14 pass (2.9 not
+# measured, so refused).
+COMPILE_WITH_CHECKPOINT_SINCE = (2, 10)
+
+
+def torch_release() -> tuple[int, int]:
+    """(major, minor) of the PyTorch in use."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def check_compile_with_checkpoint(args: argparse.Namespace) -> None:
+    """--compile with --grad_checkpoint on a PyTorch that gets it wrong: a usage error."""
+    if not (getattr(args, "compile", False) and getattr(args, "grad_checkpoint", False)):
+        return
+    if torch_release() < COMPILE_WITH_CHECKPOINT_SINCE:
+        need = ".".join(map(str, COMPILE_WITH_CHECKPOINT_SINCE))
+        raise argparse.ArgumentTypeError(
+            f"--compile with --grad_checkpoint needs PyTorch >= {need} (this is "
+            f"{torch.__version__}, whose compiled recomputation updates batch-norm statistics "
+            "again); drop one of the two flags or upgrade PyTorch")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX class), where
     bf16 autocast pays; on AVX2-only CPUs it is emulated and about 10x slower."""
