@@ -3,16 +3,22 @@ chosen kept edge and every op that edge had in the search (none excluded), the d
 genotype with that op on that edge is trained from scratch (augment.py), and softmax(alpha) is
 set against the held-out top-1 (StacNAS README, "alpha efficiency").
 
-    python alpha_efficiency.py --search_dir runs/exp/search2                     # normal cell
-    python alpha_efficiency.py --search_dir runs/exp/search2 runs/exp/darts --labels stacnas,darts \\
+    python run_all.py --preset quick --name cmp --method both --seeds 1   # makes the folders below
+    python alpha_efficiency.py --search_dir runs/cmp/seed_1/search2                  # normal cell
+    python alpha_efficiency.py --search_dir runs/cmp/seed_1/search2 runs/cmp/darts/seed_1/darts \\
         --edges 0,3 --epochs 20 --seeds 1,2
-    python alpha_efficiency.py --search_dir runs/exp/search2 --edges normal:0,reduce:2 --subset 5000
+    python alpha_efficiency.py --search_dir runs/cmp/seed_1/search2 --edges normal:0,reduce:2 \\
+        --subset 5000 --out runs/cmp/seed_1/ae_subset
 
 Each --search_dir is a finished search stage folder (search2, darts or search1) with
 alphas.json, genotype.json and config.json; data flags default to its config.json. Every run is
 an ordinary resumable augment.py run; the derived genotype (each edge's own op) is trained once.
 Finished runs are skipped, so rerunning the same command resumes an interrupted analysis.
-Writes into --out (default <run folder of the first DIR>/alpha_efficiency/):
+Nothing is replaced without a word: the default --out is one folder per set of searches
+(`alpha_efficiency_stacnas+darts/` beside `alpha_efficiency_stacnas/`), and an --out holding
+a finished analysis of other searches, edges, seeds or training options is refused (pass
+another --out). Writes into --out (default <run folder of the first DIR>/alpha_efficiency_<the
+labels joined by +>/):
 <label>/<run>/genotype.json, <label>/<run>/seed_<s>/augment/ (+ augment.log, its output),
 alpha_efficiency.csv, alpha_efficiency.png and, last, alpha_efficiency.json (the analysis is
 complete when it exists). Correlations use the held-out top-1 only (--valid_ratio of the
@@ -71,15 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.new_parser("alpha_efficiency.py", "Train every candidate op of the chosen kept edges "
                           "stand-alone and correlate the search's alphas with held-out accuracy.")
     p.add_argument("--search_dir", nargs="+", required=True, metavar="DIR",
-                   help="finished search stage folders (e.g. runs/exp/seed_2/search2 runs/exp/darts/"
-                        "seed_2/darts), one scatter panel each")
+                   help="finished search stage folders (e.g. runs/cmp/seed_2/search2 "
+                        "runs/cmp/darts/seed_2/darts, as run_all.py --method both --name cmp "
+                        "makes them), one scatter panel each")
     p.add_argument("--labels", type=labels, default=None,
                    help="names of the searches, comma-separated, one per DIR; None: stacnas for "
                         "search2, darts for darts, search1 for search1 (the run folder's name "
                         "prefixed to repeats)")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="output folder; None: alpha_efficiency/ beside the first DIR (in its run "
-                        "folder)")
+                   help="output folder; None: alpha_efficiency_<labels joined by +>/ beside the "
+                        "first DIR (in its run folder), one per set of searches; an --out "
+                        "holding a finished analysis of other searches or settings is refused")
     p.add_argument("--edges", type=ae.parse_edges, default="normal",
                    help=f"kept edges to analyse: indices into genotype.normal "
                         f"(0..{ae.NUM_KEPT - 1}), "
@@ -149,8 +157,15 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     elif len(args.labels) != len(dirs):
         raise argparse.ArgumentTypeError(f"--labels names {len(args.labels)} searches but "
                                          f"--search_dir gives {len(dirs)}")
-    args.out = Path(args.out) if args.out else dirs[0].resolve().parent / "alpha_efficiency"
+    args.out = Path(args.out) if args.out else default_out(dirs[0], args.labels)
     return args
+
+
+def default_out(first: Path, labels: list[str]) -> Path:
+    """--out by default: alpha_efficiency_<labels joined by +> in the run folder of the first
+    search, so that analyses of different sets of searches (the README's two examples) never
+    share a folder."""
+    return first.resolve().parent / f"alpha_efficiency_{'+'.join(labels)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +178,7 @@ def read_search(path: Path, label: str) -> dict:
     """A finished search stage folder: its alphas, genotype and config; errors say the fix."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder; pass a search stage folder such as "
-                                "runs/exp/seed_2/search2")
+                                "runs/cmp/seed_2/search2")
     files = {name: path / f"{name}.json" for name in ("alphas", "genotype", "config")}
     try:
         alphas = load_alphas(files["alphas"])
@@ -419,6 +434,52 @@ def train_all(args: argparse.Namespace, plans: list[tuple[dict, list, dict]],
 
 
 # ----------------------------------------------------------------------------- outputs
+def search_record(args: argparse.Namespace, search: dict, candidates: list, runs: dict) -> dict:
+    """What alpha_efficiency.json says about one analysed search: its label, folder (absolute),
+    stage, edges, runs and training options (those of every seed)."""
+    options = training_options(args, search["config"], args.seeds[0])
+    del options["seed"]
+    edges = [ae.edge_name(c.cell, c.edge, c.input) for c in candidates]
+    return {"label": search["label"], "search_dir": str(Path(search["dir"]).resolve()),
+            "stage": search["stage"], "edges": list(dict.fromkeys(edges)), "runs": sorted(runs),
+            "training": options}
+
+
+def check_out(args: argparse.Namespace, plans) -> None:
+    """Refuse to replace a finished analysis (alpha_efficiency.json in --out) of other searches,
+    edges, seeds or training options: one ValueError line naming the file and what differs.
+    The same analysis again (a rerun) goes on: its runs are finished and its files are written
+    anew with the same content."""
+    path = args.out / "alpha_efficiency.json"
+    if not path.is_file():
+        return
+    saved = read_object(path, "a finished alpha-efficiency analysis",
+                        "pass another --out, or delete that folder to analyse again")
+    searches = [search_record(args, s, c, r) for s, c, r in plans]
+    differs = []
+    if _comparable(saved.get("searches")) != _comparable(searches):
+        differs.append("searches, edges or training options")
+    if saved.get("seeds") != args.seeds:
+        differs.append(f"seeds ({saved.get('seeds')!r}, now {args.seeds!r})")
+    if differs:
+        raise ValueError(f"{path}: a finished analysis of other {' and '.join(differs)} is "
+                         f"there; pass another --out to keep it, or delete {args.out} to "
+                         "replace it")
+
+
+def _comparable(searches) -> object:
+    """alpha_efficiency.json's "searches" with each search_dir made absolute (an older version
+    wrote it as given), so that the same analysis compares equal."""
+    def absolute(search):
+        try:
+            return {**search, "search_dir": str(Path(search["search_dir"]).resolve())}
+        except (TypeError, KeyError, ValueError, OSError):  # not a folder name: compared as is
+            return search
+
+    return [absolute(s) if isinstance(s, dict) else s for s in searches] \
+        if isinstance(searches, list) else searches
+
+
 def write_outputs(args: argparse.Namespace, plans, results: dict) -> None:
     """CSV, figure, then the JSON that marks the analysis complete; the table on the console."""
     out, all_rows, summaries, panels, searches = args.out, [], {}, [], []
@@ -428,11 +489,7 @@ def write_outputs(args: argparse.Namespace, plans, results: dict) -> None:
         rows = ae.make_rows(label, candidates, mine, args.seeds)
         summaries[label] = ae.summarise(rows)
         panels.append(ae.panel(f"{label} ({search['stage']})", rows, summaries[label]))
-        options = training_options(args, search["config"], args.seeds[0])
-        del options["seed"]
-        searches.append({"label": label, "search_dir": str(search["dir"]), "stage": search["stage"],
-                         "edges": list(dict.fromkeys(r["edge_name"] for r in rows)),
-                         "runs": sorted(runs), "training": options})
+        searches.append(search_record(args, search, candidates, runs))
         all_rows += rows
     ae.write_csv(all_rows, args.seeds, out / "alpha_efficiency.csv")
     plot_alpha_efficiency(panels, out / "alpha_efficiency.png")
@@ -458,6 +515,7 @@ def run(args: argparse.Namespace) -> int:
     plans = [(s, *ae.plan(s["alphas"], s["genotype"], args.edges, str(s["dir"] / "alphas.json")))
              for s in searches]
     with out_lock(args.out) as fd, Child(fd) as child:
+        check_out(args, plans)
         results, code = train_all(args, plans, child)
         if code:
             return code

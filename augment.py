@@ -39,7 +39,7 @@ from utils.distributed import Dist
 from utils.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
 from utils.files import write_json
 from utils.genotype_files import format_genotype, load_genotype
-from utils.logging import run_info
+from utils.logging import params_text, run_info
 from utils.runconfig import config_dict
 from utils.schedules import lr_schedule
 from utils.signals import GracefulStop, StopNow
@@ -112,9 +112,11 @@ class Augment:
                                  keep_zero=args.keep_zero)
         self.model = build_from_spec(self.spec).to(self.device)
         if args.sync_bn and device.type != "cuda":
-            raise ValueError("--sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); "
-                             "drop it on CPU")
-        if args.sync_bn and ranks.enabled:
+            # a refusal here would come after torchrun started every process, under its own
+            # 40-line report; a no-op with one line is what the flag can mean on the CPU
+            log(f"note: --sync_bn has no effect on {device.type}: PyTorch's SyncBatchNorm runs "
+                "on CUDA only, so each process normalises with its own batch statistics")
+        elif args.sync_bn and ranks.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         speed.resolve(args, device, "final", log)
         speed.prepare(self.model, args, device)
@@ -135,8 +137,8 @@ class Augment:
         log(f"augment: {format_genotype(genotype)}")
         log(f"{len(self.train_idx)} training / {len(self.valid_idx)} held-out / "
             f"{len(self.test_set)} test images; {args.num_cells} cells, {args.init_channels} "
-            f"channels, {count_params_without_aux(self.model) / 1e6:.3f}M parameters without the "
-            f"auxiliary head; device {self.device}"
+            f"channels, {params_text(count_params_without_aux(self.model))}M parameters without "
+            f"the auxiliary head; device {self.device}"
             + distributed.describe(ranks))
 
     # -- checkpoints --------------------------------------------------------------------
@@ -213,7 +215,7 @@ class Augment:
     def results(self, test: dict) -> dict:
         return {"best_valid_top1": self.best["valid_top1"], "best_epoch": self.best["epoch"],
                 "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-                "params_millions": round(count_params_without_aux(self.model) / 1e6, 4),
+                "params_millions": round(count_params_without_aux(self.model) / 1e6, 6),
                 "macs": count_macs(self.model, self.spec["in_channels"], self.spec["input_size"]),
                 "epochs": self.args.epochs,
                 "wall_seconds": round(self.elapsed, 1), "device": run_info(self.device)["device"],
@@ -274,7 +276,8 @@ def finish(job: Augment, stage: StageRun) -> None:
                       f"diverged?); written as null in {stage.dir / 'results.json'}")
     stage.save(job.state(args.epochs, finished=True), keep_previous=False)
     stage.log(f"final test top1 {test['top1']:.2f}% top5 {test['top5']:.2f}% "
-              f"({results['params_millions']}M parameters); {stage.dir / 'results.json'}")
+              f"({params_text(count_params_without_aux(job.model))}M parameters without the "
+              f"auxiliary head); {stage.dir / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from functools import partial
 
 from genotypes import IDENTITY_GROUP_CHOICES, MAX_CELLS, MIN_CELLS, NAMED_GENOTYPES, NUM_NODES
 from models.factory import SEARCH_STAGES
+from utils.cli import OneLineParser
 from utils.data import DATASETS, SyntheticSpec
 from utils.speed import add_speed_args, check_compile_with_checkpoint
 
@@ -225,18 +226,22 @@ def only_stage(stage: str, script: str, elsewhere: str):
     return parse
 
 
+# What --synthetic_shape takes, said the same way by its --help and by its error.
+SHAPE_RULE = (f"C,H,W of square images (H = W, at least {MIN_SIZE} pixels), at most "
+              f"{MAX_IN_CHANNELS} channels and {MAX_SIZE} pixels, e.g. 3,32,32")
+
+
 def shape(text: str) -> tuple[int, int]:
-    """C,H,W with H == W (square images), C in 1..MAX_IN_CHANNELS, H in MIN_SIZE..MAX_SIZE."""
+    """C,H,W with H == W (square images: the networks take one input size), C in
+    1..MAX_IN_CHANNELS, H in MIN_SIZE..MAX_SIZE; any other value is refused with SHAPE_RULE,
+    the text --help shows."""
     try:
         c, h, w = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from None
-    if h != w or c <= 0 or h < MIN_SIZE:
-        raise argparse.ArgumentTypeError(f"expected C,H,H with H >= {MIN_SIZE} (square images), "
-                                         f"got {text!r}")
-    if c > MAX_IN_CHANNELS or h > MAX_SIZE:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_IN_CHANNELS} channels and "
-                                         f"{MAX_SIZE} pixels, got {text!r}")
+        c = h = w = None
+    if (c is None or h != w or not 1 <= c <= MAX_IN_CHANNELS
+            or not MIN_SIZE <= h <= MAX_SIZE):
+        raise argparse.ArgumentTypeError(f"expected {SHAPE_RULE}; got {text!r}")
     return c, h
 
 
@@ -279,13 +284,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                   formatter_class=HelpFormatter)
+    """Every script's parser: misspelt or abbreviated flags fail, and a usage error is one line
+    naming the flag (utils.cli.OneLineParser), exit 2."""
+    return OneLineParser(prog=prog, description=description, allow_abbrev=False,
+                         formatter_class=HelpFormatter)
 
 
 def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch size",
-                    resumable: bool = True) -> None:
-    """Flags every script takes: run naming, data, device, seed."""
+                    resumable: bool = True,
+                    subset_help: str = "use only the first N training images (quick experiments)",
+                    force_help: str = "rerun a finished stage / resume despite a changed "
+                                      "configuration") -> None:
+    """Flags every script takes: run naming, data, device, seed. `resumable`: the script
+    resumes a checkpoint (--resume); the help texts say what --subset and --force do in that
+    script, so that no flag is offered that it ignores."""
     g = p.add_argument_group("run")
     g.add_argument("--name", type=run_name, required=True,
                    help="run name (a folder name); outputs go to <save_dir>/<name>/<stage>/")
@@ -299,8 +311,7 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
                    help="deterministic algorithms (bitwise-reproducible CPU runs; slower on GPU)")
     g.add_argument("--print_freq", "--report_freq", dest="print_freq", type=steps, default=50,
                    help="log a line every N steps (a whole number; the authors' 50.0 is 50)")
-    g.add_argument("--force", action="store_true",
-                   help="rerun a finished stage / resume despite a changed configuration")
+    g.add_argument("--force", action="store_true", help=force_help)
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     if resumable:
         g.add_argument("--resume", metavar="FILE", default=None,
@@ -316,13 +327,12 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
                    help="never download a dataset; use what is in --data_dir (Fashion-MNIST also "
                         "from Debian's dataset-fashion-mnist package)")
     d.add_argument("--batch_size", type=batch_size, default=None, help=batch_size_help)
-    d.add_argument("--subset", type=positive_int, default=None,
-                   help="use only the first N training images (quick experiments)")
+    d.add_argument("--subset", type=positive_int, default=None, help=subset_help)
     d.add_argument("--num_workers", type=num_workers, default=None,
                    help="data-loading processes per training process (default: 2 on CPU; on CUDA "
                         "the CPUs per training process on this machine, at most 8)")
-    d.add_argument("--synthetic_shape", type=shape, default=(3, 32),
-                   help="synthetic dataset: C,H,W of the images")
+    d.add_argument("--synthetic_shape", type=shape, default=(3, 32), metavar="C,H,W",
+                   help=f"synthetic dataset: {SHAPE_RULE} (default: 3,32,32)")
     d.add_argument("--synthetic_classes", type=synthetic_classes, default=10,
                    help="synthetic dataset: classes")
     d.add_argument("--synthetic_samples", type=synthetic_samples, default=512,
@@ -606,7 +616,9 @@ def augment_parser() -> argparse.ArgumentParser:
                    help="the authors' flag: train on this share of the training set and hold out "
                         "the rest (= --valid_ratio 1-R); 1.0 = no held-out split")
     o.add_argument("--sync_bn", action="store_true",
-                   help="under torchrun: SyncBatchNorm (batch statistics over all processes)")
+                   help="under torchrun on GPUs: SyncBatchNorm (batch statistics over all "
+                        "processes); on the CPU it has no effect (PyTorch's SyncBatchNorm is "
+                        "CUDA-only), with one note saying so")
     o.add_argument("--test_every", type=positive_int, default=1,
                    help="evaluate on the test split every N epochs (monitoring only) and at the end")
     add_speed_args(p)
@@ -659,7 +671,9 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="PATH", default=None,
                    help="also write the loaded network as one of our checkpoints (e.g. to convert "
                         "an authors' file); refuses to overwrite unless --force")
-    add_common_args(p, "batch size (default 256)", resumable=False)
+    add_common_args(p, "batch size (default 256)", resumable=False,
+                    subset_help="evaluate only the first N test images (quick checks)",
+                    force_help="let --export replace an existing file")
     add_speed_args(p, training=False)
     return p
 

@@ -1,6 +1,7 @@
 """Correlation and clustering of the candidate operations' feature maps in a trained supernet:
 the analysis behind StacNAS's operation groups, closed into the groups.json stage 1 reads.
 
+    python search.py --stage darts --name exp --dataset cifar10               # the supernet read
     python feature.py --name exp --stage darts --dataset cifar10              # the 7 DARTS ops
     python search.py --stage search1 --name exp2 --groups runs/exp/darts/feature/groups.json
 
@@ -52,6 +53,7 @@ from utils.lock import hold_folder
 from utils.logging import close_logger, get_logger, resolve_device
 from utils.runconfig import config_dict, config_differences, save_config
 from utils.signals import StopNow
+from utils.stage import progress_text
 
 STAGES = ("darts", "search1")
 KMEANS_KS = (2, 3, 4)
@@ -83,7 +85,11 @@ def feature_parser() -> argparse.ArgumentParser:
                         "that epoch is the last), falling back to the last with one line when "
                         "the search had no held-out split; last = the final checkpoint.pt. "
                         "Default: best (not with --checkpoint, which names the file itself)")
-    config.add_common_args(p, "batch size (default 64)")
+    config.add_common_args(p, "batch size (default 64)", resumable=False,
+                           subset_help="take the --num_samples images from the first N "
+                                       "training images only",
+                           force_help="measure again a --feature_dir already finished with "
+                                      "these options")
     f = p.add_argument_group("features")
     f.add_argument("--num_samples", type=config.positive_int, default=10000,
                    help="training images run through the supernet (the authors use 10000)")
@@ -162,6 +168,12 @@ def load_supernet(path: Path, args: argparse.Namespace) -> dict:
     return state
 
 
+def saved_at(state: dict) -> str:
+    """Where a checked search checkpoint stands, counted as every message counts epochs
+    (utils.stage.progress_text: from 1, `after epoch 2 of 5`)."""
+    return progress_text(state.get("epoch"), state.get("step", 0), state["config"].get("epochs"))
+
+
 class Choice(NamedTuple):
     """The supernet feature.py analyses: its file and checked state, whether its search is
     finished, and the line saying which model it is and why (None: the file was named)."""
@@ -186,19 +198,20 @@ def pick_model(args: argparse.Namespace) -> Choice:
     state = load_supernet(last, args)
     finished = state.get("finished") is True
     if args.model == "last":
-        return Choice(last, state, finished, f"--model last: {last} (epoch {state['epoch']})")
+        return Choice(last, state, finished, f"--model last: {last} (saved "
+                      f"{saved_at(state)})")
     ratio = state["config"].get("train_ratio", 1.0)
     best = state.get("best") or {}
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio < 1:
         return Choice(last, state, finished, (
             f"--model best: this search had no held-out split (--train_ratio {ratio}), so no "
-            f"best held-out epoch: analysing its last checkpoint {last} (epoch "
-            f"{state['epoch']}), as the authors' feature.py does"))
+            f"best held-out epoch: analysing its last checkpoint {last} (saved "
+            f"{saved_at(state)}), as the authors' feature.py does"))
     epoch = best.get("epoch")
     if epoch is None:
         return Choice(last, state, finished, (
             f"--model best: no held-out epoch of this search is finished yet: analysing its "
-            f"last checkpoint {last} (epoch {state['epoch']}, step {state.get('step', 0)})"))
+            f"last checkpoint {last} (saved {saved_at(state)})"))
     held_out = (f"the best held-out epoch, {epoch} of {state['config'].get('epochs')} "
                 f"(held-out top-1 {best.get('valid_top1')}%)")
     if ft.holds_epoch(state, state.get("run"), epoch):
@@ -314,10 +327,9 @@ def measure(args: argparse.Namespace, choice: Choice, ops: list[str]) -> None:
                              **loader_options(device, args.num_workers))
         edges = ft.select_edges(model, args.edges)
         if not choice.search_finished:
-            log.info(f"warning: {args.checkpoint} is from a search that is not finished (epoch "
-                     f"{state.get('epoch')} of {state['config'].get('epochs')}): these are the "
-                     "features of a part-trained supernet")
-        log.info(f"{args.checkpoint} (epoch {state.get('epoch')}): {len(edges)} edges, ops "
+            log.info(f"warning: {args.checkpoint} is from a search that is not finished (saved "
+                     f"{saved_at(state)}): these are the features of a part-trained supernet")
+        log.info(f"{args.checkpoint} (saved {saved_at(state)}): {len(edges)} edges, ops "
                  f"{', '.join(ops)}; {len(indices)} training images ({args.samples} "
                  f"{'in dataset order' if args.samples == 'first' else 'drawn with --seed'}, "
                  f"{args.transform} transform) on {device}; statistic {args.statistic}")

@@ -4,7 +4,8 @@ both, the DARTS baseline (darts -> augment -> test) on the same seeds and data, 
 summary; with --alpha_efficiency, the stand-alone training of each kept edge's candidates.
 
     python run_all.py                                            # the paper's pipeline on CIFAR-10
-    python run_all.py --preset quick --name demo                 # Fashion-MNIST, offline, ~15 min on 2 cores
+    python run_all.py --preset quick --name demo     # Fashion-MNIST, offline, ~11 min on 2 cores
+    python run_all.py --preset quick --name tiny --epochs 2 --num_cells 5   # every stage smaller
     python run_all.py --preset paper --dataset cifar10 --name c10 --seeds 1,2,3
     python run_all.py --preset quick --name cmp --method both --seeds 1,2,3 --alpha_efficiency
     python run_all.py --preset smoke --name smoke --dry_run      # print the commands only
@@ -13,7 +14,10 @@ Each stage runs as its own process with the flags a user would type, and is hand
 of the stage before explicitly. The chain stops at the first stage that fails; rerunning the
 command skips finished stages and resumes the unfinished one. Outputs:
 <save_dir>/<name>/seed_<k>/<stage>/ per seed (DARTS: <save_dir>/<name>/darts/seed_<k>/),
-<save_dir>/<name>/alpha_efficiency/seed_<k>/, and <save_dir>/<name>/summary.md + summary.json.
+<save_dir>/<name>/alpha_efficiency/seed_<k>/, and the summary, one per --method so that none
+replaces another: <save_dir>/<name>/summary.md + .json (stacnas), summary_darts.md + .json
+(darts), summary_both.md + .json (both, the comparison). A failed stage's error line is also
+the last line of its log.txt.
 A SIGTERM, SIGINT or SIGHUP at any moment stops run_all.py: the running stage is passed the
 signal and stops at its next step (checkpoint saved), no further stage is started, and run_all
 prints one `[run_all] stopped by ...` line and exits 128 + the signal's number; rerunning the
@@ -43,19 +47,21 @@ from utils.cli import run_guarded
 from utils.files import BadFile, read_json, write_text
 from utils.signals import ForwardToChild
 from utils.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
-from utils.summary import write_summary
+from utils.summary import summarised_seeds, summary_stem, write_summary
 
 ROOT = Path(__file__).resolve().parent
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = config.new_parser("run_all.py", "search1 -> search2 -> augment -> test (-> feature) "
-                          "for one or several seeds, then summary.md / summary.json.")
+                          "for one or several seeds, then a summary: summary.md (--method "
+                          "stacnas), summary_darts.md (darts) or summary_both.md (both), each "
+                          "with its .json.")
     p.add_argument("--name", type=config.run_name, default=None,
                    help="pipeline name: outputs in <save_dir>/<name>/ (default: stacnas_<dataset>)")
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="paper: the paper's settings (the authors' run_all: CIFAR-10, search1 -> "
-                        "search2 -> augment -> test); quick: Fashion-MNIST in ~15 min on 2 CPU "
+                        "search2 -> augment -> test); quick: Fashion-MNIST in ~11 min on 2 CPU "
                         "cores; smoke: seconds on synthetic data")
     p.add_argument("--dataset", type=config.dataset_name, choices=config.DATASETS, default=None,
                    help="default: the preset's")
@@ -105,17 +111,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the network in search, augment and the alpha-efficiency "
                         "runs")
     p.add_argument("--subset", type=config.positive_int, default=None,
-                   help="search on the first N training images (default: the preset's)")
+                   help="use only the first N training images in every stage: search, augment, "
+                        "feature and the alpha-efficiency trainings (default: the preset's; "
+                        "quick: 2000 for the searches, feature and alpha efficiency, 5000 for "
+                        "augment; paper: all)")
     p.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
                    help="StacNAS's search optimisation (default one-level; the DARTS baseline is "
                         "always bilevel)")
     p.add_argument("--train_ratio", type=config.ratio, default=None, help="StacNAS's search training share (default 1; the DARTS baseline keeps 0.5)")
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="shared alphas (paper) or one set per cell")
+    s = p.add_argument_group("size of every stage (default: the preset's; a flag of one stage "
+                             "below wins over these)")
+    s.add_argument("--epochs", type=config.epochs, default=None,
+                   help="epochs of every training: search1, search2, darts, augment and the "
+                        "alpha-efficiency runs")
+    s.add_argument("--num_cells", type=config.num_cells, default=None,
+                   help=f"cells of every network, {config.MIN_CELLS}..{config.MAX_CELLS}")
+    s.add_argument("--init_channels", type=config.init_channels, default=None,
+                   help=f"initial channels of every network, 1..{config.MAX_CHANNELS}")
+    s.add_argument("--batch_size", type=config.batch_size, default=None,
+                   help="batch size of every training")
+    o = p.add_argument_group("size of one stage")
     for key in OVERRIDES:
-        p.add_argument(f"--{key}", type=config.size_type(key),
-                       default=None, help=f"override the preset's {key.replace('_', ' ')}")
+        o.add_argument(f"--{key}", type=config.size_type(key), default=None,
+                       help=f"{key.replace('_', ' ')}; default: --{pipeline.common_key(key)} "
+                            "when given, else the preset's")
+    a = p.add_argument_group("scale of the alpha-efficiency trainings (--alpha_efficiency)")
+    for key, setting in pipeline.AE_OVERRIDES.items():
+        kind = {"subset": config.positive_int, "edges": edges_text}.get(setting) \
+            or config.size_type(key)
+        fallback = pipeline.common_key(key)
+        a.add_argument(f"--{key}", type=kind, default=None,
+                       help=f"alpha_efficiency.py's --{setting} of each candidate's training"
+                            + (f"; default: --{fallback} when given, else the preset's"
+                               if fallback else " (e.g. 0,3 or normal); default: the preset's"))
     return p
+
+
+def edges_text(text: str) -> str:
+    """--alpha_efficiency_edges: checked as alpha_efficiency.py checks --edges, passed on as
+    written."""
+    from utils.alpha_efficiency import parse_edges
+    parse_edges(text)
+    return text
 
 
 def check_speed_flags(args: argparse.Namespace) -> None:
@@ -145,8 +184,10 @@ def effective_batch_note(args: argparse.Namespace) -> str | None:
     if args.gpus <= 1:
         return None
     preset = PRESETS[args.preset]
-    search = args.search_batch_size or preset["search_batch_size"] or config.search_parser().get_default("batch_size")
-    augment = args.augment_batch_size or preset["augment_batch_size"] or config.augment_parser().get_default("batch_size")
+    search = (pipeline.stage_value(args, "search_batch_size", preset["search_batch_size"])
+              or config.SEARCH_DEFAULTS["search1"]["batch_size"])
+    augment = (pipeline.stage_value(args, "augment_batch_size", preset["augment_batch_size"])
+               or config.AUGMENT_DEFAULTS["cifar"]["batch_size"])
     return (f"--gpus {args.gpus}: each of the {args.gpus} processes of a stage takes a batch of "
             f"{search} (search) / {augment} (augment), so the effective batch is {args.gpus * search} / "
             f"{args.gpus * augment}, {args.gpus}x the single-GPU run, with the same learning rates; "
@@ -254,15 +295,31 @@ def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str,
         raise Interrupted(forwarder.signum, f"during {label} {stage} (the stage {ended}); "
                           "rerun the same command to resume")
     if code != 0:
-        log = seed_dir / {"feature": "search1/feature", "alpha_efficiency": "."}.get(stage, stage) \
-            / "log.txt"
-        ended = "was " + how_it_ended(code) if code < 0 else f"failed with exit code {code}"
-        print(f"[run_all] stage {stage} ({label}) {ended}; "
-              f"its log: {log if log.is_file() else 'none written'}", file=sys.stderr)
+        print(f"[run_all] stage {stage} ({label}) {failure_text(seed_dir, stage, code)}",
+              file=sys.stderr)
         return exit_status(code)
     record_time(forwarder, seed_dir, timings, stage, time.perf_counter() - began)
     forwarder.check(f"after {label} {stage} finished; rerun the same command to go on")
     return 0
+
+
+def failure_text(seed_dir: Path, stage: str, code: int) -> str:
+    """How a stage ended and where its error is: the stage's log, whose last line is the
+    error (utils.cli.run_guarded writes it there as well as on stderr); for a stage that
+    keeps no log (test.py) or stopped before opening it, the error line printed above."""
+    ended = "was " + how_it_ended(code) if code < 0 else f"failed with exit code {code}"
+    log = seed_dir / {"feature": "search1/feature", "alpha_efficiency": "."}.get(stage, stage) \
+        / "log.txt"
+    if code < 0:  # killed: no error line was written anywhere
+        return f"{ended}; its log up to then: {log if log.is_file() else 'none written'}"
+    if stage == "alpha_efficiency":
+        return (f"{ended}; its error is the line above (each training's log: "
+                f"{seed_dir}/<search>/<run>/seed_<k>/augment.log)")
+    if stage == "test":
+        return f"{ended}; its error is the line above (test.py keeps no log)"
+    if log.is_file():
+        return f"{ended}; its error is on the line above and at the end of its log: {log}"
+    return f"{ended} before opening its log; its error is the line above"
 
 
 def record_time(forwarder: Forwarder, seed_dir: Path, timings: dict, stage: str,
@@ -343,8 +400,15 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
     if args.dry_run:
         return 0
     pause_for_test("summary", forwarder)
-    md, data = write_summary(Path(args.save_dir) / args.name, args.seeds, methods)
+    run_dir = Path(args.save_dir) / args.name
+    before = summarised_seeds(run_dir / f"{summary_stem(methods)}.json")
+    md, data = write_summary(run_dir, args.seeds, methods)
     print(f"[run_all] summary: {md}")
+    now = [s["seed"] for s in data["seeds"]]
+    if before is not None and sorted(before) != sorted(now):
+        print(f"[run_all] note: {md.name} covered {', '.join(before) or 'no seed'}, now "
+              f"{', '.join(now)}; the other seeds' folders are kept: rerun with --seeds listing "
+              "them all for a summary across all", flush=True)
     # a signal while the summary was written: it was completed first (it takes seconds)
     forwarder.check(f"while the summary was written (completed first: {md}); every stage is "
                     "finished")

@@ -25,6 +25,7 @@ import genotypes as gt
 from config import AUGMENT_DEFAULTS, SEARCH_DEFAULTS, defaults_text
 from models.factory import SEARCH_STAGES, build_final_network, build_supernet, stage_candidates
 from models.summary import count_macs, count_params, count_params_without_aux
+from utils.cli import OneLineParser
 from utils.data import DATASET_INFO, dataset_info
 from utils.genotype_files import check_stage1_alphas, load_alphas, load_genotype
 
@@ -40,7 +41,7 @@ def describe(model: nn.Module, in_channels: int, input_size: int) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(  # usage errors in one line, as every script's
         prog="summary.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     what = p.add_mutually_exclusive_group(required=True)

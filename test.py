@@ -1,8 +1,12 @@
 """Evaluate a trained network on a dataset's test split.
 
+    python augment.py --name exp --dataset cifar10       # writes runs/exp/augment/
     python test.py --name exp --dataset cifar10          # runs/exp/augment/: best.pt, else checkpoint.pt
     python test.py --name exp --checkpoint runs/exp/augment/checkpoint.pt --dataset cifar10
     python test.py --name released --load_model_dir cifar10.pth.tar --dataset cifar10 --export stacnas_c10.pt
+
+cifar10.pth.tar is one of the authors' released models (downloaded by hand: the README's
+section on the authors' code links them).
 
 Our checkpoints (augment.py's checkpoint.pt / best.pt, or an --export) rebuild their network
 from their own contents. The authors' released .pth.tar files (whole pickled modules) are read
@@ -43,8 +47,9 @@ from utils.engine import evaluate
 from utils.files import write_json
 from utils import distributed, speed
 from utils.lock import hold_folder
-from utils.logging import resolve_device, run_info
+from utils.logging import params_text, resolve_device, run_info
 from utils.signals import StopNow
+from utils.stage import progress_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +135,9 @@ def training_status(path: Path, state: dict | None) -> tuple[dict, str | None]:
     info.update(trained_epochs=latest.get("epoch"), epochs=epochs)
     if info["finished"]:
         return info, None
-    return info, (f"{path}: its training is not finished (epoch {info['trained_epochs']} of "
-                  f"{epochs}; stopped, or still running)")
+    where = progress_text(latest.get("epoch"), latest.get("step", 0), epochs)
+    return info, (f"{path}: its training is not finished (saved {where}; stopped, or still "
+                  "running)")
 
 
 # Where a run folder keeps its trained network, in order of preference: the authors' layout
@@ -233,6 +239,28 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
         return measure(args, ranks, device, checkpoint, model, spec, source, test_set, status)
 
 
+class Progress:
+    """`loader`, saying `test: batch k/n` on stdout every `every` batches (--print_freq) and
+    after the last; everything else (len, close: utils.engine.closing_on_error) is the
+    loader's own."""
+
+    def __init__(self, loader, every: int):
+        self.loader, self.every = loader, every
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        total = len(self.loader)
+        for done, batch in enumerate(self.loader, 1):
+            yield batch
+            if done % self.every == 0 or done == total:
+                print(f"test: batch {done}/{total}", flush=True)
+
+
 def nonfinite_weights(model: nn.Module) -> list[str]:
     """The names of the network's float tensors that hold a NaN or an infinity."""
     return [name for name, t in model.state_dict().items()
@@ -250,6 +278,8 @@ def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.dev
     count = subset_size(len(test_set), args.subset)
     loader = make_loader(test_set, distributed.shard(list(range(count)), ranks), args.batch_size,
                          shuffle=False, **loader_options(device, args.num_workers))
+    if ranks.is_main:
+        loader = Progress(loader, args.print_freq)
     speed.resolve(args, device, "final", lambda m: print(m, file=sys.stderr))
     model = speed.prepare(model.to(device), args, device)
     stats = evaluate(model, loader, nn.CrossEntropyLoss(), device=device,
@@ -262,9 +292,9 @@ def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.dev
     results = {"checkpoint": str(checkpoint), "source": source, "dataset": args.dataset,
                "images": count,
                "test_top1": stats["top1"], "test_top5": stats["top5"], "test_loss": stats["loss"],
-               "params_millions": round(params / 1e6, 4),
-               "params_authors_unit": round(authors_megabytes(params), 4),
-               "params_with_aux_authors_unit": round(authors_megabytes(total), 4),
+               "params_millions": round(params / 1e6, 6),  # exact: every parameter
+               "params_authors_unit": round(authors_megabytes(params), 6),
+               "params_with_aux_authors_unit": round(authors_megabytes(total), 6),
                "images_per_s": round(stats["images_per_s"], 1), **status, **run_info(device)}
     out = Path(args.stage_dir)
     nulls = write_json(out / "results.json", results)
@@ -275,9 +305,9 @@ def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.dev
         print(f"warning: {checkpoint}: {cause}; {', '.join(nulls)} not a number, written as null "
               f"in {out / 'results.json'}", file=sys.stderr)
     print(f"{checkpoint} ({source}): test top1 {stats['top1']:.2f}% top5 {stats['top5']:.2f}% "
-          f"loss {stats['loss']:.4f}; {params / 1e6:.3f}M parameters without the auxiliary head "
-          f"= {authors_megabytes(params):.2f}M in the authors' unit (parameters / 2^20; "
-          f"{authors_megabytes(total):.2f}M with the head); "
+          f"loss {stats['loss']:.4f}; {params_text(params)}M parameters without the auxiliary "
+          f"head = {params_text(params, 2 ** 20)}M in the authors' unit (parameters / 2^20; "
+          f"{params_text(total, 2 ** 20)}M with the head); "
           f"{stats['images_per_s']:.1f} images/s; {out / 'results.json'}")
     return 0
 

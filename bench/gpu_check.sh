@@ -163,7 +163,7 @@ resume() {
 analysis() {
   $PY alpha_efficiency.py --search_dir "$RUNS/smoke/seed_2/search2" --edges 0 --epochs 1 \
       --num_cells 3 --init_channels 4 --batch_size 16 --device "$DEVICE" --num_workers 2
-  expect "(R/'smoke/seed_2/alpha_efficiency/alpha_efficiency.json').is_file()" "alpha_efficiency.json written"
+  expect "(R/'smoke/seed_2/alpha_efficiency_stacnas/alpha_efficiency.json').is_file()" "alpha_efficiency.json written"
   $PY feature.py --name seed_2 --save_dir "$RUNS/smoke" --stage search1 --num_samples 32 \
       --dataset synthetic --synthetic_shape 3,8,8 --synthetic_samples 32 --synthetic_classes 4 \
       --device "$DEVICE" --num_workers 2

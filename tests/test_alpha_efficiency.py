@@ -150,10 +150,11 @@ def test_table_of_two_seeds(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real runs
+@pytest.mark.e2e
 def test_stacnas_and_darts_killed_then_resumed(runs, tmp_path, capsys):
     s2, darts = runs
     argv = ["--search_dir", str(s2), str(darts), "--edges", "0", *TRAIN]
-    out = s2.parent / "alpha_efficiency"  # default: beside the first stage folder
+    out = s2.parent / "alpha_efficiency_stacnas+darts"  # default: one per set of searches
     log = open(tmp_path / "first.txt", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "alpha_efficiency.py"), *argv], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -196,6 +197,7 @@ def test_stacnas_and_darts_killed_then_resumed(runs, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- bad input
+@pytest.mark.e2e
 def test_bad_inputs(runs, tmp_path, capsys):
     darts_dir = runs[1]
     broken = tmp_path / "darts"

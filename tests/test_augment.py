@@ -40,6 +40,7 @@ def _test(save_dir, *extra):
                              "--device", "cpu", *extra])
 
 
+@pytest.mark.e2e
 def test_one_epoch_on_cifar_format_then_test_py(tmp_path, cifar):
     assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--valid_ratio", "0.25") == 0
     out = tmp_path / "net" / "augment"
@@ -63,6 +64,7 @@ def test_one_epoch_on_cifar_format_then_test_py(tmp_path, cifar):
     assert tested["params_millions"] == results["params_millions"]
 
 
+@pytest.mark.e2e
 def test_reload_gives_identical_logits(tmp_path, cifar):
     assert _augment(tmp_path, cifar, "--arch", "STACNAS_C10", "--keep_zero") == 0
     path = tmp_path / "net" / "augment" / "checkpoint.pt"
@@ -78,6 +80,7 @@ def test_reload_gives_identical_logits(tmp_path, cifar):
         test_script.export(model, spec, path, exported, force=False)
 
 
+@pytest.mark.e2e
 def test_resume_continues_to_the_same_weights(tmp_path, cifar):
     args = ("--arch", "DARTS_V1", "--deterministic")
     assert _augment(tmp_path, cifar, *args, name="straight", epochs=2) == 0
@@ -94,6 +97,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, cifar):
     assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.e2e
 def test_genotype_from_search2_file_and_missing(tmp_path, cifar, capsys):
     assert _augment(tmp_path, cifar) == 1
     assert "search2/genotype.json: not found" in capsys.readouterr().err
@@ -104,6 +108,7 @@ def test_genotype_from_search2_file_and_missing(tmp_path, cifar, capsys):
     assert results["genotype"] == gt.genotype_to_dict(gt.STACNAS_C10)
 
 
+@pytest.mark.e2e
 def test_repr_genotype_file(tmp_path, cifar):
     path = tmp_path / "genotype.txt"
     path.write_text(gf.format_genotype(gt.DARTS_V2))
@@ -112,6 +117,7 @@ def test_repr_genotype_file(tmp_path, cifar):
                    load_checkpoint(tmp_path / "net" / "augment" / "checkpoint.pt")["model"])
 
 
+@pytest.mark.e2e
 def test_checkpoint_that_does_not_fit_the_dataset(tmp_path, cifar, capsys):
     assert _augment(tmp_path, cifar, "--arch", "DARTS_V2") == 0
     rc = _test(tmp_path, "--checkpoint", str(tmp_path / "net" / "augment" / "checkpoint.pt"),
@@ -152,6 +158,7 @@ def test_power_cosine_schedule():
     assert power_cosine(5, 10, 1.0, 0.0) == pytest.approx(2 ** 0.5 - 1)
 
 
+@pytest.mark.e2e
 def test_test_py_on_an_authors_file_and_its_export(tmp_path):
     from tests.authors_format import make_authors_model, save_like_authors, to_nested
 
@@ -180,6 +187,7 @@ def test_test_py_on_an_authors_file_and_its_export(tmp_path):
     assert ours["source"] == "ours" and ours["test_loss"] == pytest.approx(authors["test_loss"], rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_training_on_cpu(tmp_path, cifar):
     # DARTS_V2 has separable, dilated, pooling and skip ops: all under bf16 autocast on CPU
     assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--amp", "bf16", "--force_amp") == 0

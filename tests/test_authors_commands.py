@@ -88,6 +88,7 @@ def pipeline(workdir):
     return workdir / "results" / "job_name", outputs
 
 
+@pytest.mark.e2e
 def test_search_commands(pipeline):
     run_dir, _ = pipeline
     for stage in ("search1", "search2"):
@@ -100,6 +101,7 @@ def test_search_commands(pipeline):
         assert selection["alphas_epoch"] == 1 and selection["rule"] == "last epoch"
 
 
+@pytest.mark.e2e
 def test_feature_command(pipeline):
     """The authors' defaults: their statistic and transform, their stage-1 supernet's ops, the
     first training images in dataset order, and search1's model (the last one: the README's
@@ -116,6 +118,7 @@ def test_feature_command(pipeline):
     load_groups(out / "groups.json")  # a valid groups file for search.py --groups
 
 
+@pytest.mark.e2e
 def test_augment_command(pipeline):
     run_dir, _ = pipeline
     saved = json.loads((run_dir / "augment" / "config.json").read_text())
@@ -126,6 +129,7 @@ def test_augment_command(pipeline):
     assert 0 <= results["test_top1"] <= 100
 
 
+@pytest.mark.e2e
 def test_test_command_on_the_authors_file(workdir):
     done = run(command("test", workdir / "dataset", workdir / "results"), workdir)
     results = json.loads((workdir / "results" / "job_name" / "test" / "results.json").read_text())
@@ -136,6 +140,7 @@ def test_test_command_on_the_authors_file(workdir):
     assert "in the authors' unit (parameters / 2^20" in done.stdout
 
 
+@pytest.mark.e2e
 def test_test_command_without_a_model_evaluates_the_runs_own(pipeline):
     run_dir, _ = pipeline
     argv = command("test", run_dir.parents[1] / "dataset", run_dir.parent)
@@ -146,6 +151,7 @@ def test_test_command_without_a_model_evaluates_the_runs_own(pipeline):
     assert results["source"] == "ours"
 
 
+@pytest.mark.e2e
 def test_run_all_without_arguments(workdir):
     folder = workdir / "run_all"
     folder.mkdir()
@@ -157,6 +163,7 @@ def test_run_all_without_arguments(workdir):
     assert (out / "summary.md").is_file()
 
 
+@pytest.mark.e2e
 def test_run_all_dry_run_prints_the_paper_pipeline(tmp_path):
     done = run([sys.executable, str(ROOT / "run_all.py"), "--dry_run"], tmp_path)
     lines = [l for l in done.stdout.splitlines() if l.startswith("[run_all] seed")]

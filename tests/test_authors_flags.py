@@ -1,4 +1,4 @@
-"""The authors' `--gpu` and `--report_freq` forms in every script, as the README's flag table
+"""The authors' `--gpu` and `--report_freq` forms in every script, as docs/authors.md's flag table
 says ("all"): `--gpu 0,1` / `--gpu all` mean the first listed GPU (all: GPU 0) with one line
 saying that torchrun uses several, `--report_freq 50.0` is 50; run_all.py and
 alpha_efficiency.py take both and pass them on to every stage they start. Without CUDA, --gpu
@@ -105,6 +105,7 @@ def test_report_freq_as_the_authors_float(name, tmp_path, monkeypatch):
 
 
 @NO_CUDA
+@pytest.mark.e2e
 def test_gpu_list_without_cuda_is_one_error_line(tmp_path):
     """The authors' form on a machine without CUDA: the existing one line, nothing created."""
     done = script("search.py", "--stage", "search1", "--name", "g", "--save_dir", str(tmp_path),
@@ -115,6 +116,7 @@ def test_gpu_list_without_cuda_is_one_error_line(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.e2e
 def test_run_all_passes_gpu_and_report_freq_to_every_stage(tmp_path):
     done = script("run_all.py", "--name", "r", "--save_dir", str(tmp_path), "--preset", "smoke",
                   "--dry_run", "--feature", "--alpha_efficiency", "--method", "both",
@@ -157,6 +159,7 @@ def test_run_all_note_says_gpus(cuda, tmp_path, capsys):
     ("run_all.py", ["--name", "r", "--preset", "smoke"]),
     ("alpha_efficiency.py", ["--search_dir", "missing", "--out", "ae"]),
 ])
+@pytest.mark.e2e
 def test_scripts_that_start_others_check_the_gpu_first(name, argv, tmp_path):
     """One error line before any stage or training run starts (not a failed stage), and
     nothing created."""

@@ -30,6 +30,8 @@ from tests import authors_format as af
 from utils import genotype_files as gf
 from utils.checkpoint import FINAL_FORMAT
 
+pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("stacnas_test_script_bad", ROOT / "test.py")
 test_script = importlib.util.module_from_spec(_spec)
@@ -254,7 +256,7 @@ def test_debug_shows_the_traceback(files, capsys):
 
 
 def test_table_size():
-    """The README counts these cases; keep them in step."""
+    """docs/faults.md counts these cases (tests/test_docs.py checks it); keep them in step."""
     assert len(CASES) == 78
     assert len({c[0] for c in CASES}) == 7
     assert (len(HOSTILE), len(READER_CASES), len(GENOTYPE_FILE_CASES)) == (10, 6, 9)

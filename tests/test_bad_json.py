@@ -88,6 +88,7 @@ ALPHAS_CASES = {
 
 
 @pytest.mark.parametrize("name", ALPHAS_CASES)
+@pytest.mark.e2e
 def test_genotype_files_cli_refuses_hand_edited_alphas(tmp_path, name):
     text, message = ALPHAS_CASES[name]
     path = tmp_path / "alphas.json"
@@ -116,6 +117,7 @@ EDITED_GROUPS = {**gt.GROUPS, "dilated": {"representative": "dil_conv_5x5",
      "representatives ['max_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'dil_conv_5x5', 'none'] "
      "are not the ops search1 searched"),
 ], ids=["huge-alpha", "edited-groups"])
+@pytest.mark.e2e
 def test_search2_names_the_hand_edited_file(tmp_path, alphas, groups, file, message):
     s1 = _search1_by_hand(tmp_path / "s1", alphas, groups)
     before = {p.name: p.read_bytes() for p in s1.iterdir()}
@@ -126,6 +128,7 @@ def test_search2_names_the_hand_edited_file(tmp_path, alphas, groups, file, mess
     assert not (tmp_path / "r" / "search2" / "checkpoint.pt").exists()
 
 
+@pytest.mark.e2e
 def test_search1_refuses_groups_that_cannot_work(tmp_path):
     """Refused when read, naming the groups file (not after an epoch, naming the alphas)."""
     path = tmp_path / "groups.json"
@@ -137,6 +140,7 @@ def test_search1_refuses_groups_that_cannot_work(tmp_path):
     assert not (tmp_path / "r" / "search1" / "checkpoint.pt").exists()
 
 
+@pytest.mark.e2e
 def test_summary_script_names_the_alphas_file(tmp_path):
     path = tmp_path / "alphas.json"
     path.write_text(_with_huge_alpha())
@@ -153,6 +157,7 @@ def test_summary_script_names_the_alphas_file(tmp_path):
     (["summary.py", "--arch", "DARTS_V2", "--init_channels", "30000"],
      "--init_channels: must be at most 2,048"),
 ], ids=["search-seed", "run_all-seeds", "summary-channels"])
+@pytest.mark.e2e
 def test_out_of_range_flags_are_usage_errors_that_create_nothing(tmp_path, argv, message):
     save = [] if argv[0] == "summary.py" else ["--name", "r", "--save_dir", tmp_path / "runs"]
     proc = _run([*argv, *save], cwd=tmp_path)
@@ -198,6 +203,7 @@ def _run_all(save_dir: Path) -> subprocess.CompletedProcess:
     ("test/results.json", '{"test_top1": "fifty"}', 'test_top1 is "fifty", expected a number'),
     ("search1/metrics.jsonl", '{"epoch": 1, "top1": 4\n{"epoch": 2, "top1": 5}\n', "line 1"),
 ], ids=["accuracy-string", "metrics-bad-line"])
+@pytest.mark.e2e
 def test_run_all_summary_names_a_damaged_file(tmp_path, file, content, message):
     seed = _finished_run(tmp_path)
     (seed / file).write_text(content)
@@ -207,6 +213,7 @@ def test_run_all_summary_names_a_damaged_file(tmp_path, file, content, message):
     assert not (tmp_path / "x" / "summary.json").exists()
 
 
+@pytest.mark.e2e
 def test_run_all_summary_skips_a_partial_last_metrics_line(tmp_path):
     """What a full disk or a kill leaves during an append is no error: the line is skipped."""
     seed = _finished_run(tmp_path)
@@ -252,6 +259,7 @@ def _search_by_hand(folder: Path, config_text: str) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 def test_alpha_efficiency_names_a_config_that_is_a_list(tmp_path):
     search = _search_by_hand(tmp_path / "exp" / "search2", "[1, 2]")
     proc = _run(["alpha_efficiency.py", "--search_dir", search, "--device", "cpu"], cwd=tmp_path)

@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, str(ROOT / "bench" / "step_bench.py")]

@@ -45,6 +45,7 @@ def test_no_gpu_no_word(no_cuda, monkeypatch, tmp_path, capsys):
         ulog.resolve_device("cuda")
 
 
+@pytest.mark.e2e
 def test_driver_older_than_wheel(no_cuda, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path))
     assert cuda_guard.driver_info() == {"driver": "535.104.05", "cuda": "12.2"}
@@ -61,6 +62,7 @@ def test_driver_older_than_wheel(no_cuda, monkeypatch, tmp_path, capsys):
             ulog.resolve_device(name)
 
 
+@pytest.mark.e2e
 def test_other_causes(no_cuda, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed because it "
                                                "couldn't communicate with the NVIDIA driver.\n", 9))
@@ -84,6 +86,7 @@ def test_device_nodes_count_as_a_gpu(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is unusable")
+@pytest.mark.e2e
 def test_script_stops_with_the_cause(tmp_path):
     env = dict(os.environ, PATH=fake_nvidia_smi(tmp_path))
     proc = subprocess.run([sys.executable, str(ROOT / "search.py"), "--stage", "search1", "--name",

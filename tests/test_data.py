@@ -295,6 +295,7 @@ def test_make_loader_order_reproducible_per_seed_and_epoch():
         D.make_loader(ds, None, 4, shuffle=True, sampler=torch.utils.data.SequentialSampler(ds))
 
 
+@pytest.mark.e2e
 def test_make_loader_with_workers():
     ds = D.SyntheticDataset(SyntheticSpec(size=4, train_size=12), train=True)
     loader = D.make_loader(ds, range(12), 4, shuffle=True, num_workers=2, seed=1)
@@ -313,6 +314,7 @@ def test_infinite_cycles_and_rejects_empty():
 
 # --------------------------------------------------------------------------------- startup
 
+@pytest.mark.e2e
 def test_scripts_start_without_torchvision():
     """torchvision (about 2 s to import) is imported when a dataset or transform is built, not
     when a script starts: importing the scripts and `search.py --help` leave it unloaded."""

@@ -53,6 +53,7 @@ def search_run(tmp_path_factory):
     return save / "d" / "search1"
 
 
+@pytest.mark.e2e
 def test_alphas_identical_on_every_rank(search_run):
     records = _records(search_run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
@@ -61,6 +62,7 @@ def test_alphas_identical_on_every_rank(search_run):
     assert "step 4/4" in (search_run / "log.txt").read_text()
 
 
+@pytest.mark.e2e
 def test_files_come_from_rank_0_only(search_run):
     log = (search_run / "log.txt").read_text()
     assert log.count("epoch 1/2 done") == 1 and log.count("2 processes") == 1
@@ -70,12 +72,14 @@ def test_files_come_from_rank_0_only(search_run):
     assert sorted(p.name for p in search_run.iterdir() if p.suffix == ".pt") == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 
+@pytest.mark.e2e
 def test_bilevel_alphas_identical(tmp_path):
     torchrun("search.py", "--stage", "darts", "--name", "b", "--save_dir", str(tmp_path), "--epochs", "1",
              "--unrolled", *TINY)
     assert _records(tmp_path / "b" / "darts" / "metrics.jsonl")[0]["alpha_rank_divergence"] == 0.0
 
 
+@pytest.mark.e2e
 def test_resumed_distributed_run(search_run, tmp_path):
     run = tmp_path / "d" / "search1"
     shutil.copytree(search_run, run)
@@ -89,6 +93,7 @@ def test_resumed_distributed_run(search_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("arch."))
 
 
+@pytest.mark.e2e
 def test_augment_and_test_under_torchrun(tmp_path):
     common = ["--save_dir", str(tmp_path), *TINY[:8], "--num_workers", "0", "--device", "cpu"]
     torchrun("augment.py", "--name", "a", "--arch", "DARTS_V2", "--epochs", "1", "--num_cells", "3",
@@ -102,6 +107,7 @@ def test_augment_and_test_under_torchrun(tmp_path):
     assert tested["test_loss"] == pytest.approx(results["test_loss"], rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_checkpoint_holds_every_ranks_rng_states(search_run):
     """Each rank seeds with seed + rank and saves its own states; rank 0's is also "rng"."""
     state = load_checkpoint(search_run / "checkpoint.pt")
@@ -112,6 +118,7 @@ def test_checkpoint_holds_every_ranks_rng_states(search_run):
     assert first["python"] != second["python"] and first["numpy"] != second["numpy"]
 
 
+@pytest.mark.e2e
 def test_one_process_under_torchrun_runs_the_collectives(tmp_path):
     torchrun("search.py", "--stage", "search1", "--name", "one", "--save_dir", str(tmp_path),
              "--epochs", "1", *TINY, nproc=1)
@@ -134,6 +141,7 @@ def _resume_in_one_process(search_run, tmp_path, step):
     return code, run
 
 
+@pytest.mark.e2e
 def test_another_number_of_processes_resumes_at_an_epoch_boundary(search_run, tmp_path):
     code, run = _resume_in_one_process(search_run, tmp_path, step=0)
     assert code == 0
@@ -143,6 +151,7 @@ def test_another_number_of_processes_resumes_at_an_epoch_boundary(search_run, tm
     assert load_checkpoint(run / "checkpoint.pt")["world_size"] == 1
 
 
+@pytest.mark.e2e
 def test_another_number_of_processes_mid_epoch_is_one_clear_error(search_run, tmp_path, capsys):
     code, run = _resume_in_one_process(search_run, tmp_path, step=2)
     err = capsys.readouterr().err
@@ -296,6 +305,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("change, message", MALFORMED, ids=[m.split(":")[0] for _, m in MALFORMED])
+@pytest.mark.e2e
 def test_malformed_per_rank_data_is_one_line(saved_state, change, message):
     path, saved = saved_state
     state = {**saved, "rng": dict(saved["rng"]), "rng_ranks": [dict(r) for r in saved["rng_ranks"]]}

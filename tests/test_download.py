@@ -163,6 +163,7 @@ def one_line_error(call):
 
 # ------------------------------------------------------------------------------- CIFAR
 
+@pytest.mark.e2e
 def test_cifar10_downloads_extracts_and_loads_what_was_served(tmp_path, server, monkeypatch, capsys):
     source = serve_cifar(server, monkeypatch, tmp_path)
     data_dir = tmp_path / "data"
@@ -188,6 +189,7 @@ def test_cifar10_downloads_extracts_and_loads_what_was_served(tmp_path, server, 
     assert len(server.hits) == hits
 
 
+@pytest.mark.e2e
 def test_cifar100_download(tmp_path, server, monkeypatch):
     source = serve_cifar(server, monkeypatch, tmp_path, "cifar100")
     data_dir = tmp_path / "data"
@@ -198,6 +200,7 @@ def test_cifar100_download(tmp_path, server, monkeypatch):
     assert not leftovers(data_dir)
 
 
+@pytest.mark.e2e
 def test_download_completes_a_partial_cifar_folder(tmp_path, server, monkeypatch):
     source = serve_cifar(server, monkeypatch, tmp_path)
     data_dir = tmp_path / "data"
@@ -209,6 +212,7 @@ def test_download_completes_a_partial_cifar_folder(tmp_path, server, monkeypatch
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncated"])
+@pytest.mark.e2e
 def test_bad_cifar_download_is_an_error_and_a_rerun_succeeds(tmp_path, server, monkeypatch, fault):
     serve_cifar(server, monkeypatch, tmp_path)
     good = server.files["/cifar-10-python.tar.gz"]
@@ -227,6 +231,7 @@ def test_bad_cifar_download_is_an_error_and_a_rerun_succeeds(tmp_path, server, m
     assert len(ds) == 15 and not leftovers(data_dir)
 
 
+@pytest.mark.e2e
 def test_archive_without_the_expected_files_is_an_error(tmp_path, server, monkeypatch):
     source = serve_cifar(server, monkeypatch, tmp_path)
     (source / "test_batch").unlink()
@@ -253,6 +258,7 @@ def test_unresolvable_host_is_a_one_line_error(tmp_path, monkeypatch):
     assert "http://no-such-host.invalid/cifar-10-python.tar.gz failed (" in msg
 
 
+@pytest.mark.e2e
 def test_a_stalled_server_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(DL, "DOWNLOAD_TIMEOUT", 0.3)
     with socket.socket() as listener:  # accepts connections (backlog) and never answers
@@ -267,6 +273,7 @@ def test_a_stalled_server_times_out(tmp_path, monkeypatch):
     assert socket.getdefaulttimeout() is None  # restored
 
 
+@pytest.mark.e2e
 def test_no_download_never_touches_the_network(tmp_path, server, monkeypatch):
     serve_cifar(server, monkeypatch, tmp_path)
     msg = one_line_error(lambda: D.get_dataset("cifar10", str(tmp_path / "data"), train=True))
@@ -276,6 +283,7 @@ def test_no_download_never_touches_the_network(tmp_path, server, monkeypatch):
 # ---------------------------------------------------------------------- MNIST / Fashion
 
 @pytest.mark.parametrize("name,cls", [("mnist", datasets.MNIST), ("fashionmnist", datasets.FashionMNIST)])
+@pytest.mark.e2e
 def test_idx_download_unpacks_into_raw_and_loads_what_was_served(tmp_path, server, monkeypatch, capsys, name, cls):
     dead = dead_url()
     source = serve_idx(server, monkeypatch, tmp_path, cls, mirrors_before=[f"{dead}/"])  # first mirror down
@@ -297,6 +305,7 @@ def test_idx_download_unpacks_into_raw_and_loads_what_was_served(tmp_path, serve
     assert test.targets.tolist() == list(gzip.decompress((source / IDX_GZ[3]).read_bytes())[8:])
 
 
+@pytest.mark.e2e
 def test_truncated_idx_file_leaves_nothing_and_a_rerun_succeeds(tmp_path, server, monkeypatch):
     serve_idx(server, monkeypatch, tmp_path, datasets.MNIST)
     bad = f"/MNIST/{IDX_GZ[2]}"
@@ -341,6 +350,7 @@ def test_fashionmnist_falls_back_to_the_debian_copy_when_the_download_fails(tmp_
     assert notes[1].endswith(f"using Debian's copy in {system}")
 
 
+@pytest.mark.e2e
 def test_fashionmnist_local_files_come_before_any_download(tmp_path, server, monkeypatch):
     serve_idx(server, monkeypatch, tmp_path, datasets.FashionMNIST)
     make_idx(tmp_path / "data" / "FashionMNIST" / "raw", gz=True)
@@ -348,6 +358,7 @@ def test_fashionmnist_local_files_come_before_any_download(tmp_path, server, mon
     assert len(ds) == 6 and server.hits == []
 
 
+@pytest.mark.e2e
 def test_idx_download_goes_to_the_cache_when_data_dir_is_read_only(tmp_path, server, monkeypatch):
     serve_idx(server, monkeypatch, tmp_path, datasets.MNIST)
     data_dir = tmp_path / "readonly"
@@ -357,6 +368,7 @@ def test_idx_download_goes_to_the_cache_when_data_dir_is_read_only(tmp_path, ser
     assert not data_dir.exists()
 
 
+@pytest.mark.e2e
 def test_no_download_error_for_idx_mentions_the_flag(tmp_path, server, monkeypatch):
     serve_idx(server, monkeypatch, tmp_path, datasets.MNIST)
     msg = one_line_error(lambda: D.get_dataset("mnist", str(tmp_path / "data"), train=True))
@@ -435,6 +447,7 @@ def serve_compressible(server, monkeypatch, tmp_path, name):
 
 
 @pytest.mark.parametrize("name,final", [("cifar10", "cifar-10-batches-py"), ("mnist", "MNIST/raw")])
+@pytest.mark.e2e
 def test_a_full_disk_while_unpacking_leaves_nothing_and_a_rerun_recovers(tmp_path, server, monkeypatch, name, final):
     """A real file size limit (a full disk reads the same) cuts the unpacking short: one line
     naming the folder, nothing under the final names, and a rerun with room downloads whole.
@@ -463,6 +476,7 @@ def test_a_full_disk_while_unpacking_leaves_nothing_and_a_rerun_recovers(tmp_pat
 
 
 @pytest.mark.parametrize("fault", ["truncate", "stall"])
+@pytest.mark.e2e
 def test_a_mirror_that_fails_mid_file_falls_back_to_the_next(tmp_path, server, monkeypatch, fault):
     """torchvision's MNIST download moves to the next mirror only on a refused connection, an
     HTTP error or a bad md5 (a body cut short): a mirror that stalls mid-file (a socket
@@ -487,6 +501,7 @@ def test_a_mirror_that_fails_mid_file_falls_back_to_the_next(tmp_path, server, m
         socket.setdefaulttimeout(previous)
 
 
+@pytest.mark.e2e
 def test_a_download_killed_mid_file_leaves_nothing_trusted_and_the_rerun_cleans_up(tmp_path, server, monkeypatch):
     """kill -9 while the archive arrives: nothing under the final name, and the temporary
     folder the killed process left is removed by the next download."""

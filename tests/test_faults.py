@@ -26,6 +26,8 @@ from utils import genotype_files as gf
 from utils.checkpoint import load_checkpoint, previous_path
 from utils.lock import FolderLock, hold_folder
 
+pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("stacnas_test_script_faults", ROOT / "test.py")
 TEST_SCRIPT = importlib.util.module_from_spec(_spec)
@@ -96,7 +98,7 @@ def test_signal_saves_at_the_next_step_and_resumes(tmp_path, argv, stage, sig):
     state = load_checkpoint(tmp_path / "r" / stage / "checkpoint.pt")
     assert state["epoch"] == 1 and 3 <= state["step"] < 16
     out = _run_to_end(argv, tmp_path, "r")
-    assert f"after epoch 1, step {state['step']}" in out
+    assert f"in epoch 2 of 3, after step {state['step']}" in out  # as the stop message counts
     assert load_checkpoint(tmp_path / "r" / stage / "checkpoint.pt")["finished"]
     epochs = [json.loads(l)["epoch"] for l in (tmp_path / "r" / stage / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
@@ -210,7 +212,8 @@ def test_sigterm_to_the_process_group_saves_and_resumes_bitwise(tmp_path, straig
     assert state["epoch"] == 1 and 3 <= state["step"] < 8
     assert not list(run.glob(".*.tmp"))
     assert _in_process([*GROUP_RUN, "--num_workers", "2"], tmp_path, name) == 0
-    assert f"after epoch 1, step {state['step']}" in (run / "log.txt").read_text(encoding="utf-8")
+    log = (run / "log.txt").read_text(encoding="utf-8")
+    assert f"in epoch 2 of 2, after step {state['step']}" in log
     _same_result(straight, run)
 
 

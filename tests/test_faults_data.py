@@ -90,6 +90,7 @@ def _damaged_folder(root, split, damage):
     ("search.py", ["--stage", "search1"], "train", "garbage"),  # the train loader
     ("augment.py", ["--arch", "DARTS_V2"], "test", "truncated"),  # the test loader, after training
 ])
+@pytest.mark.e2e
 def test_an_unreadable_image_in_a_worker_is_one_line_naming_it_and_no_hang(tmp_path, script, argv,
                                                                             split, damage):
     bad = _damaged_folder(tmp_path / "images", split, damage)
@@ -105,6 +106,7 @@ def _children(pid):
             for c in path.read_text().split()]
 
 
+@pytest.mark.e2e
 def test_a_worker_killed_by_sigkill_is_one_line_and_no_hang(tmp_path):
     argv = ["--stage", "search1", "--dataset", "synthetic", "--synthetic_shape", "3,8,8",
             "--synthetic_samples", "2048", "--synthetic_classes", "4", "--batch_size", "16",
@@ -125,6 +127,7 @@ def test_a_worker_killed_by_sigkill_is_one_line_and_no_hang(tmp_path):
     assert group_gone(proc.pid), "the other worker outlived the run"
 
 
+@pytest.mark.e2e
 def test_a_loader_left_mid_pass_does_not_hold_the_exit(tmp_path):
     """A pass abandoned with its workers running and the loader kept alive to the end (a
     reference cycle): the interpreter exits at once (it used to wait on the workers forever)."""
@@ -156,6 +159,7 @@ class _Ragged(torch.utils.data.Dataset):
         return torch.zeros(1 + i % 2), 0
 
 
+@pytest.mark.e2e
 def test_a_failure_in_a_worker_outside_reading_closes_the_workers():
     loader = D.make_loader(_Ragged(), None, 4, shuffle=False, num_workers=2)
     with pytest.raises(DataError) as caught:
@@ -198,6 +202,7 @@ def test_an_unreadable_first_image_is_named(tmp_path):
      "--valid_ratio 0.5 of 1 image leaves no training images (0 training / 1 held-out); "
      "lower --valid_ratio"),
 ])
+@pytest.mark.e2e
 def test_an_empty_split_is_refused_before_training(tmp_path, script, argv, expected):
     code, err = _run(script, [*argv, *TINY], tmp_path)
     assert code == 1 and expected in _one_error_line(err)
@@ -240,6 +245,7 @@ class Evil:
         return (os.system, (f"touch {self.path}",))
 
 
+@pytest.mark.e2e
 def test_a_cifar_meta_file_carrying_code_is_refused_and_nothing_runs(tmp_path):
     folder = make_cifar10(tmp_path / "data")
     pwned = tmp_path / "pwned"
@@ -253,6 +259,7 @@ def test_a_cifar_meta_file_carrying_code_is_refused_and_nothing_runs(tmp_path):
     assert not pwned.exists()
 
 
+@pytest.mark.e2e
 def test_idx_labels_fewer_than_images_with_workers_is_one_line(tmp_path):
     raw = make_idx(tmp_path / "data" / "MNIST" / "raw", n_train=6)
     labels = raw / "train-labels-idx1-ubyte"
@@ -303,6 +310,7 @@ def _cifar_case(damage, folder, pwned):
 @pytest.mark.parametrize("damage", ["payload in a batch", "truncated batch", "fewer labels",
                                     "label out of range", "object array", "wrong pixels",
                                     "empty meta"])
+@pytest.mark.e2e
 def test_a_damaged_cifar_file_is_one_line_naming_it(tmp_path, damage):
     folder = make_cifar10(tmp_path)
     pwned = tmp_path / "pwned"
@@ -406,6 +414,7 @@ def test_an_interrupted_unpack_removes_its_temporary_file(tmp_path, monkeypatch)
     assert not list(raw.glob(".*.tmp"))
 
 
+@pytest.mark.e2e
 def test_the_cifar_reader_refuses_every_other_global():
     payloads = [pickle.dumps(Evil("/nonexistent/x"), protocol=p) for p in (0, 2, 5)]
     payloads.append(pickle.dumps(io.BytesIO(b"x"), protocol=2))  # any class, not only functions

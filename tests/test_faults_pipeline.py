@@ -27,6 +27,8 @@ from utils import genotype_files as gf
 from utils import pipeline
 from utils.signals import ForwardToChild
 
+pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--device", "cpu", "--num_workers", "0"]
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",

@@ -23,6 +23,8 @@ from utils.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from utils.files import read_jsonl
 from utils.logging import MetricsWriter
 
+pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("stacnas_test_script_state", ROOT / "test.py")
 TEST_SCRIPT = importlib.util.module_from_spec(_spec)
@@ -197,8 +199,8 @@ def test_test_refuses_an_unfinished_augment_or_marks_it_when_named(finished, tmp
     proc = _run("test.py", _argv("test.py", tmp_path, "u"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert _errors(proc.stderr) == [
-        f"error: {run / 'checkpoint.pt'}: its training is not finished (epoch 1 of 2; stopped, or "
-        "still running); finish it (rerun the same augment.py command: it resumes), or pass "
+        f"error: {run / 'checkpoint.pt'}: its training is not finished (saved after epoch 1 of 2; "
+        "stopped, or still running); finish it (rerun the same augment.py command: it resumes), or pass "
         f"--checkpoint {run / 'checkpoint.pt'} to evaluate it anyway as an unfinished result"]
     assert not (tmp_path / "u" / "test" / "results.json").exists()
     capsys.readouterr()
@@ -319,11 +321,15 @@ def test_sighup_mid_epoch_saves_and_resumes(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGHUP, err
-    assert "stopped by SIGHUP at epoch 1" in out and "rerun the same command to resume" in out
+    assert "stopped by SIGHUP in epoch 1 of 2, after step" in out
+    assert "rerun the same command to resume" in out
     state = load_checkpoint(log.parent / "checkpoint.pt")
     assert state["epoch"] == 0 and 2 <= state["step"] < 24
     assert augment.main(argv) == 0
-    assert f"after epoch 0, step {state['step']}" in log.read_text()
+    # the resume counts epochs as the stop message does (issue 22: one epoch numbering)
+    assert f"stopped by SIGHUP in epoch 1 of 2, after step {state['step']};" in log.read_text()
+    resumed = f"resuming from {log.parent / 'checkpoint.pt'} in epoch 1 of 2, after step"
+    assert f"{resumed} {state['step']}" in log.read_text()
 
 
 def test_test_on_nan_weights_writes_valid_json_and_says_so(finished, tmp_path):

@@ -180,6 +180,7 @@ def test_groups_and_representatives_from_a_known_matrix():
     assert not ft.same_partition(ft.find_groups(corr, ops, 5))
 
 
+@pytest.mark.e2e
 def test_end_to_end_groups_round_trip_into_search1(darts_run, capsys):
     assert _feature(darts_run, "--plots", "all") == 0
     out = darts_run / "exp" / "darts" / "feature"
@@ -240,6 +241,7 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert "gone.pt: checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_wrong_stage_checkpoint_is_refused(darts_run, capsys):
     assert _feature(darts_run, "--checkpoint", str(darts_run / "exp" / "darts" / "checkpoint.pt"),
                     stage="search1", name="other") == 1
@@ -255,6 +257,7 @@ def test_wrong_stage_checkpoint_is_refused(darts_run, capsys):
     (["--transform", "test"], "invalid choice"),
     (["--num_sample", "3"], "unrecognized arguments"),
 ])
+@pytest.mark.e2e
 def test_bad_flags_exit_2(darts_run, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
         _feature(darts_run, *extra)

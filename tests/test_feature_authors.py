@@ -18,6 +18,8 @@ import feature
 import search
 from utils import features as ft
 
+pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--batch_size", "16", "--num_workers", "0", "--device", "cpu"]

@@ -58,6 +58,7 @@ def test_primitives_groups_and_stage1_ops():
     assert GF.validate_groups(G.GROUPS) == G.GROUPS
 
 
+@pytest.mark.e2e
 def test_modules_do_not_import_torch():
     code = ("import sys, genotypes, utils.genotype_files; "
             "print('torch' in sys.modules, 'graphviz' in sys.modules)")
@@ -389,6 +390,7 @@ def test_alphas_and_genotypes_are_checked_field_by_field(tmp_path):
 
 
 # ----------------------------------------------------------------------------- plots
+@pytest.mark.e2e
 def test_plot_with_dot(tmp_path):
     import shutil
     if shutil.which("dot") is None:
@@ -422,6 +424,7 @@ def test_cli_derives_from_alphas(tmp_path, capsys):
     assert json.loads(lines[0]) == G.genotype_to_dict(G.derive_genotype(alphas))
 
 
+@pytest.mark.e2e
 def test_cli_checks_genotype_file_as_module(tmp_path):
     path = tmp_path / "genotype.txt"
     path.write_text(GF.format_genotype(G.STACNAS_C10))

@@ -85,6 +85,7 @@ def _coordinate(rank: int, port: int, folder: str) -> None:
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.e2e
 def test_host_side_collectives_work_where_the_default_group_has_no_cpu_backend(tmp_path):
     procs = mp.start_processes(_coordinate, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
                                join=False, start_method="spawn")
@@ -150,6 +151,7 @@ def test_the_stop_flag_goes_over_the_control_group_on_the_cpu(spies):
 
 # -- with a GPU ---------------------------------------------------------------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL)")
+@pytest.mark.e2e
 def test_one_process_under_torchrun_on_nccl_trains_and_resumes(tmp_path):
     tiny = ["--stage", "search1", "--name", "g", "--save_dir", str(tmp_path), "--dataset",
             "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "64",

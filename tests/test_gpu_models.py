@@ -292,6 +292,7 @@ def _epoch(loader):
     return [x.tolist() for x in xs], {int(p) for batch in pids for p in batch}
 
 
+@pytest.mark.e2e
 def test_one_loader_with_persistent_workers_replays_every_epoch_and_resume():
     ds = _Augmented()
     persistent = D.make_loader(ds, range(2, 22), 3, shuffle=True, num_workers=2, seed=4,

@@ -196,6 +196,7 @@ def _payloads(marker: Path):
 
 @pytest.mark.parametrize("index", range(3))
 @pytest.mark.parametrize("where", ["whole file", "legacy model", "zip model"])
+@pytest.mark.e2e
 def test_booby_trapped_files_are_refused(tmp_path, index, where):
     marker = tmp_path / "pwned"
     func, args, name = _payloads(marker)[index]
@@ -392,6 +393,7 @@ def test_top_level_object_must_be_an_augment_cnn(tmp_path):
 
 
 # ----------------------------------------------------------------------------- no authors' code
+@pytest.mark.e2e
 def test_loads_without_the_authors_modules(c10, tmp_path):
     """A fresh interpreter that cannot import augment_cnn/cells/operators (nor the fixtures),
     and whose torch.load raises, rebuilds the network with the same logits."""

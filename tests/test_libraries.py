@@ -60,6 +60,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.e2e
 def test_a_busy_folder_names_its_holder_and_kill_9_frees_it_though_a_forked_child_lives(tmp_path):
     holder = _python(HOLD_AND_FORK, tmp_path)
     child = int(holder.stdout.readline())
@@ -100,6 +101,7 @@ with ae.out_lock(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.e2e
 def test_alpha_efficiency_hands_its_lock_to_the_training_run_which_outlives_a_kill_9(tmp_path):
     """One lock implementation for the stages and alpha_efficiency.py (utils.lock): the training
     run holds the analysis' lock, so a rerun after kill -9 waits until that run has stopped."""
@@ -132,6 +134,7 @@ def test_a_filesystem_without_locks_is_one_warning_and_the_run_goes_on(tmp_path,
                                            "be noticed\n")
 
 
+@pytest.mark.e2e
 def test_a_full_disk_while_locking_is_one_line_naming_the_lock_file(tmp_path):
     def no_room():
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
@@ -192,6 +195,7 @@ sys.exit(run_guarded(fill))
 """
 
 
+@pytest.mark.e2e
 def test_a_full_disk_is_one_line_naming_the_event_file_which_stays_readable(tmp_path):
     def file_size_limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))

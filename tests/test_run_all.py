@@ -29,6 +29,7 @@ def smoke(tmp_path_factory):
     return save_dir
 
 
+@pytest.mark.e2e
 def test_smoke_preset_end_to_end(smoke):
     run = smoke / "p"
     seed = run / "seed_2"  # the default seed
@@ -48,6 +49,7 @@ def test_smoke_preset_end_to_end(smoke):
     assert "seed_2" in md and "Genotype(normal=" in md
 
 
+@pytest.mark.e2e
 def test_rerun_skips_finished_stages(smoke, capsys):
     genotype = smoke / "p" / "seed_2" / "search2" / "genotype.json"
     before = genotype.stat().st_mtime_ns
@@ -57,6 +59,7 @@ def test_rerun_skips_finished_stages(smoke, capsys):
     assert genotype.stat().st_mtime_ns == before
 
 
+@pytest.mark.e2e
 def test_failing_stage_stops_the_chain(smoke, capsys):
     shutil.copytree(smoke / "p", smoke / "broken")
     augment = smoke / "broken" / "seed_2" / "augment"
@@ -175,6 +178,7 @@ def test_method_both_runs_the_darts_baseline_beside_stacnas(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.e2e
 def test_method_darts_end_to_end(tmp_path):
     assert run_all.main(["--name", "d", "--save_dir", str(tmp_path), "--method", "darts",
                          "--seeds", "3", *SMOKE]) == 0
@@ -183,7 +187,9 @@ def test_method_darts_end_to_end(tmp_path):
                  "test/results.json", "timings.json"):
         assert (seed / path).is_file(), path
     assert not (tmp_path / "d" / "seed_3").exists()
-    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert not (tmp_path / "d" / "summary.json").exists()  # --method darts: its own summary
+    summary = json.loads((tmp_path / "d" / "summary_darts.json").read_text())
+    assert (tmp_path / "d" / "summary_darts.md").read_text().startswith("# DARTS baseline summary")
     only = summary["methods"]["darts"]["seeds"][0]
     test = json.loads((seed / "test" / "results.json").read_text())
     assert list(summary["methods"]) == ["darts"] and only["test_top1"] == test["test_top1"]
@@ -249,6 +255,7 @@ def test_summary_without_results_is_an_error(tmp_path, capsys, monkeypatch):
     assert "error: the summary found no genotype or test result for stacnas seed_2" in err
 
 
+@pytest.mark.e2e
 def test_sigterm_to_run_all_stops_the_stage_and_the_rerun_resumes(tmp_path):
     argv = [sys.executable, str(ROOT / "run_all.py"), "--name", "t", "--save_dir", str(tmp_path),
             *SMOKE, "--search1_epochs", "30"]

@@ -21,6 +21,7 @@ def _run(tmp_path, stage, *extra, epochs=2, name="exp"):
     return search.main(argv)
 
 
+@pytest.mark.e2e
 def test_search1_then_search2(tmp_path):
     assert _run(tmp_path, "search1") == 0
     s1 = tmp_path / "exp" / "search1"
@@ -54,6 +55,7 @@ def test_search1_then_search2(tmp_path):
     assert gf.load_genotype(s2 / "genotype.json") == gt.derive_genotype(alphas2)
 
 
+@pytest.mark.e2e
 def test_darts_stage_runs_bilevel(tmp_path):
     assert _run(tmp_path, "darts", epochs=1) == 0
     d = tmp_path / "exp" / "darts"
@@ -65,6 +67,7 @@ def test_darts_stage_runs_bilevel(tmp_path):
     assert all(e["ops"] == gt.PRIMITIVES for n in alphas["normal"] for e in n)
 
 
+@pytest.mark.e2e
 def test_unrolled_and_per_cell_alphas(tmp_path):
     assert _run(tmp_path, "search1", "--optimization", "bilevel", "--unrolled",
                 "--train_ratio", "0.5", "--no-alpha_share", epochs=1) == 0
@@ -72,6 +75,7 @@ def test_unrolled_and_per_cell_alphas(tmp_path):
     assert isinstance(g, list) and len(g) == 3
 
 
+@pytest.mark.e2e
 def test_resume_gives_the_same_alphas(tmp_path):
     assert _run(tmp_path, "search1", "--deterministic", epochs=3, name="straight") == 0
     assert _run(tmp_path, "search1", "--deterministic", epochs=3, name="resumed") == 0
@@ -93,6 +97,7 @@ def test_resume_gives_the_same_alphas(tmp_path):
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
 
 
+@pytest.mark.e2e
 def test_finished_stage_is_not_rerun(tmp_path, capsys):
     assert _run(tmp_path, "search1", epochs=1) == 0
     genotype = tmp_path / "exp" / "search1" / "genotype.json"
@@ -102,6 +107,7 @@ def test_finished_stage_is_not_rerun(tmp_path, capsys):
     assert genotype.stat().st_mtime_ns == before
 
 
+@pytest.mark.e2e
 def test_changed_config_on_resume_is_refused(tmp_path, capsys):
     assert _run(tmp_path, "search1", epochs=2) == 0
     run = tmp_path / "exp" / "search1"
@@ -118,6 +124,7 @@ def test_search2_without_stage1_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "exp" / "search2" / "genotype.json").exists()
 
 
+@pytest.mark.e2e
 def test_search2_refuses_stage2_alphas(tmp_path, capsys):
     assert _run(tmp_path, "darts", epochs=1) == 0
     assert _run(tmp_path, "search2", "--search1_dir", str(tmp_path / "exp" / "darts")) == 1
@@ -150,6 +157,7 @@ def test_malformed_groups_file(tmp_path, capsys):
     assert "groups.json" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_custom_groups(tmp_path):
     groups = {"pool": {"representative": "avg_pool_3x3", "members": ["avg_pool_3x3", "max_pool_3x3"]},
               "conv": {"representative": "sep_conv_5x5", "members": ["sep_conv_5x5", "dil_conv_5x5"]}}
@@ -165,6 +173,7 @@ def test_custom_groups(tmp_path):
                for n in alphas2["normal"] for e in n)
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_search_on_cpu_trains_with_finite_alphas(tmp_path):
     # every op of the DARTS space, under bf16 autocast on CPU (the fast backward paths included)
     assert _run(tmp_path, "darts", "--amp", "bf16", "--force_amp", "--optimization", "one-level",
@@ -185,6 +194,7 @@ def _scripted_held_out(monkeypatch, top1s):
 
 
 @pytest.mark.parametrize("extra, expected_epoch", [([], 2), (["--alphas_from", "last"], 3)])
+@pytest.mark.e2e
 def test_held_out_split_hands_on_the_best_epochs_alphas(tmp_path, monkeypatch, extra, expected_epoch):
     """--train_ratio < 1: alphas.json and genotype.json take the alphas of the best held-out
     epoch (the authors' alphas_best; ties go to the earlier epoch), unless --alphas_from last."""
@@ -200,6 +210,7 @@ def test_held_out_split_hands_on_the_best_epochs_alphas(tmp_path, monkeypatch, e
     assert f"take the alphas of epoch {expected_epoch} of 3" in (s1 / "log.txt").read_text()
 
 
+@pytest.mark.e2e
 def test_authors_search_options(tmp_path):
     """The authors' search flags: --power_lr sets cosine power annealing of --learning_rate;
     --label_smooth and --cutout_length are taken and recorded."""
@@ -213,6 +224,7 @@ def test_authors_search_options(tmp_path):
     assert saved["label_smooth"] == 0.1 and saved["cutout"] == 4 and saved["power_lr"]
 
 
+@pytest.mark.e2e
 def test_search2_with_the_released_identity_group(tmp_path):
     """--identity_group released: identity edges search skip_connect twice, then none."""
     assert _run(tmp_path, "search1", epochs=1) == 0
@@ -229,6 +241,7 @@ def test_search2_with_the_released_identity_group(tmp_path):
     gf.load_genotype(exp / "search2" / "genotype.json")
 
 
+@pytest.mark.e2e
 def test_bf16_without_native_support_falls_back_to_float32_with_a_warning(tmp_path, monkeypatch):
     """--amp bf16 on a CPU without native bf16 (AVX2 class): one warning, float32 training."""
     from utils import speed

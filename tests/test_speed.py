@@ -23,7 +23,7 @@ def test_speed_defaults_per_cpu_class(monkeypatch, capability, network, amp, par
     args = argparse.Namespace(channels_last=None, amp=amp)
     speed.resolve(args, CPU, network)
     assert args.channels_last is True and args.fast_path == parts and args.keep_freed_memory is keep
-    assert speed.channels_last_default(CUDA, network) is False  # NCHW on GPUs (README table)
+    assert speed.channels_last_default(CUDA, network) is False  # NCHW on GPUs (docs/speed.md)
     assert speed.fast_path_default(CUDA, network, amp) == ()
 
 

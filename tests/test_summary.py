@@ -73,6 +73,7 @@ def test_genotype_file_and_errors(capsys, tmp_path):
     assert "--alphas" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_runs_as_script():
     proc = subprocess.run([sys.executable, str(ROOT / "summary.py"), "--arch", "STACNAS_C10",
                            "--num_cells", "5", "--init_channels", "8"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import platform
 import socket
@@ -19,10 +20,46 @@ from utils.files import (BadFile, WriteError, append_text, json_text, naming, re
 from utils.signals import Stopped
 
 
+# Every log.txt this process opened (get_logger), in order: the error a script ends with is
+# appended to those its run opened (utils.cli.run_guarded -> note_in_logs).
+_OPENED: list[Path] = []
+
+
+def opened_logs() -> list[Path]:
+    """The log files get_logger opened in this process so far, oldest first (a copy)."""
+    return list(_OPENED)
+
+
+def note_in_logs(line: str, logs: list[Path]) -> None:
+    """Append `line` (with the log's time stamp) to each of `logs` that exists: the error or
+    stop line a script ends with then stands in the log that run_all.py and the README point
+    to, not only on stderr. Best effort: a log that cannot be written (a full disk) is left as
+    it is, since the line is on stderr already."""
+    stamp = time.strftime("%m/%d %H:%M:%S")
+    for path in dict.fromkeys(logs):
+        if not path.is_file():
+            continue
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8",
+                                                errors="backslashreplace") as out:
+            out.write(f"{stamp} {line}\n")
+
+
+def params_text(count: int, unit: float = 1e6) -> str:
+    """A parameter count in millions (`unit` 2**20: the authors' unit), three significant
+    digits without an exponent (`0.00661`, `3.35`, `1234`): the one way every message prints
+    one, so that a count reads the same at the start and the end of a run."""
+    value = count / unit
+    if value == 0:
+        return "0"
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
 def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
     """Logger writing to the console and to <stage_dir>/log.txt (appending on resume). Text the
     output cannot encode (a name with an undecodable byte, under any locale) is written with
-    backslash escapes; a failing write (a full disk) is one warning line, not a traceback."""
+    backslash escapes; a failing write (a full disk) is one warning line, not a traceback. The
+    file is recorded (opened_logs) for the line the script may end with."""
     logger = logging.getLogger(f"stacnas.{name}.{os.path.abspath(stage_dir)}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -34,6 +71,7 @@ def get_logger(stage_dir: str | Path, name: str) -> logging.Logger:
     for handler in (SafeStreamHandler(sys.stdout), file_handler):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
+    _OPENED.append(log_file.absolute())
     return logger
 
 

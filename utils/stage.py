@@ -73,9 +73,23 @@ def check_stage_finished(folder: str | Path, fix: str) -> None:
     if state.get("finished") is True:
         return
     epochs = state.get("config", {}).get("epochs") if isinstance(state.get("config"), dict) else None
-    got = f"epoch {state.get('epoch')}" + (f" of {epochs}" if epochs is not None else "")
-    raise ValueError(f"{folder} is not finished (its checkpoint is from {got}: a run of it was "
+    got = progress_text(state.get("epoch"), state.get("step", 0), epochs)
+    raise ValueError(f"{folder} is not finished (its checkpoint was saved {got}: a run of it was "
                      f"stopped or is still going), so its outputs are not its result; {fix}")
+
+
+def progress_text(done: int, step: int = 0, epochs: int | None = None) -> str:
+    """Where a checkpoint stands, as every message says it: epochs counted from 1, as the
+    training log counts them (`epoch 3/50 step 10/20`). `done` epochs are complete and `step`
+    steps of the next one: `in epoch 3 of 50, after step 5`; at an epoch's end, `after epoch 2
+    of 50`; before any, `before epoch 1 of 50`. Values that are not counts are shown as given
+    (a hand-edited checkpoint)."""
+    of = "" if epochs is None else f" of {epochs}"
+    if not isinstance(done, int) or isinstance(done, bool):
+        return f"at epoch {done!r}{of}"
+    if isinstance(step, int) and not isinstance(step, bool) and step > 0:
+        return f"in epoch {done + 1}{of}, after step {step}"
+    return f"after epoch {done}{of}" if done > 0 else f"before epoch 1{of}"
 
 
 def new_run_id() -> str:
@@ -287,8 +301,7 @@ class StageRun:
         source = None if self.restart else resume_path(self.args, self.checkpoint, self.log)
         start, first_step = job.resume(source) if source is not None else (0, 0)
         if source is not None:
-            self.log(f"resuming from {source} after epoch {start}"
-                     + (f", step {first_step}" if first_step else ""))
+            self.log(f"resuming from {source} {progress_text(start, first_step, self.args.epochs)}")
         metrics = MetricsWriter(self.dir) if self.ranks.is_main else NullMetrics()
         if self.ranks.is_main:
             save_config(self.args, self.dir / "config.json")
@@ -306,8 +319,9 @@ class StageRun:
         """Save the mid-epoch state after a signal; the exit code to return."""
         self.save(job.state(stopped.epoch, step=stopped.steps))
         metrics.close()
-        self.log(f"stopped by {stop.name} at epoch {stopped.epoch + 1}, step {stopped.steps}; "
-                 f"checkpoint saved to {self.checkpoint}: rerun the same command to resume")
+        where = progress_text(stopped.epoch, stopped.steps, self.args.epochs)
+        self.log(f"stopped by {stop.name} {where}; checkpoint saved to {self.checkpoint}: rerun "
+                 "the same command to resume")
         return stop.exit_code
 
     def finish(self, stop: GracefulStop, metrics, work: Callable[[], None]) -> int:

@@ -14,6 +14,7 @@ import genotypes as gt
 from utils import files
 from utils.files import BadFile, write_text
 from utils.genotype_files import format_genotype, load_alphas, load_genotype
+from utils.logging import params_text
 from utils.plots import plot_curves
 
 STAGES = {"stacnas": ("search1", "search2", "augment", "test", "feature"),
@@ -271,27 +272,67 @@ def _alpha_efficiency_table(found: dict) -> list[str]:
     return lines + [""]
 
 
+# The summary's file name (.md, .json) by the methods it covers (run_all.py --method stacnas,
+# darts, both): a run of one method never replaces the summary of another, nor the comparison.
+SUMMARY_STEMS = {("stacnas",): "summary", ("darts",): "summary_darts",
+                 ("stacnas", "darts"): "summary_both"}
+# Its title, by the same key.
+TITLES = {("stacnas",): "StacNAS pipeline summary", ("darts",): "DARTS baseline summary",
+          ("stacnas", "darts"): "StacNAS and DARTS pipelines"}
+
+
+def _key(methods) -> tuple:
+    """`methods` in the order SUMMARY_STEMS names them (stacnas first)."""
+    return tuple(m for m in STAGES if m in methods)
+
+
+def summary_stem(methods) -> str:
+    """The file name, without .md / .json, of the summary of `methods` (SUMMARY_STEMS)."""
+    return SUMMARY_STEMS[_key(methods)]
+
+
+def summarised_seeds(path: Path) -> list[str] | None:
+    """The seed folders an existing summary.json covers (None when there is none, or it cannot
+    be read: it is about to be written anew, so a damaged one is no reason to stop)."""
+    try:
+        data = read_json(path, "a summary")
+    except (BadFile, OSError):
+        return None
+    seeds = data.get("seeds") if data else None
+    if not isinstance(seeds, list):
+        return None
+    return [s.get("seed") for s in seeds if isinstance(s, dict) and isinstance(s.get("seed"), str)]
+
+
 def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -> tuple[Path, dict]:
-    """Write summary.json and summary.md into `run_dir`; return the markdown path and data.
-    `seed_names` are seed folders (`seed_2`) or seeds (2); `methods` the pipelines that ran
-    (StacNAS's seeds in <run_dir>/seed_<k>, DARTS's in <run_dir>/darts/seed_<k>)."""
+    """Write <stem>.json and <stem>.md into `run_dir` (stem: summary_stem(methods), so that
+    each --method keeps its own); return the markdown path and data. `seed_names` are seed
+    folders (`seed_2`) or seeds (2); `methods` the pipelines that ran (StacNAS's seeds in
+    <run_dir>/seed_<k>, DARTS's in <run_dir>/darts/seed_<k>)."""
     run_dir = Path(run_dir)
     names = [n if isinstance(n, str) else f"seed_{n}" for n in seed_names]
     per_method = {m: method_summary([seed_summary((run_dir if m == "stacnas" else run_dir / m) / n, m)
                                      for n in names]) for m in methods}
     first = per_method[methods[0]]
-    data = {"seeds": first["seeds"], "test_error_mean": first["test_error_mean"],
+    data = {"title": TITLES[_key(methods)], "seeds": first["seeds"],
+            "test_error_mean": first["test_error_mean"],
             "test_error_std": first["test_error_std"], "agreement": first["agreement"],
             "methods": per_method, "alpha_efficiency": _alpha_efficiency(run_dir, names)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "summary.json", json.dumps(data, indent=2) + "\n")
-    path = run_dir / "summary.md"
+    stem = summary_stem(methods)
+    write_text(run_dir / f"{stem}.json", json.dumps(data, indent=2) + "\n")
+    path = run_dir / f"{stem}.md"
     write_text(path, _markdown(data))
     return path, data
 
 
 def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _params(millions) -> str:
+    """Millions of parameters as the stages' logs print them (utils.logging.params_text)."""
+    return "-" if millions is None else params_text(round(millions * 1e6))
 
 
 def _pm(m: dict, key: str, spec: str = ".2f") -> str:
@@ -328,7 +369,7 @@ def _method_section(name: str, m: dict, title: bool) -> list[str]:
     for s in m["seeds"]:
         err = None if s["test_top1"] is None else 100 - s["test_top1"]
         lines.append(f"| {s['seed']} | {_fmt(s['held_out_top1'])} | {_fmt(s['test_top1'])} | "
-                     f"{_fmt(err)} | {_fmt(s['params_millions'], '.3f')} | {_fmt(s['skips'], '.0f')} | "
+                     f"{_fmt(err)} | {_params(s['params_millions'])} | {_fmt(s['skips'], '.0f')} | "
                      + " | ".join(_fmt(s["seconds"].get(st), ".0f") for st in stages) + " |")
     lines += ["", f"Test error over {m['num_results']} seed(s): {_pm(m, 'test_error')} %.", "",
               f"Stability across seeds: {_agreement_text(m['agreement'])}."]
@@ -345,7 +386,7 @@ def _method_section(name: str, m: dict, title: bool) -> list[str]:
 def _markdown(data: dict) -> str:
     methods = data["methods"]
     both = len(methods) > 1
-    lines = ["# StacNAS pipeline summary" if not both else "# StacNAS and DARTS pipelines", ""]
+    lines = [f"# {data['title']}", ""]
     if both:
         lines += _comparison(methods)
     if data["alpha_efficiency"]:
