@@ -38,15 +38,15 @@ from pathlib import Path
 
 import config
 from genotypes import Genotype, GenotypeError, genotype_to_dict, is_shared
-from utils import alpha_efficiency as ae
-from utils.cli import run_guarded
-from utils.files import BadFile, read_json, write_text
-from utils.signals import ForwardToChild
-from utils.genotype_files import load_alphas, load_genotype, save_genotype
-from utils.lock import FolderLock
-from utils.plots import plot_alpha_efficiency
-from utils.stage import is_finished
-from utils.summary import RESULT_FIELDS, check_numbers
+from utils.analysis import alpha_efficiency as ae
+from utils.runtime.cli import run_guarded
+from utils.io.files import BadFile, read_json, write_text
+from utils.runtime.signals import ForwardToChild
+from utils.io.genotype_files import load_alphas, load_genotype, save_genotype
+from utils.runtime.lock import FolderLock
+from utils.analysis.plots import plot_alpha_efficiency
+from utils.train.stage import is_finished
+from utils.analysis.summary import RESULT_FIELDS, check_numbers
 
 ROOT = Path(__file__).resolve().parent
 STAGE_LABELS = {"search2": "stacnas", "search1": "search1", "darts": "darts"}
@@ -244,7 +244,7 @@ def read_search_config(path: Path) -> dict:
 
 
 def read_object(path: Path, what: str, fix: str) -> dict:
-    """The JSON object in `path` (utils.files.read_json); its BadFile line ends with `fix`."""
+    """The JSON object in `path` (utils.io.files.read_json); its BadFile line ends with `fix`."""
     try:
         return read_json(path, dict, what)
     except BadFile as err:
@@ -298,7 +298,7 @@ def augment_command(args: argparse.Namespace, cfg: dict, opts: dict, genotype_fi
 # ----------------------------------------------------------------------------- runs
 @contextmanager
 def out_lock(out: Path):
-    """The stages' lock (utils.lock.FolderLock) on <out>, also held by the training run in
+    """The stages' lock (utils.runtime.lock.FolderLock) on <out>, also held by the training run in
     progress (its inherited descriptor, None where nothing is locked): a rerun after a killed
     analysis waits until the run it left behind has saved and stopped."""
     out.mkdir(parents=True, exist_ok=True)

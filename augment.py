@@ -12,7 +12,7 @@ checkpoint.pt (last, resumable), best.pt (with --valid_ratio), results.json.
 """
 from __future__ import annotations
 
-from utils.signals import keep_while_starting
+from utils.runtime.signals import keep_while_starting
 
 if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
     keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
@@ -29,22 +29,23 @@ import config
 import genotypes as gt
 from models.factory import build_from_spec, network_spec
 from models.summary import count_macs, count_params_without_aux
-from utils import distributed, speed
-from utils.checkpoint import FINAL_FORMAT, load_checkpoint, save_checkpoint
-from utils.checkpoint_fields import check_final_checkpoint, require_kind
-from utils.cli import run_guarded, seed_everything
-from utils.data import (check_split, get_dataset, loader_options, make_loader, split_indices,
-                        subset_size)
-from utils.distributed import Dist
-from utils.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
-from utils.files import write_json
-from utils.genotype_files import format_genotype, load_genotype
-from utils.logging import params_text, run_info
-from utils.runconfig import config_dict
-from utils.schedules import lr_schedule
-from utils.signals import GracefulStop, StopNow
-from utils.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
-                         new_run_id, resume_rng, rng_entries)
+from utils.runtime import distributed, speed
+from utils.io.checkpoint import FINAL_FORMAT, load_checkpoint, save_checkpoint
+from utils.io.checkpoint_fields import check_final_checkpoint, require_kind
+from utils.runtime.cli import run_guarded, seed_everything
+from utils.data.datasets import get_dataset
+from utils.data.loaders import loader_options, make_loader
+from utils.data.splits import check_split, split_indices, subset_size
+from utils.runtime.distributed import Dist
+from utils.train.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
+from utils.io.files import write_json
+from utils.io.genotype_files import format_genotype, load_genotype
+from utils.runtime.logging import params_text, run_info
+from utils.io.runconfig import config_dict
+from utils.train.schedules import lr_schedule
+from utils.runtime.signals import GracefulStop, StopNow
+from utils.train.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
+                               new_run_id, resume_rng, rng_entries)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Command-line configuration of every stage: shared option groups, one parser per script,
-the per-stage defaults, derived paths computed in one place (config.json: utils.runconfig)."""
+the per-stage defaults, derived paths computed in one place (config.json: utils.io.runconfig)."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,10 @@ from functools import partial
 
 from genotypes import IDENTITY_GROUP_CHOICES, MAX_CELLS, MIN_CELLS, NAMED_GENOTYPES, NUM_NODES
 from models.factory import SEARCH_STAGES
-from utils.cli import OneLineParser
-from utils.data import DATASETS, SyntheticSpec
-from utils.speed import add_speed_args, check_compile_with_checkpoint
+from utils.runtime.cli import OneLineParser
+from utils.data.datasets import SyntheticSpec
+from utils.data.info import DATASETS
+from utils.runtime.speed import add_speed_args, check_compile_with_checkpoint
 
 # Per-stage defaults of the search, one entry per SEARCH_STAGES (the paper's settings, README
 # "Searching"; `darts` = DARTS's own settings).
@@ -38,7 +39,7 @@ def defaults_text(table: dict[str, dict], key: str) -> str:
 # -- sizes: the largest value each size flag takes ------------------------------------------
 # A flag's value beyond these is refused by the parser (exit 2, nothing created), not by a
 # failed allocation later. Network sizes are those the checkpoint checks accept
-# (utils/checkpoint_shapes.py RANGES): 1..2048 initial channels, 3..100 cells, 1..64 input
+# (utils/io/checkpoint_shapes.py RANGES): 1..2048 initial channels, 3..100 cells, 1..64 input
 # channels, 8..4096 pixels, 1..100,000 classes; epochs those of a checkpoint's epoch field.
 MAX_INT = 2 ** 31 - 1  # any count or index a flag takes (a C int)
 MAX_CHANNELS = 2048
@@ -285,7 +286,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Every script's parser: misspelt or abbreviated flags fail, and a usage error is one line
-    naming the flag (utils.cli.OneLineParser), exit 2."""
+    naming the flag (utils.runtime.cli.OneLineParser), exit 2."""
     return OneLineParser(prog=prog, description=description, allow_abbrev=False,
                          formatter_class=HelpFormatter)
 
@@ -504,12 +505,12 @@ def select_gpu(args: argparse.Namespace, script: str = "", pass_on: bool = False
 
 def check_gpu_usable(args: argparse.Namespace) -> None:
     """--gpu N of a script that starts others (run_all.py, alpha_efficiency.py): the device
-    check each started script would make (utils.logging.resolve_device), made once before any
+    check each started script would make (utils.runtime.logging.resolve_device), made once before any
     starts, so that a machine without CUDA gets its one error line (a RuntimeError) rather than
     a failed stage."""
     if getattr(args, "gpu", None) is None:
         return
-    from utils.logging import resolve_device
+    from utils.runtime.logging import resolve_device
     resolve_device(f"cuda:{args.gpu}")
 
 

@@ -25,7 +25,7 @@ when a folder is measured again).
 """
 from __future__ import annotations
 
-from utils.signals import keep_while_starting
+from utils.runtime.signals import keep_while_starting
 
 if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
     keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
@@ -43,17 +43,18 @@ import torch
 import config
 import genotypes as gt
 from models.factory import build_supernet
-from utils import features as ft
-from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint
-from utils.checkpoint_fields import check_search_checkpoint
-from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, loader_options, make_loader
-from utils.files import BadFile, read_json, write_text
-from utils.lock import hold_folder
-from utils.logging import close_logger, get_logger, resolve_device
-from utils.runconfig import config_dict, config_differences, save_config
-from utils.signals import StopNow
-from utils.stage import progress_text
+from utils.analysis import features as ft
+from utils.io.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint
+from utils.io.checkpoint_fields import check_search_checkpoint
+from utils.runtime.cli import run_guarded, seed_everything
+from utils.data.datasets import get_dataset
+from utils.data.loaders import loader_options, make_loader
+from utils.io.files import BadFile, read_json, write_text
+from utils.runtime.lock import hold_folder
+from utils.runtime.logging import close_logger, get_logger, resolve_device
+from utils.io.runconfig import config_dict, config_differences, save_config
+from utils.runtime.signals import StopNow
+from utils.train.stage import progress_text
 
 STAGES = ("darts", "search1")
 KMEANS_KS = (2, 3, 4)
@@ -170,7 +171,7 @@ def load_supernet(path: Path, args: argparse.Namespace) -> dict:
 
 def saved_at(state: dict) -> str:
     """Where a checked search checkpoint stands, counted as every message counts epochs
-    (utils.stage.progress_text: from 1, `after epoch 2 of 5`)."""
+    (utils.train.stage.progress_text: from 1, `after epoch 2 of 5`)."""
     return progress_text(state.get("epoch"), state.get("step", 0), state["config"].get("epochs"))
 
 
@@ -266,7 +267,7 @@ def rebuild(state: dict, info, args: argparse.Namespace) -> torch.nn.Module:
 
 
 def already_done(args: argparse.Namespace) -> bool:
-    """True when --feature_dir holds a finished analysis (utils.features.is_finished) made with
+    """True when --feature_dir holds a finished analysis (utils.analysis.features.is_finished) made with
     these options and --force was not given. An unreadable config.json: a BadFile naming it."""
     out = Path(args.feature_dir)
     if args.force or not ft.is_finished(out):

@@ -5,8 +5,8 @@ searches after stage 1, and how a stage's alphas give the final genotype.
 Pure data and the standard library, so every module and test can use it without torch. A
 genotype's plain form (the dicts genotype.json and checkpoints hold) and its validation live
 here, beside the cell rules they check; the files (genotype.json / genotype.txt, alphas.json,
-groups.json), their checks on reading and the command line are in utils/genotype_files.py;
-cell plots in utils/plots.py.
+groups.json), their checks on reading and the command line are in utils/io/genotype_files.py;
+cell plots in utils/analysis/plots.py.
 
 Alphas: ``{set: [node][edge] -> {"ops": [names], "alphas": [raw values]}}`` where set is
 "normal"/"reduce" (shared alphas) or "cell_0", "cell_1", ... (one set per cell), node i has
@@ -14,7 +14,7 @@ i+2 incoming edges and edge j reads input j (0 = c_{k-2}, 1 = c_{k-1}, 2+ = earl
 An edge's ops are distinct, except that skip_connect may be listed twice, side by side, as
 stage 2's identity group of the authors' released code has it (:func:`released_groups`).
 The derivation rules take alphas as a model gives them or as
-``utils.genotype_files.load_alphas`` returns them (checked).
+``utils.io.genotype_files.load_alphas`` returns them (checked).
 """
 from __future__ import annotations
 

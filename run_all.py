@@ -25,7 +25,7 @@ command resumes.
 """
 from __future__ import annotations
 
-from utils.signals import keep_while_starting
+from utils.runtime.signals import keep_while_starting
 
 if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
     keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
@@ -42,12 +42,12 @@ import time
 from pathlib import Path
 
 import config
-from utils import pipeline
-from utils.cli import run_guarded
-from utils.files import BadFile, read_json, write_text
-from utils.signals import ForwardToChild
-from utils.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
-from utils.summary import summarised_seeds, summary_stem, write_summary
+from utils.train import pipeline
+from utils.runtime.cli import run_guarded
+from utils.io.files import BadFile, read_json, write_text
+from utils.runtime.signals import ForwardToChild
+from utils.train.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
+from utils.analysis.summary import summarised_seeds, summary_stem, write_summary
 
 ROOT = Path(__file__).resolve().parent
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def edges_text(text: str) -> str:
     """--alpha_efficiency_edges: checked as alpha_efficiency.py checks --edges, passed on as
     written."""
-    from utils.alpha_efficiency import parse_edges
+    from utils.analysis.alpha_efficiency import parse_edges
     parse_edges(text)
     return text
 
@@ -305,7 +305,7 @@ def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str,
 
 def failure_text(seed_dir: Path, stage: str, code: int) -> str:
     """How a stage ended and where its error is: the stage's log, whose last line is the
-    error (utils.cli.run_guarded writes it there as well as on stderr); for a stage that
+    error (utils.runtime.cli.run_guarded writes it there as well as on stderr); for a stage that
     keeps no log (test.py) or stopped before opening it, the error line printed above."""
     ended = "was " + how_it_ended(code) if code < 0 else f"failed with exit code {code}"
     log = seed_dir / {"feature": "search1/feature", "alpha_efficiency": "."}.get(stage, stage) \

@@ -11,7 +11,7 @@ genotype.txt, plots/. Rerunning the same command resumes from the last completed
 """
 from __future__ import annotations
 
-from utils.signals import keep_while_starting
+from utils.runtime.signals import keep_while_starting
 
 if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
     keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
@@ -27,26 +27,27 @@ import torch.nn as nn
 import config
 import genotypes as gt
 from models.factory import build_supernet, stage_candidates
-from utils import distributed, speed
-from utils.architect import Architect, make_optimizers
-from utils import features as ft
-from utils.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from utils.checkpoint_fields import check_search_checkpoint, require_kind
-from utils.cli import run_guarded, seed_everything
-from utils.data import (check_split, get_dataset, infinite, loader_options, make_loader,
-                        split_indices, subset_size)
-from utils.distributed import Dist
-from utils.engine import Interrupted, evaluate, format_seconds, train_epoch
-from utils.files import naming, write_json, write_text
-from utils.genotype_files import (check_stage1_alphas, format_genotype, load_alphas, load_groups,
-                                  save_alphas, save_genotype, save_groups)
-from utils.logging import MetricsWriter
-from utils.plots import plot_alpha_history, plot_genotype, softmax
-from utils.runconfig import config_dict
-from utils.schedules import lr_schedule
-from utils.signals import GracefulStop, StopNow
-from utils.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
-                         new_run_id, resume_rng, rng_entries)
+from utils.runtime import distributed, speed
+from utils.train.architect import Architect, make_optimizers
+from utils.analysis import features as ft
+from utils.io.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.io.checkpoint_fields import check_search_checkpoint, require_kind
+from utils.runtime.cli import run_guarded, seed_everything
+from utils.data.datasets import get_dataset
+from utils.data.loaders import infinite, loader_options, make_loader
+from utils.data.splits import check_split, split_indices, subset_size
+from utils.runtime.distributed import Dist
+from utils.train.engine import Interrupted, evaluate, format_seconds, train_epoch
+from utils.io.files import naming, write_json, write_text
+from utils.io.genotype_files import (check_stage1_alphas, format_genotype, load_alphas, load_groups,
+                                     save_alphas, save_genotype, save_groups)
+from utils.runtime.logging import MetricsWriter
+from utils.analysis.plots import plot_alpha_history, plot_genotype, softmax
+from utils.io.runconfig import config_dict
+from utils.train.schedules import lr_schedule
+from utils.runtime.signals import GracefulStop, StopNow
+from utils.train.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
+                               new_run_id, resume_rng, rng_entries)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,9 @@ import genotypes as gt
 from config import AUGMENT_DEFAULTS, SEARCH_DEFAULTS, defaults_text
 from models.factory import SEARCH_STAGES, build_final_network, build_supernet, stage_candidates
 from models.summary import count_macs, count_params, count_params_without_aux
-from utils.cli import OneLineParser
-from utils.data import DATASET_INFO, dataset_info
-from utils.genotype_files import check_stage1_alphas, load_alphas, load_genotype
+from utils.runtime.cli import OneLineParser
+from utils.data.info import DATASET_INFO, dataset_info
+from utils.io.genotype_files import check_stage1_alphas, load_alphas, load_genotype
 
 
 def describe(model: nn.Module, in_channels: int, input_size: int) -> dict:

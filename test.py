@@ -10,7 +10,7 @@ section on the authors' code links them).
 
 Our checkpoints (augment.py's checkpoint.pt / best.pt, or an --export) rebuild their network
 from their own contents. The authors' released .pth.tar files (whole pickled modules) are read
-by models.legacy without their code and without running anything from the file.
+by utils.pickles.authors without their code and without running anything from the file.
 Prints top-1, top-5, loss, parameters (millions, and the authors' unit: parameters / 2^20)
 and images/s; writes <save_dir>/<name>/test/results.json.
 
@@ -22,7 +22,7 @@ named with --checkpoint is evaluated anyway, with a warning line, and results.js
 """
 from __future__ import annotations
 
-from utils.signals import keep_while_starting
+from utils.runtime.signals import keep_while_starting
 
 if __name__ == "__main__":  # before the imports below (torch: seconds), so that a stop signal
     keep_while_starting()   # meanwhile is acted on, with one line, once the script runs
@@ -37,19 +37,21 @@ import torch.nn as nn
 
 import config
 from models.factory import build_from_spec
-from models.pickle_scan import scan_torch_zip
+from utils.pickles.scan import scan_torch_zip
 from models.summary import count_params, count_params_without_aux
-from utils.checkpoint import FINAL_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from utils.checkpoint_fields import check_final_checkpoint
-from utils.cli import run_guarded, seed_everything
-from utils.data import get_dataset, loader_options, make_loader, subset_size
-from utils.engine import evaluate
-from utils.files import write_json
-from utils import distributed, speed
-from utils.lock import hold_folder
-from utils.logging import params_text, resolve_device, run_info
-from utils.signals import StopNow
-from utils.stage import progress_text
+from utils.io.checkpoint import FINAL_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.io.checkpoint_fields import check_final_checkpoint
+from utils.runtime.cli import run_guarded, seed_everything
+from utils.data.datasets import get_dataset
+from utils.data.loaders import loader_options, make_loader
+from utils.data.splits import subset_size
+from utils.train.engine import evaluate
+from utils.io.files import write_json
+from utils.runtime import distributed, speed
+from utils.runtime.lock import hold_folder
+from utils.runtime.logging import params_text, resolve_device, run_info
+from utils.runtime.signals import StopNow
+from utils.train.stage import progress_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +92,8 @@ def read_network(path: str | Path) -> tuple[nn.Module, dict, str, dict | None]:
         if state is not None:
             model, spec = load_ours(path, state)
             return model.eval(), spec, "ours", state
-    from models import legacy  # only needed for the authors' files
-    model, spec = legacy.load_authors_network(path)
+    from utils.pickles import authors  # only needed for the authors' files
+    model, spec = authors.load_authors_network(path)
     return model.eval(), spec, "authors", None
 
 
@@ -241,7 +243,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, devic
 
 class Progress:
     """`loader`, saying `test: batch k/n` on stdout every `every` batches (--print_freq) and
-    after the last; everything else (len, close: utils.engine.closing_on_error) is the
+    after the last; everything else (len, close: utils.train.engine.closing_on_error) is the
     loader's own."""
 
     def __init__(self, loader, every: int):

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from models.factory import build_supernet, stage_candidates  # noqa: E402
-from utils.architect import Architect, make_optimizers  # noqa: E402
+from utils.train.architect import Architect, make_optimizers  # noqa: E402
 
 
 def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

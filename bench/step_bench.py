@@ -60,7 +60,7 @@ def speed_args(variant: str) -> argparse.Namespace:
         sys.path.insert(0, ROOT)
         import config
         import torch
-        from utils import speed
+        from utils.runtime import speed
         return config.augment_parser().parse_args(["--name", "bench"])  # resolved in make_step
     parts = set(variant.split("+"))
     unknown = parts - FLAGS
@@ -80,10 +80,10 @@ def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namesp
 
     import genotypes as gt
     from models.factory import build_final_network, build_supernet, stage_candidates
-    from utils import speed
-    from utils.architect import Architect, make_optimizers
-    from utils.data import dataset_info
-    from utils.engine import loss_and_logits, optimizer_step
+    from utils.runtime import speed
+    from utils.train.architect import Architect, make_optimizers
+    from utils.data.info import dataset_info
+    from utils.train.engine import loss_and_logits, optimizer_step
 
     shape = dataset_info("cifar10").network_shape()
     s = settings(config)
@@ -124,12 +124,12 @@ def measure(config: str, variant: str, batch_size: int | None, steps: int, devic
     sys.path.insert(0, ROOT)
     import torch
 
-    from utils import speed
+    from utils.runtime import speed
 
     cells, channels, default_batch = CONFIGS[config]
     batch_size = batch_size or default_batch
     opts = speed_args(variant)
-    from utils.cli import seed_everything
+    from utils.runtime.cli import seed_everything
     seed_everything(0)  # as the scripts do: cuDNN autotuning on CUDA
     dev = torch.device(device)
     model, step = make_step(config, cells, channels, dev, opts)

@@ -6,55 +6,11 @@ same code.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from genotypes import duplicate_problem
 from models.ops import make_op, preprocessing
-
-
-@contextlib.contextmanager
-def _frozen_bn_statistics(module: nn.Module):
-    """BatchNorm running statistics untouched while a checkpointed cell is recomputed (else
-    every step would update them twice)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, count) in zip(bns, saved):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-
-
-def _frozen_recomputation(cell: nn.Module):
-    """torch.utils.checkpoint's (forward, recomputation) contexts for `cell`: the BatchNorm
-    statistics frozen while recomputing."""
-    return contextlib.nullcontext(), _frozen_bn_statistics(cell)
-
-
-def run_cell(cell: nn.Module, checkpointed: bool, *inputs):
-    """cell(*inputs), optionally under activation checkpointing: only the cell's inputs are kept
-    for backward and its inside is recomputed (torch.utils.checkpoint; RNG state replayed, so
-    drop path draws the same masks; BatchNorm statistics updated once). Under torch.compile
-    the checkpoint takes no context_fn (torch < 2.12 accepts only dispatch modes there):
-    AOTAutograd applies buffer mutations once, from the forward graph, and recomputes values
-    only; that needs the whole cell traced, so torch.compile runs the plain cells
-    (utils.speed.prepare leaves the CPU fast path off)."""
-    if not checkpointed:
-        return cell(*inputs)
-    if torch.compiler.is_compiling():
-        return checkpoint(cell, *inputs, use_reentrant=False)
-    return checkpoint(cell, *inputs, use_reentrant=False,
-                      context_fn=functools.partial(_frozen_recomputation, cell))
 
 
 def module_keys(op_names: list[str]) -> list[str | None]:

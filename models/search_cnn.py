@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genotypes import alpha_set_keys, cell_set, derive_genotype, is_shared, reduction_cells
-from models.augment_cnn import AuxiliaryHead, run_cells
+from models.shared import AuxiliaryHead, run_cells
 from models.search_cells import SearchCell, edge_key
 
 Candidates = dict[str, list[list[list[str]]]]

@@ -29,7 +29,7 @@ VIOLATIONS = pytest.StashKey[list]()
 
 class NotMarkedE2E(BaseException):
     """Raised where an unmarked test starts a process or a server. A BaseException, so that a
-    script's `except Exception` (utils.cli.run_guarded's error line) cannot swallow it; the
+    script's `except Exception` (utils.runtime.cli.run_guarded's error line) cannot swallow it; the
     test also fails if something swallows it anyway (see pytest_runtest_makereport)."""
 
 

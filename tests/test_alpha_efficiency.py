@@ -17,9 +17,9 @@ from scipy import stats
 import alpha_efficiency
 import genotypes as gt
 import search
-from utils import alpha_efficiency as ae
-from utils import genotype_files as gf
-from utils.stage import is_finished
+from utils.analysis import alpha_efficiency as ae
+from utils.io import genotype_files as gf
+from utils.train.stage import is_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 
 from models.factory import build_supernet, stage_candidates
-from utils.architect import (Architect, _reduced_precision_settings, full_precision,
-                             make_optimizers)
-from utils.data import DatasetInfo
-from utils.engine import loss_and_logits
+from utils.train.architect import (Architect, _reduced_precision_settings, full_precision,
+                                   make_optimizers)
+from utils.data.info import DatasetInfo
+from utils.train.engine import loss_and_logits
 
 TINY = DatasetInfo(3, 8, 4)
 CE = nn.CrossEntropyLoss()

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import augment
-from utils.schedules import power_cosine
+from utils.train.schedules import power_cosine
 import genotypes as gt
 from tests.fakes import make_cifar10
-from utils import genotype_files as gf
-from utils.checkpoint import load_checkpoint, previous_path
+from utils.io import genotype_files as gf
+from utils.io.checkpoint import load_checkpoint, previous_path
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("stacnas_test_script", ROOT / "test.py")
@@ -173,7 +173,7 @@ def test_test_py_on_an_authors_file_and_its_export(tmp_path):
     authors = json.loads((tmp_path / "t" / "test" / "results.json").read_text())
     assert authors["source"] == "authors" and authors["images"] == 16
     # the original module gives the same loss on the same test images
-    from utils.data import SyntheticSpec, get_dataset
+    from utils.data.datasets import SyntheticSpec, get_dataset
     test_set, _ = get_dataset("synthetic", "data", train=False, synthetic=SyntheticSpec(3, 8, 4, 32, 16))
     x = torch.stack([test_set[i][0] for i in range(len(test_set))])
     y = torch.tensor([test_set[i][1] for i in range(len(test_set))])

@@ -5,7 +5,7 @@ import torch
 import genotypes as gt
 from models.augment_cnn import FinalNetwork, ImageNetNetwork
 from models.factory import build_final_network
-from utils.data import DatasetInfo, dataset_info
+from utils.data.info import DatasetInfo, dataset_info
 
 
 def _count(module):

@@ -13,10 +13,10 @@ import pytest
 
 import config
 import genotypes as gt
-from utils.genotype_files import load_groups
+from utils.io.genotype_files import load_groups
 from tests.authors_format import make_authors_model, save_like_authors, to_nested
 from tests.fakes import make_cifar10
-from utils import genotype_files as gf
+from utils.io import genotype_files as gf
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,10 +25,10 @@ import genotypes as gt
 import run_all
 import search
 import summary
-from models import legacy_pickle
+from utils.pickles import unpickler
 from tests import authors_format as af
-from utils import genotype_files as gf
-from utils.checkpoint import FINAL_FORMAT
+from utils.io import genotype_files as gf
+from utils.io.checkpoint import FINAL_FORMAT
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 
@@ -281,7 +281,7 @@ def _tower(depth: int, make) -> object:
 
 def _legacy_file(path: Path, main_pickle: bytes) -> None:
     """A legacy torch.save file holding `main_pickle` and no tensors."""
-    headers = (legacy_pickle.MAGIC_NUMBER, legacy_pickle.PROTOCOL_VERSION,
+    headers = (unpickler.MAGIC_NUMBER, unpickler.PROTOCOL_VERSION,
                {"protocol_version": 1001, "little_endian": True,
                 "type_sizes": {"short": 2, "int": 4, "long": 8}})
     path.write_bytes(b"".join(pickle.dumps(h, protocol=2) for h in headers) + main_pickle
@@ -485,7 +485,7 @@ GENOTYPE_FILE_CASES = [
 @pytest.mark.parametrize("flag, name, code, message", GENOTYPE_FILE_CASES,
                          ids=[f"{c[0][2:]}-{c[1]}" for c in GENOTYPE_FILE_CASES])
 def test_genotype_file(hostile, flag, name, code, message):
-    proc = _run(["-m", "utils.genotype_files", flag, str(hostile / name)])
+    proc = _run(["-m", "utils.io.genotype_files", flag, str(hostile / name)])
     assert proc.returncode == code, proc.stderr
     if code:
         assert message in _one_line(proc.stderr, name)

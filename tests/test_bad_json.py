@@ -14,11 +14,11 @@ import torch
 
 import alpha_efficiency
 import genotypes as gt
-from utils import genotype_files as gf
-from utils import summary as sm
-from utils.checkpoint import FINAL_FORMAT, SEARCH_FORMAT
-from utils.files import BadFile
-from utils.plots import plot_alpha_history, read_alpha_history
+from utils.io import genotype_files as gf
+from utils.analysis import summary as sm
+from utils.io.checkpoint import FINAL_FORMAT, SEARCH_FORMAT
+from utils.io.files import BadFile
+from utils.analysis.plots import plot_alpha_history, read_alpha_history
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds a process may take; no test may hang
@@ -93,7 +93,7 @@ def test_genotype_files_cli_refuses_hand_edited_alphas(tmp_path, name):
     text, message = ALPHAS_CASES[name]
     path = tmp_path / "alphas.json"
     path.write_text(text)
-    proc = _run(["-m", "utils.genotype_files", "--alphas", path])
+    proc = _run(["-m", "utils.io.genotype_files", "--alphas", path])
     _error_line(proc, 1, f"error: {path}: ", message)
     assert path.read_text() == text and not proc.stdout
 
@@ -344,8 +344,8 @@ def test_parser_bounds_agree_with_the_checkpoint_checks():
     import argparse
 
     import config
-    from utils.checkpoint_shapes import RANGES
-    from utils.cli import seed_everything
+    from utils.io.checkpoint_shapes import RANGES
+    from utils.runtime.cli import seed_everything
     assert RANGES["init_channels"] == (1, config.MAX_CHANNELS)
     assert RANGES["num_cells"] == (gt.MIN_CELLS, gt.MAX_CELLS)
     assert RANGES["input_size"] == (config.MIN_SIZE, config.MAX_SIZE)

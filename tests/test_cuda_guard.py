@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import cuda_guard
-from utils import logging as ulog
+from utils.runtime import cuda_guard
+from utils.runtime import logging as ulog
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """+-----------------------------------------------------------------------------+

@@ -1,4 +1,4 @@
-"""utils/data.py on small fakes written in the real on-disk formats (CIFAR python pickles,
+"""utils/data/ on small fakes written in the real on-disk formats (CIFAR python pickles,
 idx ubyte files, image folders), plus synthetic data, Cutout, splits and loaders. CPU only."""
 import gzip
 import pickle
@@ -11,8 +11,10 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from utils import data as D
-from utils.data import DataError, DatasetInfo, SyntheticSpec
+from utils.data import datasets as D, info as DI, loaders as LD, mnist as DM
+from utils.data import splits as DS, transforms as DT
+from utils.data.datasets import SyntheticSpec
+from utils.data.info import DataError, DatasetInfo
 
 
 from tests.fakes import make_cifar10, make_cifar100, make_idx, make_image_folder
@@ -23,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def no_system_data(tmp_path, monkeypatch):
     """Never read the real system copy or the home cache from a test."""
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
-    monkeypatch.setattr(D, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.setattr(DM, "CACHE_DIR", str(tmp_path / "cache"))
 
 
 # ------------------------------------------------------------------------------- CIFAR
@@ -52,7 +54,7 @@ def test_cifar10_eval_normalises_the_stored_pixels(tmp_path):
     folder = make_cifar10(tmp_path)
     raw = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")[b"data"][0]
     ds, _ = D.get_dataset("cifar10", str(tmp_path), train=False, transform="eval")
-    mean, std = torch.tensor(D.MEAN_STD["cifar10"][0]), torch.tensor(D.MEAN_STD["cifar10"][1])
+    mean, std = torch.tensor(DI.MEAN_STD["cifar10"][0]), torch.tensor(DI.MEAN_STD["cifar10"][1])
     expected = (torch.from_numpy(raw.reshape(3, 32, 32)).float() / 255 - mean[:, None, None]) / std[:, None, None]
     assert torch.allclose(ds[0][0], expected, atol=1e-5)
 
@@ -81,7 +83,7 @@ def test_auto_augment_inserts_torchvisions_policy(tmp_path):
     plain, _ = D.get_dataset("cifar10", str(tmp_path), train=True)
     assert not any(isinstance(t, T.AutoAugment) for t in plain.transform.transforms)
     with pytest.raises(ValueError, match="auto_aug"):
-        D.build_transform("mnist", "train", auto_aug=True)
+        DT.build_transform("mnist", "train", auto_aug=True)
 
 
 def test_missing_cifar_is_a_one_line_data_error(tmp_path):
@@ -113,13 +115,13 @@ def test_fashionmnist_train_transform(tmp_path):
     names = [type(t).__name__ for t in ds.transform.transforms]
     assert names == ["RandomAffine", "RandomVerticalFlip", "ToTensor", "Normalize", "Cutout"]
     assert ds.transform.transforms[3].mean == (0.28604063,)
-    mnist = D.build_transform("mnist", "train")
+    mnist = DT.build_transform("mnist", "train")
     assert [type(t).__name__ for t in mnist.transforms] == ["RandomAffine", "ToTensor", "Normalize"]
 
 
 def test_fashionmnist_found_in_system_dir_and_unzipped_into_data_dir(tmp_path, monkeypatch):
     system = make_idx(tmp_path / "system", gz=True)
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(system))
     data_dir = tmp_path / "data"
     ds, _ = D.get_dataset("fashionmnist", str(data_dir), train=False, transform="eval")
     assert len(ds) == 4 and [ds[i][1] for i in range(4)] == [9, 8, 7, 6]
@@ -131,9 +133,9 @@ def test_fashionmnist_found_in_system_dir_and_unzipped_into_data_dir(tmp_path, m
 
 def test_fashionmnist_unzips_into_cache_when_data_dir_is_read_only(tmp_path, monkeypatch):
     system = make_idx(tmp_path / "system", gz=True)
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(system))
     data_dir = tmp_path / "readonly"
-    monkeypatch.setattr(D, "_is_writable", lambda path: not str(path).startswith(str(data_dir)))
+    monkeypatch.setattr(DM, "_is_writable", lambda path: not str(path).startswith(str(data_dir)))
     ds, _ = D.get_dataset("fashionmnist", str(data_dir), train=True, transform="eval")
     assert len(ds) == 6
     assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
@@ -202,8 +204,8 @@ def test_unknown_names_and_transforms():
         D.get_dataset("svhn", "/nowhere", train=False)
     with pytest.raises(ValueError, match="train, eval"):
         D.get_dataset("synthetic", "/nowhere", train=True, transform="test")
-    assert set(D.DATASETS) >= set(D.DATASET_INFO)
-    assert D.dataset_info("cifar100") == DatasetInfo(3, 32, 100)
+    assert set(DI.DATASETS) >= set(DI.DATASET_INFO)
+    assert DI.dataset_info("cifar100") == DatasetInfo(3, 32, 100)
 
 
 def test_synthetic_deterministic_and_learnable():
@@ -226,7 +228,7 @@ def test_synthetic_deterministic_and_learnable():
 # ------------------------------------------------------------------------------ Cutout
 
 def test_cutout_zeroes_one_clipped_square():
-    cut = D.Cutout(6)
+    cut = DT.Cutout(6)
     full = 0
     for seed in range(40):
         torch.manual_seed(seed)
@@ -250,25 +252,25 @@ def test_cutout_zeroes_one_clipped_square():
 # ------------------------------------------------------------------ splits, loaders
 
 def test_split_indices():
-    a, b = D.split_indices(10, 0.5, seed=1)
+    a, b = DS.split_indices(10, 0.5, seed=1)
     assert len(a) == 5 and len(b) == 5 and sorted(a + b) == list(range(10))
-    assert (a, b) == D.split_indices(10, 0.5, seed=1)
-    assert (a, b) != D.split_indices(10, 0.5, seed=2)
+    assert (a, b) == DS.split_indices(10, 0.5, seed=1)
+    assert (a, b) != DS.split_indices(10, 0.5, seed=2)
     assert a != sorted(a) or b != sorted(b)
-    a, b = D.split_indices(7, 0.3, seed=0)
+    a, b = DS.split_indices(7, 0.3, seed=0)
     assert len(a) == round(7 * 0.3) and not set(a) & set(b)
-    assert D.split_indices(5, 1.0, seed=3) == ([0, 1, 2, 3, 4], [])
+    assert DS.split_indices(5, 1.0, seed=3) == ([0, 1, 2, 3, 4], [])
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError):
-            D.split_indices(10, bad, seed=0)
+            DS.split_indices(10, bad, seed=0)
 
 
 def test_subset_size():
-    assert D.subset_size(10, 3) == 3
-    assert D.subset_size(4, 100) == 4
-    assert D.subset_size(4, None) == 4
+    assert DS.subset_size(10, 3) == 3
+    assert DS.subset_size(4, 100) == 4
+    assert DS.subset_size(4, None) == 4
     with pytest.raises(ValueError):
-        D.subset_size(4, 0)
+        DS.subset_size(4, 0)
 
 
 def _order(loader):
@@ -278,38 +280,38 @@ def _order(loader):
 def test_make_loader_order_reproducible_per_seed_and_epoch():
     ds = torch.utils.data.TensorDataset(torch.zeros(30, 1), torch.arange(30))
     idx = list(range(5, 25))
-    first = _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2))
+    first = _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2))
     assert sorted(first) == idx
-    assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2)) == first
-    assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=3)) != first
-    assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=8, epoch=2)) != first
+    assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2)) == first
+    assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=3)) != first
+    assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=8, epoch=2)) != first
     # resuming mid-epoch: the same epoch's order, from batch 2 on
-    assert _order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, skip_batches=2)) == first[8:]
+    assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, skip_batches=2)) == first[8:]
     # sharded over 2 ranks: disjoint halves of a (seed, epoch) permutation
-    ranks = [_order(D.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, replicas=(r, 2)))
+    ranks = [_order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, replicas=(r, 2)))
              for r in (0, 1)]
     assert sorted(ranks[0] + ranks[1]) == idx and len(ranks[0]) == len(ranks[1]) == 10
-    assert _order(D.make_loader(ds, None, 7, shuffle=False)) == list(range(30))
-    assert len(D.make_loader(ds, None, 7, shuffle=False, drop_last=True)) == 4
+    assert _order(LD.make_loader(ds, None, 7, shuffle=False)) == list(range(30))
+    assert len(LD.make_loader(ds, None, 7, shuffle=False, drop_last=True)) == 4
     with pytest.raises(ValueError):
-        D.make_loader(ds, None, 4, shuffle=True, sampler=torch.utils.data.SequentialSampler(ds))
+        LD.make_loader(ds, None, 4, shuffle=True, sampler=torch.utils.data.SequentialSampler(ds))
 
 
 @pytest.mark.e2e
 def test_make_loader_with_workers():
     ds = D.SyntheticDataset(SyntheticSpec(size=4, train_size=12), train=True)
-    loader = D.make_loader(ds, range(12), 4, shuffle=True, num_workers=2, seed=1)
-    assert loader.persistent_workers and loader.worker_init_fn is D.worker_init_fn
+    loader = LD.make_loader(ds, range(12), 4, shuffle=True, num_workers=2, seed=1)
+    assert loader.persistent_workers and loader.worker_init_fn is LD.worker_init_fn
     assert sorted(_order(loader)) == sorted(ds.targets.tolist())
 
 
 def test_infinite_cycles_and_rejects_empty():
-    loader = D.make_loader(torch.utils.data.TensorDataset(torch.arange(3)), None, 2, shuffle=False)
-    it = D.infinite(loader)
+    loader = LD.make_loader(torch.utils.data.TensorDataset(torch.arange(3)), None, 2, shuffle=False)
+    it = LD.infinite(loader)
     got = [next(it)[0].tolist() for _ in range(5)]
     assert got == [[0, 1], [2], [0, 1], [2], [0, 1]]
     with pytest.raises(ValueError):
-        next(D.infinite([]))
+        next(LD.infinite([]))
 
 
 # --------------------------------------------------------------------------------- startup

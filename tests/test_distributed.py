@@ -18,14 +18,14 @@ import augment
 import config
 import genotypes as gt
 import search
-from utils import distributed
-from utils import genotype_files as gf
-from utils.checkpoint import (CheckpointError, load_checkpoint, previous_path, rng_state,
-                              save_checkpoint, set_rng_state)
-from utils.checkpoint_fields import check_search_checkpoint
-from utils.data import epoch_order, make_loader
-from utils.distributed import Dist
-from utils.stage import resume_rng, rng_entries
+from utils.runtime import distributed
+from utils.io import genotype_files as gf
+from utils.io.checkpoint import (CheckpointError, load_checkpoint, previous_path, rng_state,
+                                 save_checkpoint, set_rng_state)
+from utils.io.checkpoint_fields import check_search_checkpoint
+from utils.data.loaders import epoch_order, make_loader
+from utils.runtime.distributed import Dist
+from utils.train.stage import resume_rng, rng_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "64",

@@ -1,7 +1,8 @@
-"""Downloads (utils/download.py through utils.data.get_dataset(download=True)) from a real HTTP
-server on 127.0.0.1 serving small archives in the exact upstream formats: CIFAR's python tarballs
-and the gzipped idx files of MNIST / Fashion-MNIST. torchvision's URLs, mirrors and md5 sums are
-monkeypatched to point at it, so nothing here touches the internet. CPU only."""
+"""Downloads (utils/data/download.py through utils.data.datasets.get_dataset(download=True))
+from a real HTTP server on 127.0.0.1 serving small archives in the exact upstream formats:
+CIFAR's python tarballs and the gzipped idx files of MNIST / Fashion-MNIST. torchvision's URLs,
+mirrors and md5 sums are monkeypatched to point at it, so nothing here touches the internet.
+CPU only."""
 import gzip
 import hashlib
 import io
@@ -25,9 +26,9 @@ import torch
 from torchvision import datasets
 
 from tests.fakes import make_cifar10, make_cifar100, make_idx
-from utils import data as D
-from utils import download as DL
-from utils.data import DataError
+from utils.data import datasets as D, info as DI, mnist as DM
+from utils.data import download as DL
+from utils.data.info import DataError
 
 IDX_GZ = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
           "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -38,8 +39,8 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 def isolated(tmp_path, monkeypatch):
     """No real system copy, no home cache, and every torchvision URL pointing at a closed port:
     whatever a test forgets to patch fails fast instead of reaching the internet."""
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
-    monkeypatch.setattr(D, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.setattr(DM, "CACHE_DIR", str(tmp_path / "cache"))
     dead = dead_url()
     for cls in (datasets.CIFAR10, datasets.CIFAR100):
         monkeypatch.setattr(cls, "url", f"{dead}/{cls.filename}")
@@ -180,7 +181,7 @@ def test_cifar10_downloads_extracts_and_loads_what_was_served(tmp_path, server, 
     pixels = np.concatenate([unpickle(source / f"data_batch_{i}", b"data") for i in range(1, 6)])
     labels = sum((unpickle(source / f"data_batch_{i}", b"labels") for i in range(1, 6)), [])
     assert np.array_equal(ds.data, pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    assert ds.targets == labels and info == D.DatasetInfo(3, 32, 10)
+    assert ds.targets == labels and info == DI.DatasetInfo(3, 32, 10)
     test, _ = D.get_dataset("cifar10", str(data_dir), train=False, transform="eval", download=True)
     assert test.targets == unpickle(source / "test_batch", b"labels")
     assert set(server.hits) == {"/cifar-10-python.tar.gz"}
@@ -339,7 +340,7 @@ def test_offline_fashionmnist_without_debian_copy_names_url_folder_and_package(t
 
 def test_fashionmnist_falls_back_to_the_debian_copy_when_the_download_fails(tmp_path, monkeypatch):
     system = make_idx(tmp_path / "system", gz=True)
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(system))
     notes = []
     ds, _ = D.get_dataset("fashionmnist", str(tmp_path / "data"), train=False, transform="eval",
                           download=True, log=notes.append)
@@ -362,7 +363,7 @@ def test_fashionmnist_local_files_come_before_any_download(tmp_path, server, mon
 def test_idx_download_goes_to_the_cache_when_data_dir_is_read_only(tmp_path, server, monkeypatch):
     serve_idx(server, monkeypatch, tmp_path, datasets.MNIST)
     data_dir = tmp_path / "readonly"
-    monkeypatch.setattr(D, "_is_writable", lambda path: not str(path).startswith(str(data_dir)))
+    monkeypatch.setattr(DM, "_is_writable", lambda path: not str(path).startswith(str(data_dir)))
     ds, _ = D.get_dataset("mnist", str(data_dir), train=True, download=True)
     assert len(ds) == 6 and (tmp_path / "cache" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
     assert not data_dir.exists()
@@ -378,7 +379,7 @@ def test_no_download_error_for_idx_mentions_the_flag(tmp_path, server, monkeypat
 @pytest.mark.skipif(not (DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_offline_fashionmnist_uses_the_installed_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(DEBIAN_DIR))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(DEBIAN_DIR))
     notes = []
     ds, _ = D.get_dataset("fashionmnist", str(tmp_path / "data"), train=False, transform="eval",
                           download=True, log=notes.append)
@@ -396,13 +397,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
 import json, sys
 from torchvision import datasets
-from utils import data as D
-from utils.cli import run_guarded
+from utils.data import datasets as D, mnist as DM
+from utils.runtime.cli import run_guarded
 cfg = json.loads(sys.argv[1])
 for cls, attrs in cfg["patch"].items():
     for key, value in attrs.items():
         setattr(getattr(datasets, cls), key, value)
-D.FASHION_MNIST_SYSTEM_DIR, D.CACHE_DIR = cfg["no_dir"], cfg["cache"]
+DM.FASHION_MNIST_SYSTEM_DIR, DM.CACHE_DIR = cfg["no_dir"], cfg["cache"]
 if cfg.get("torchvision"):
     try:
         getattr(datasets, cfg["torchvision"])(cfg["data_dir"], download=True)

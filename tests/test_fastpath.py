@@ -21,7 +21,7 @@ from models.fastpath.functions import (DepthwiseConv2d, concat_channels, depthwi
 from models.ops import FactorizedReduce, PoolBN
 from models.search_cells import SearchCell, edge_key
 from models.search_cnn import SearchNetwork
-from utils.speed import keep_freed_memory
+from utils.runtime.speed import keep_freed_memory
 
 CASES = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]  # kernel, padding, dilation
 

@@ -22,9 +22,9 @@ import augment
 import feature
 import search
 from tests.processes import group_gone
-from utils import genotype_files as gf
-from utils.checkpoint import load_checkpoint, previous_path
-from utils.lock import FolderLock, hold_folder
+from utils.io import genotype_files as gf
+from utils.io.checkpoint import load_checkpoint, previous_path
+from utils.runtime.lock import FolderLock, hold_folder
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 

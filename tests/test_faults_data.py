@@ -23,8 +23,9 @@ import torch
 import search
 from tests.processes import group_gone
 from tests.fakes import make_cifar10, make_cifar100, make_idx, make_image_folder
-from utils import data as D
-from utils.data import DataError
+from utils.data import cifar as DC, datasets as D, loaders as LD, mnist as DM
+from utils.data import splits as DS
+from utils.data.info import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = ["--num_cells", "3", "--init_channels", "4", "--epochs", "1", "--device", "cpu"]
@@ -36,8 +37,8 @@ LIMIT = 120  # seconds any one script may take here; a hang fails the test inste
 @pytest.fixture(autouse=True)
 def no_system_data(tmp_path, monkeypatch):
     """Never read the real Fashion-MNIST system copy or the home cache from a test."""
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
-    monkeypatch.setattr(D, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(DM, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.setattr(DM, "CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _start(script, argv, save_dir):
@@ -132,9 +133,9 @@ def test_a_loader_left_mid_pass_does_not_hold_the_exit(tmp_path):
     """A pass abandoned with its workers running and the loader kept alive to the end (a
     reference cycle): the interpreter exits at once (it used to wait on the workers forever)."""
     code = """if True:
-        from utils import data as D
+        from utils.data import datasets as D, loaders as LD
         ds = D.SyntheticDataset(D.SyntheticSpec(size=4, train_size=64), train=True)
-        loader = D.make_loader(ds, None, 4, shuffle=False, num_workers=2)
+        loader = LD.make_loader(ds, None, 4, shuffle=False, num_workers=2)
         batches = iter(loader)
         next(batches)
         cycle = [loader, batches]
@@ -161,21 +162,21 @@ class _Ragged(torch.utils.data.Dataset):
 
 @pytest.mark.e2e
 def test_a_failure_in_a_worker_outside_reading_closes_the_workers():
-    loader = D.make_loader(_Ragged(), None, 4, shuffle=False, num_workers=2)
+    loader = LD.make_loader(_Ragged(), None, 4, shuffle=False, num_workers=2)
     with pytest.raises(DataError) as caught:
         list(loader)
     message = str(caught.value)
     assert "\n" not in message and message.startswith("data-loading worker ")
     assert "stack expects each tensor to be equal size" in message
     assert loader._iterator is None  # shut down: no worker left running
-    assert list(D.make_loader(torch.utils.data.TensorDataset(torch.arange(3)), None, 2,
+    assert list(LD.make_loader(torch.utils.data.TensorDataset(torch.arange(3)), None, 2,
                               shuffle=False, num_workers=2))  # loaders still work afterwards
 
 
 def test_an_unreadable_item_in_the_main_process_names_file_and_index(tmp_path):
     bad = _damaged_folder(tmp_path, "train", "truncated")
     data, _ = D.get_dataset("imagefolder", str(tmp_path), train=True, transform="eval")
-    loader = D.make_loader(data, None, 4, shuffle=False)
+    loader = LD.make_loader(data, None, 4, shuffle=False)
     with pytest.raises(DataError, match=rf"^{re.escape(str(bad))} \(image \d+ of "
                                         rf"{re.escape(str(tmp_path / 'train'))}\): cannot be read"):
         list(loader)
@@ -213,18 +214,18 @@ def test_an_empty_split_is_refused_before_training(tmp_path, script, argv, expec
 
 def test_split_checks():
     common = dict(flag="--valid_ratio", value=0.1, images=40, train_share=False)
-    D.check_split(36, 4, **common, held_out_for="picking best.pt", processes=4)
+    DS.check_split(36, 4, **common, held_out_for="picking best.pt", processes=4)
     with pytest.raises(ValueError, match="picking best.pt needs held-out images, but --valid_ratio "
                                          "0.1 of 40 images leaves none .*; raise --valid_ratio"):
-        D.check_split(40, 0, **common, held_out_for="picking best.pt")
+        DS.check_split(40, 0, **common, held_out_for="picking best.pt")
     with pytest.raises(ValueError, match="leaves 3 training images for 4 processes"):
-        D.check_split(3, 37, **common, processes=4)
+        DS.check_split(3, 37, **common, processes=4)
     with pytest.raises(ValueError, match=r"^the 0 images \(--subset or the dataset\) leaves no"):
-        D.check_split(0, 0, flag="--valid_ratio", value=None, images=0, train_share=False)
+        DS.check_split(0, 0, flag="--valid_ratio", value=None, images=0, train_share=False)
     ds = torch.utils.data.TensorDataset(torch.arange(5))
     with pytest.raises(ValueError, match="batch size 8 is larger than the 5 images .* lower --batch_size"):
-        D.make_loader(ds, None, 8, shuffle=True, drop_last=True)
-    assert len(D.make_loader(ds, None, 8, shuffle=True)) == 1  # not dropped: one short batch
+        LD.make_loader(ds, None, 8, shuffle=True, drop_last=True)
+    assert len(LD.make_loader(ds, None, 8, shuffle=True)) == 1  # not dropped: one short batch
 
 
 def test_a_dataset_split_without_images_is_refused(tmp_path):
@@ -355,7 +356,7 @@ def _idx_case(damage, raw):
         (raw / f"{images.name}.gz").write_bytes(gzip.compress(blob[:-100]))
         return raw / f"{images.name}.gz", "truncated: 4620 bytes, its header (6 x 28 x 28) needs 4720"
     # the plain (unpacked) files, read when the idx files are already in place
-    for name in D._IDX_FILES:
+    for name in DM._IDX_FILES:
         (raw / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
     if damage == "plain labels out of range":
         labels.write_bytes(struct.pack(">II", 0x801, 6) + bytes([0, 1, 2, 3, 4, 12]))
@@ -406,7 +407,7 @@ def test_an_interrupted_unpack_removes_its_temporary_file(tmp_path, monkeypatch)
         dst.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(D.shutil, "copyfileobj", full_disk)
+    monkeypatch.setattr(DM.shutil, "copyfileobj", full_disk)
     gz = raw / "train-images-idx3-ubyte.gz"
     with pytest.raises(DataError, match=rf"^cannot unpack {re.escape(str(gz))} into "
                                         rf"{re.escape(str(raw))}: OSError: .*No space left"):
@@ -420,4 +421,4 @@ def test_the_cifar_reader_refuses_every_other_global():
     payloads.append(pickle.dumps(io.BytesIO(b"x"), protocol=2))  # any class, not only functions
     for blob in payloads:
         with pytest.raises(pickle.UnpicklingError, match="which a CIFAR batch never holds"):
-            D._CifarUnpickler(io.BytesIO(blob), encoding="latin1").load()
+            DC._CifarUnpickler(io.BytesIO(blob), encoding="latin1").load()

@@ -19,9 +19,9 @@ import torch
 
 import augment
 import search
-from utils.checkpoint import load_checkpoint, previous_path, save_checkpoint
-from utils.files import read_jsonl
-from utils.logging import MetricsWriter
+from utils.io.checkpoint import load_checkpoint, previous_path, save_checkpoint
+from utils.io.files import read_jsonl
+from utils.runtime.logging import MetricsWriter
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 

@@ -13,8 +13,8 @@ import feature
 import genotypes as gt
 import search
 from models.search_cnn import SearchNetwork
-from utils import features as ft
-from utils.genotype_files import load_alphas, load_groups
+from utils.analysis import features as ft
+from utils.io.genotype_files import load_alphas, load_groups
 
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu",

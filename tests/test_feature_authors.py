@@ -16,7 +16,7 @@ import torch
 import config
 import feature
 import search
-from utils import features as ft
+from utils.analysis import features as ft
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 

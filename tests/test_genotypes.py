@@ -1,4 +1,4 @@
-"""Tests for genotypes.py and its files (utils/genotype_files.py): named cells, I/O round
+"""Tests for genotypes.py and its files (utils/io/genotype_files.py): named cells, I/O round
 trips, validation messages, derivation, stage-1 -> stage-2 candidates, plots and the CLI.
 Pure CPU, no torch."""
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import genotypes as G
-from utils import genotype_files as GF
-from utils import plots
+from utils.io import genotype_files as GF
+from utils.analysis import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,7 @@ def test_primitives_groups_and_stage1_ops():
 
 @pytest.mark.e2e
 def test_modules_do_not_import_torch():
-    code = ("import sys, genotypes, utils.genotype_files; "
+    code = ("import sys, genotypes, utils.io.genotype_files; "
             "print('torch' in sys.modules, 'graphviz' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
@@ -428,7 +428,7 @@ def test_cli_derives_from_alphas(tmp_path, capsys):
 def test_cli_checks_genotype_file_as_module(tmp_path):
     path = tmp_path / "genotype.txt"
     path.write_text(GF.format_genotype(G.STACNAS_C10))
-    proc = subprocess.run([sys.executable, "-m", "utils.genotype_files", "--genotype", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "utils.io.genotype_files", "--genotype", str(path)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == G.genotype_to_dict(G.STACNAS_C10)

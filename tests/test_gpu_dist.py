@@ -21,12 +21,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from utils import distributed
-from utils.cli import seed_everything
-from utils.distributed import Dist
-from utils.lock import FolderBusy, hold_folder
-from utils.signals import GracefulStop
-from utils.stage import resume_rng, rng_entries
+from utils.runtime import distributed
+from utils.runtime.cli import seed_everything
+from utils.runtime.distributed import Dist
+from utils.runtime.lock import FolderBusy, hold_folder
+from utils.runtime.signals import GracefulStop
+from utils.train.stage import resume_rng, rng_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -25,10 +25,10 @@ from models.augment_cnn import FinalNetwork, ImageNetNetwork
 from models.factory import stage_candidates
 from models.search_cnn import SearchNetwork
 from models.summary import count_macs
-from utils import data as D
-from utils import features as ft
-from utils import speed
-from utils.engine import evaluate, train_epoch
+from utils.data import loaders as LD
+from utils.analysis import features as ft
+from utils.runtime import speed
+from utils.train.engine import evaluate, train_epoch
 
 META = torch.device("meta")
 
@@ -162,7 +162,7 @@ def test_compile_runs_the_plain_cells(monkeypatch):
     """torch.compile traces the paper's cells: the CPU fast path stays off under --compile
     (its autograd functions break the compiler's graph inside a checkpointed cell)."""
     import argparse
-    from utils import speed
+    from utils.runtime import speed
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     for compile_, want in ((False, ("cells", "depthwise")), (True, ())):
         args = argparse.Namespace(channels_last=None, amp="none", compile=compile_)
@@ -295,7 +295,7 @@ def _epoch(loader):
 @pytest.mark.e2e
 def test_one_loader_with_persistent_workers_replays_every_epoch_and_resume():
     ds = _Augmented()
-    persistent = D.make_loader(ds, range(2, 22), 3, shuffle=True, num_workers=2, seed=4,
+    persistent = LD.make_loader(ds, range(2, 22), 3, shuffle=True, num_workers=2, seed=4,
                                drop_last=True)
     passes = []
     for epoch in (0, 1, 1):
@@ -307,21 +307,21 @@ def test_one_loader_with_persistent_workers_replays_every_epoch_and_resume():
     assert again == second != first  # an epoch replays exactly, augmentation included
     # the same batches from a fresh loader without workers, from a mid-epoch resume, and
     # from a resume of the persistent loader
-    fresh, pids = _epoch(D.make_loader(ds, range(2, 22), 3, shuffle=True, seed=4, epoch=1,
+    fresh, pids = _epoch(LD.make_loader(ds, range(2, 22), 3, shuffle=True, seed=4, epoch=1,
                                        drop_last=True))
     assert fresh == second and pids == {os.getpid()}
-    resumed, _ = _epoch(D.make_loader(ds, range(2, 22), 3, shuffle=True, seed=4, epoch=1,
+    resumed, _ = _epoch(LD.make_loader(ds, range(2, 22), 3, shuffle=True, seed=4, epoch=1,
                                       drop_last=True, skip_batches=2))
     assert resumed == second[2:]
     persistent.set_epoch(1, skip_batches=4)
     assert len(persistent) == 2 and _epoch(persistent)[0] == second[4:]
     # the order is epoch_order's: the sample ids are the (seed, epoch) permutation's
-    order = D.epoch_order(20, True, 4, 1)
+    order = LD.epoch_order(20, True, 4, 1)
     assert [int(v[0]) for batch in second for v in batch] == [2 + i for i in order[:18]]
 
 
 def test_loading_in_the_main_process_leaves_the_training_rng_alone():
-    loader = D.make_loader(_Augmented(), None, 4, shuffle=True, seed=1)
+    loader = LD.make_loader(_Augmented(), None, 4, shuffle=True, seed=1)
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
@@ -331,7 +331,7 @@ def test_loading_in_the_main_process_leaves_the_training_rng_alone():
 
 def test_ranks_draw_different_augmentations_for_the_same_batch():
     ds = _Augmented()
-    got = [_epoch(D.make_loader(ds, None, 2, shuffle=False, seed=3, replicas=(rank, 2)))[0]
+    got = [_epoch(LD.make_loader(ds, None, 2, shuffle=False, seed=3, replicas=(rank, 2)))[0]
            for rank in (0, 1)]
     assert [[int(v[0]) for v in b] for b in got[0]] == [[int(v[0]) for v in b] for b in got[1]]
     assert got[0] != got[1]
@@ -341,7 +341,7 @@ def test_resumed_bilevel_held_out_stream_goes_on_where_it_was():
     """search.py cycles the held-out batches through an epoch; resumed at step s it goes on
     with batch s of that stream, across the wrap-around too."""
     ds = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = D.make_loader(ds, None, 3, shuffle=True, seed=9)  # 4 batches
+    loader = LD.make_loader(ds, None, 3, shuffle=True, seed=9)  # 4 batches
     owner = types.SimpleNamespace(valid_loader=loader)
     take = lambda stream, k: [next(stream)[0].tolist() for _ in range(k)]  # noqa: E731
     whole = take(search.Search.valid_batches(owner, 2, 0), 11)
@@ -353,11 +353,11 @@ def test_resumed_bilevel_held_out_stream_goes_on_where_it_was():
 def test_pin_memory_follows_the_device_not_whether_cuda_exists(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ds = torch.utils.data.TensorDataset(torch.arange(4))
-    cpu = D.loader_options(torch.device("cpu"), 0)
+    cpu = LD.loader_options(torch.device("cpu"), 0)
     assert cpu == {"num_workers": 0, "pin_memory": False}
-    assert not D.make_loader(ds, None, 2, shuffle=False, **cpu).pin_memory
-    assert not D.make_loader(ds, None, 2, shuffle=False).pin_memory  # off unless asked
-    assert D.loader_options(torch.device("cuda", 1), 0)["pin_memory"] is True
+    assert not LD.make_loader(ds, None, 2, shuffle=False, **cpu).pin_memory
+    assert not LD.make_loader(ds, None, 2, shuffle=False).pin_memory  # off unless asked
+    assert LD.loader_options(torch.device("cuda", 1), 0)["pin_memory"] is True
 
 
 def test_num_workers_default_depends_on_the_device(monkeypatch):
@@ -365,14 +365,14 @@ def test_num_workers_default_depends_on_the_device(monkeypatch):
     assert args.num_workers is None
     assert "on CUDA" in config.search_parser().format_help()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert D.loader_options(cpu, None)["num_workers"] == 2
-    assert D.loader_options(cuda, 3)["num_workers"] == 3  # as given
-    assert D.loader_options(cpu, 0)["num_workers"] == 0
+    assert LD.loader_options(cpu, None)["num_workers"] == 2
+    assert LD.loader_options(cuda, 3)["num_workers"] == 3  # as given
+    assert LD.loader_options(cpu, 0)["num_workers"] == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert D.default_num_workers(cuda) == 8  # at most 8
+    assert LD.default_num_workers(cuda) == 8  # at most 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert D.default_num_workers(cuda) == 4  # the CPUs shared by 8 local processes
+    assert LD.default_num_workers(cuda) == 4  # the CPUs shared by 8 local processes
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert D.default_num_workers(cuda) == 1  # at least 1
-    assert D.default_num_workers(cpu) == 2
+    assert LD.default_num_workers(cuda) == 1  # at least 1
+    assert LD.default_num_workers(cpu) == 2

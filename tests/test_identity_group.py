@@ -12,8 +12,8 @@ from models.factory import build_supernet, stage_candidates
 from models.ops import FactorizedReduce, Identity
 from models.search_cells import MixedOp, edge_key, module_keys
 from summary import main as summary_main
-from utils import genotype_files as gf
-from utils.data import DatasetInfo
+from utils.io import genotype_files as gf
+from utils.data.info import DatasetInfo
 
 TINY = DatasetInfo(3, 16, 10)
 SKIP2 = ["skip_connect", "skip_connect", "none"]

@@ -1,7 +1,9 @@
 """The import graph keeps its layers: scripts -> config -> utils -> models -> genotypes, never
 upward, no script importing another script (bench's entry points may import bench's own
-module), no private name imported from another module, no cycle. Every import counts, also
-those inside functions."""
+module), no private name imported from another module, no cycle. models/ holds networks only:
+it imports nothing from utils/, the reader of the authors' files (utils/pickles/) included.
+utils/ has one folder per concern and no loose module. Every import counts, also those inside
+functions."""
 import ast
 from pathlib import Path
 
@@ -87,3 +89,36 @@ def test_imports_respect_the_layers():
 
 def test_search_defaults_name_every_stage():
     assert tuple(config.SEARCH_DEFAULTS) == SEARCH_STAGES
+
+
+def _edges() -> list[tuple[str, str, int]]:
+    """(importing module, imported module, line) of every import between project modules."""
+    modules = _modules()
+    return [(module, target, line) for module, path in modules.items()
+            for target, _, line in _imports(path, modules) if target != module]
+
+
+def test_models_hold_networks_only():
+    """models/ imports nothing from utils/ (the authors'-file reader, utils.pickles, included),
+    nor any script: the networks read without the machinery around them."""
+    found = [f"{module} line {line}: {target}" for module, target, line in _edges()
+             if module.split(".")[0] == "models" and _layer(target) > _layer(module)]
+    assert not found, "\n".join(found)
+    readers = [m for m in _modules() if m.startswith("models.")
+               and any(word in m for word in ("legacy", "pickle"))]
+    assert not readers, f"the authors' reader belongs in utils.pickles, not {readers}"
+
+
+def test_no_module_imports_a_script():
+    """No module imports a script (bench's entry points may import bench's own module)."""
+    found = [f"{module} line {line}: {target}" for module, target, line in _edges()
+             if target in SCRIPTS and not module.startswith("bench.")]
+    assert not found, "\n".join(found)
+
+
+def test_utils_is_split_by_concern():
+    """Every module of utils/ sits in a folder named by its concern."""
+    loose = [m for m, path in _modules().items()
+             if m.startswith("utils.") and path.parent == ROOT / "utils"]
+    assert not loose, f"modules directly under utils/: {loose}"
+

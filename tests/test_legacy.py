@@ -1,4 +1,4 @@
-"""models.legacy: the authors' pickled checkpoints are read without their code and without
+"""utils.pickles.authors: the authors' pickled checkpoints are read without their code and without
 running anything from the file, and rebuilt as our FinalNetwork with the same logits."""
 import os
 import pickle
@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 
 import genotypes as gt
-from models import legacy, legacy_pickle
-from models.legacy import LegacyCheckpointError, load_authors_checkpoint, read_authors_checkpoint
+from utils.pickles import authors, unpickler
+from utils.pickles.authors import (LegacyCheckpointError, load_authors_checkpoint,
+                                   read_authors_checkpoint)
 from tests import authors_format as af
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +169,7 @@ def test_resaved_zip_format_loads(c10, tmp_path):
 def test_network_spec_rebuilds_the_same_network(c10):
     from models.factory import build_from_spec
     model, path = c10
-    net, spec = legacy.load_authors_network(path)
+    net, spec = authors.load_authors_network(path)
     assert spec["kind"] == "cifar" and spec["stem_multiplier"] == 3
     assert (spec["in_channels"], spec["input_size"], spec["num_classes"]) == (3, 32, 10)
     assert gt.genotype_from_dict(spec["genotype"]) == gt.STACNAS_C10
@@ -247,7 +248,7 @@ def test_unknown_persistent_id_is_refused(tmp_path):
 
     path = tmp_path / "pid.pth.tar"
     with open(path, "wb") as f:
-        for header in (legacy_pickle.MAGIC_NUMBER, legacy_pickle.PROTOCOL_VERSION, {"little_endian": True}):
+        for header in (unpickler.MAGIC_NUMBER, unpickler.PROTOCOL_VERSION, {"little_endian": True}):
             pickle.dump(header, f, protocol=2)
         Pickler(f, protocol=2).dump({"x": "hook"})
     with pytest.raises(LegacyCheckpointError, match="refusing to load: .*persistent id"):
@@ -255,7 +256,7 @@ def test_unknown_persistent_id_is_refused(tmp_path):
 
 
 def test_allowed_globals_are_the_documented_classes_and_tensor_internals():
-    allowed = legacy_pickle.ALLOWED_GLOBALS
+    allowed = unpickler.ALLOWED_GLOBALS
     assert set(DOC_CLASS_COUNTS) <= allowed
     assert {"torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "torch.LongStorage",
             "collections.OrderedDict"} <= allowed
@@ -285,7 +286,7 @@ def _write_legacy(path, obj, storages):
             return o.pid if isinstance(o, _Storage) else None
 
     with open(path, "wb") as f:
-        for header in (legacy_pickle.MAGIC_NUMBER, legacy_pickle.PROTOCOL_VERSION,
+        for header in (unpickler.MAGIC_NUMBER, unpickler.PROTOCOL_VERSION,
                        {"protocol_version": 1001, "little_endian": True,
                         "type_sizes": {"short": 2, "int": 4, "long": 8}}):
             pickle.dump(header, f, protocol=2)
@@ -304,16 +305,16 @@ def test_storage_views_gpu_storages_and_strides(tmp_path):
            "n": _Tensor(longs, 0, (), ())}
     path = tmp_path / "v1.pth.tar"
     _write_legacy(path, obj, {"7": data, "9": torch.tensor([42])})
-    refs, storages, source = legacy_pickle.read_objects(path)
-    got = {k: legacy._materialise(r, storages, source, k) for k, r in refs.items()}
+    refs, storages, source = unpickler.read_objects(path)
+    got = {k: authors._materialise(r, storages, source, k) for k, r in refs.items()}
     assert torch.equal(got["view"], data[4:10].view(2, 3))
     assert torch.equal(got["t"], data.as_strided((3, 2), (1, 3), 1))
     assert got["n"].dtype == torch.int64 and got["n"].item() == 42
     obj["bad"] = _Tensor(view, 4, (2, 3), (3, 1))
     _write_legacy(path, obj, {"7": data, "9": torch.tensor([42])})
-    refs, storages, source = legacy_pickle.read_objects(path)
+    refs, storages, source = unpickler.read_objects(path)
     with pytest.raises(LegacyCheckpointError, match="tensor bad reaches past its storage"):
-        legacy._materialise(refs["bad"], storages, source, "bad")
+        authors._materialise(refs["bad"], storages, source, "bad")
 
 
 # ----------------------------------------------------------------------------- damaged files
@@ -410,7 +411,7 @@ def no_load(*args, **kwargs):
 torch.load = no_load
 names = ("augment_cnn", "cells", "operators")
 assert all(importlib.util.find_spec(n) is None for n in names)
-from models.legacy import load_authors_checkpoint
+from utils.pickles.authors import load_authors_checkpoint
 net = load_authors_checkpoint({str(path)!r})
 with torch.no_grad():
     got = net(expected["x"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.lock import FolderBusy, FolderLock
+from utils.runtime.lock import FolderBusy, FolderLock
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -49,7 +49,7 @@ def _reap(pid: int) -> None:
 # ----------------------------------------------------------------------------------- the lock
 HOLD_AND_FORK = """
 import os, sys, time
-from utils.lock import FolderLock
+from utils.runtime.lock import FolderLock
 FolderLock(sys.argv[1]).acquire()
 child = os.fork()
 if child == 0:          # like a DataLoader worker, forked while the lock is held
@@ -103,7 +103,7 @@ with ae.out_lock(Path(sys.argv[1])):
 
 @pytest.mark.e2e
 def test_alpha_efficiency_hands_its_lock_to_the_training_run_which_outlives_a_kill_9(tmp_path):
-    """One lock implementation for the stages and alpha_efficiency.py (utils.lock): the training
+    """One lock implementation for the stages and alpha_efficiency.py (utils.runtime.lock): the training
     run holds the analysis' lock, so a rerun after kill -9 waits until that run has stopped."""
     first = _python(HAND_OVER_THEN_DIE, tmp_path)
     run = int(first.stdout.readline())
@@ -181,8 +181,8 @@ def read_events(path: Path) -> tuple[list, int]:
 FILL_THE_DISK = """
 import sys, torch
 from pathlib import Path
-from utils.cli import run_guarded
-from utils.logging import MetricsWriter
+from utils.runtime.cli import run_guarded
+from utils.runtime.logging import MetricsWriter
 
 def fill():
     metrics = MetricsWriter(Path(sys.argv[1]))
@@ -216,7 +216,7 @@ def test_a_full_disk_is_one_line_naming_the_event_file_which_stays_readable(tmp_
 def test_a_second_writer_in_the_same_second_keeps_the_first_ones_file(tmp_path, monkeypatch):
     """tensorboardX's EventsWriter names its file by the second and opens it with "wb": the
     second writer below would truncate the first one's file. EventsFile takes a new name."""
-    from utils.logging import EventsFile
+    from utils.runtime.logging import EventsFile
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
     first = EventsFile(tmp_path)
     first.add_scalar("loss", 0.5, 1)

@@ -23,11 +23,11 @@ import genotypes as gt
 import run_all
 import search
 import summary
-from utils import alpha_efficiency as ae
-from utils import genotype_files as gf
-from utils.logging import params_text
-from utils.stage import progress_text
-from utils.summary import write_summary
+from utils.analysis import alpha_efficiency as ae
+from utils.io import genotype_files as gf
+from utils.runtime.logging import params_text
+from utils.train.stage import progress_text
+from utils.analysis.summary import write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

@@ -14,9 +14,9 @@ import torch
 
 import genotypes as gt
 import run_all
-from utils import genotype_files as gf
-from utils.alpha_efficiency import summarise
-from utils.summary import genotype_agreement, write_summary
+from utils.io import genotype_files as gf
+from utils.analysis.alpha_efficiency import summarise
+from utils.analysis.summary import genotype_agreement, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--device", "cpu", "--num_workers", "0"]

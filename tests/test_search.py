@@ -7,8 +7,8 @@ import torch
 
 import genotypes as gt
 import search
-from utils import genotype_files as gf
-from utils.checkpoint import load_checkpoint, previous_path
+from utils.io import genotype_files as gf
+from utils.io.checkpoint import load_checkpoint, previous_path
 
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_cells", "3",
@@ -244,7 +244,7 @@ def test_search2_with_the_released_identity_group(tmp_path):
 @pytest.mark.e2e
 def test_bf16_without_native_support_falls_back_to_float32_with_a_warning(tmp_path, monkeypatch):
     """--amp bf16 on a CPU without native bf16 (AVX2 class): one warning, float32 training."""
-    from utils import speed
+    from utils.runtime import speed
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
     assert _run(tmp_path, "search1", "--amp", "bf16", epochs=1) == 0
     stage = tmp_path / "exp" / "search1"

@@ -7,8 +7,8 @@ from models.factory import build_supernet, stage_candidates
 from models.ops import make_op
 from models.search_cells import MixedOp
 from models.search_cnn import SearchNetwork
-from utils import genotype_files as gf
-from utils.data import DatasetInfo
+from utils.io import genotype_files as gf
+from utils.data.info import DatasetInfo
 
 TINY = DatasetInfo(3, 16, 10)
 

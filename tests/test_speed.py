@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import config
-from utils import speed
+from utils.runtime import speed
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -8,7 +8,7 @@ import pytest
 
 import genotypes as gt
 from summary import main
-from utils import genotype_files as gf
+from utils.io import genotype_files as gf
 
 ROOT = Path(__file__).resolve().parents[1]
 

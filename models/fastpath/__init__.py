@@ -4,7 +4,7 @@
 paper) into its fast form in place: cells, mixed ops and network forwards from
 `cells.py`, depthwise convolutions with the faster backward of `functions.py`, weight-free ops
 shared per state. Parameters, buffers and state-dict keys do not change, so checkpoints move
-freely between the two forms. utils.speed enables it on CPU, where it was measured to pay
+freely between the two forms. utils.runtime.speed enables it on CPU, where it was measured to pay
 (README, "Speed, memory and multiple GPUs"); on GPUs cuDNN serves the plain path.
 tests/test_fastpath.py pins every fast form to the plain one (outputs, gradients, BatchNorm
 statistics).

@@ -27,7 +27,8 @@ from models.augment_cnn import FinalNetwork, ImageNetNetwork
 from models.fastpath.functions import concat_channels, scale_by, scaled_batch_norm
 from models.ops import (DilConv, FacConv, FactorizedReduce, Identity, PoolBN, SepConv, StdConv,
                         drop_path)
-from models.search_cells import MixedOp, SearchCell, edge_key, run_cell
+from models.search_cells import MixedOp, SearchCell, edge_key
+from models.shared import run_cell
 from models.search_cnn import SearchNetwork
 
 STARTS_WITH_RELU = (StdConv, DilConv, SepConv, FacConv, FactorizedReduce)
@@ -121,7 +122,7 @@ class FastSearchCell(SearchCell):
 
 
 def run_cells_relued(net: nn.Module, s0: torch.Tensor, s1: torch.Tensor, cell_args: Iterable):
-    """models.augment_cnn.run_cells with one ReLU per cell output, shared by the two cells
+    """models.shared.run_cells with one ReLU per cell output, shared by the two cells
     that read it (their preprocessing starts with that ReLU)."""
     aux_logits = None
     r0 = torch.relu(s0)

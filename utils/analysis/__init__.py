@@ -1,0 +1,1 @@
+"""Analysis of finished runs: feature clustering, alpha efficiency, run summaries, plots."""
