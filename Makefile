@@ -1,5 +1,6 @@
 # make install : .venv with the requirements (+ Debian graphviz and Fashion-MNIST when root)
-# make test    : install, the development requirements (pytest), then both test tiers
+# make test    : install, the development requirements (pytest, ruff), lint, then both test tiers
+# make lint    : ruff (ruff.toml: line length 100, pyflakes, bugbear, pyupgrade)
 # make test-fast : the fast tier only (unit tests, no processes; under 2 minutes on 2 cores)
 # make demo    : install, then the quick pipeline offline on Fashion-MNIST (~11 min on 2 cores)
 # make test-floor : the test suite on the oldest PyTorch requirements.txt allows, in .venv-floor
@@ -17,7 +18,7 @@ endif
 FLOOR_SPEC ?= torch==2.4.1 torchvision==0.19.1 numpy<2
 APT_PACKAGES := graphviz dataset-fashion-mnist
 
-.PHONY: install dev test test-fast test-floor demo system-packages clean
+.PHONY: install dev lint test test-fast test-floor demo system-packages clean
 
 install: $(VENV)/.installed system-packages
 
@@ -45,8 +46,11 @@ system-packages:
 	  command -v dot >/dev/null 2>&1 || echo "note: graphviz 'dot' not found; cell plots will be skipped (apt-get install graphviz)"; \
 	fi
 
-# Both tiers: the fast unit tests and the end-to-end tests (marker e2e, see pytest.ini).
-test: dev
+lint: dev
+	$(VENV)/bin/ruff check .
+
+# Lint, then both tiers: the fast unit tests and the end-to-end tests (marker e2e, pytest.ini).
+test: lint
 	$(PY) -m pytest -q
 
 # The fast tier: no subprocess, no multiprocessing, no DataLoader workers, no server

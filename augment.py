@@ -27,9 +27,9 @@ import torch.nn as nn
 
 import config
 import genotypes as gt
-from models.factory import build_from_spec, network_spec
 from models.summary import count_macs, count_params_without_aux
 from utils.runtime import distributed, speed
+from utils.runtime.context import Runtime
 from utils.io.checkpoint import FINAL_FORMAT, load_checkpoint, save_checkpoint
 from utils.io.checkpoint_fields import check_final_checkpoint, require_kind
 from utils.runtime.cli import run_guarded, seed_everything
@@ -40,6 +40,7 @@ from utils.runtime.distributed import Dist
 from utils.train.engine import Interrupted, evaluate, loss_and_logits, optimizer_step, train_epoch
 from utils.io.files import write_json
 from utils.io.genotype_files import format_genotype, load_genotype
+from utils.io.network_spec import build_from_spec, network_spec
 from utils.runtime.logging import params_text, run_info
 from utils.io.runconfig import config_dict
 from utils.train.schedules import lr_schedule
@@ -74,7 +75,6 @@ class Augment:
         self.args, self.log = args, log
         self.dir = Path(args.stage_dir)
         self.device, self.ranks = device, ranks
-        self.dist = ranks if ranks.enabled else None
         # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
         seed_everything(args.seed + ranks.rank, args.deterministic)
         genotype = chosen_genotype(args)
@@ -119,12 +119,11 @@ class Augment:
                 "on CUDA only, so each process normalises with its own batch statistics")
         elif args.sync_bn and ranks.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        speed.resolve(args, device, "final", log)
-        speed.prepare(self.model, args, device)
-        self.memory_format = speed.memory_format(args, device)
-        self.autocast = speed.autocast(args, device)
-        self.scaler = speed.grad_scaler(args, device)
-        self.forward_model = speed.maybe_compile(distributed.wrap(self.model, ranks, device), args)
+        # device, speed plan, fp16's scaler and process group: for the engine
+        self.runtime = Runtime.for_stage(args, device, "final", ranks, log)
+        speed.prepare(self.model, self.runtime.speed, device)
+        self.forward_model = speed.maybe_compile(distributed.wrap(self.model, ranks, device),
+                                                 self.runtime.speed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
         self.scheduler = lr_schedule(self.optimizer, args.epochs, args.lr, args.lr_min,
@@ -150,7 +149,7 @@ class Augment:
                 "run": self.run_id, "config": config_dict(self.args), "network": self.spec,
                 "dataset": self.args.dataset, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "scaler": None if self.runtime.scaler is None else self.runtime.scaler.state_dict(),
                 **rng_entries(self.ranks, self.device), "best": dict(self.best),
                 "elapsed": self.elapsed}
 
@@ -164,8 +163,8 @@ class Augment:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.runtime.scaler is not None and state.get("scaler"):
+            self.runtime.scaler.load_state_dict(state["scaler"])
         resume_rng(state, path, self.ranks, self.device, self.log)
         self.best, self.elapsed = state["best"], state["elapsed"]
         self.run_id = state.get("run") or self.run_id
@@ -174,10 +173,10 @@ class Augment:
     # -- one epoch ----------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor):
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        with self.runtime.autocast():
             loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion, self.args.aux_weight)
         optimizer_step(loss, [self.optimizer], self.model.parameters(), self.args.grad_clip,
-                       self.scaler)
+                       self.runtime.scaler)
         return loss.detach(), logits.detach()
 
     def train(self, epoch: int, first_step: int = 0, should_stop=None) -> dict:
@@ -186,16 +185,13 @@ class Augment:
         self.model.drop_path_prob = a.drop_path * epoch / a.epochs
         self.model.train()
         self.train_loader.set_epoch(epoch, first_step)
-        return train_epoch(self.train_loader, self.step, device=self.device, epoch=epoch,
+        return train_epoch(self.train_loader, self.step, runtime=self.runtime, epoch=epoch,
                            epochs=a.epochs, log=self.log, print_freq=a.print_freq,
-                           dist_info=self.dist, memory_format=self.memory_format,
                            should_stop=should_stop, first_step=first_step)
 
     def evaluate(self, split: str) -> dict:
         """The network's figures on "valid" (the held-out part of the training set) or "test"."""
-        return evaluate(self.model, self.eval_loaders[split], self.eval_criterion,
-                        device=self.device, dist_info=self.dist, memory_format=self.memory_format,
-                        autocast=self.autocast)
+        return evaluate(self.model, self.eval_loaders[split], self.eval_criterion, self.runtime)
 
     def epoch_record(self, epoch: int) -> dict:
         """Held-out (keeps best.pt) and test (monitoring only) figures after `epoch`."""

@@ -3,16 +3,16 @@ correlated ops (sec. 3), genotypes (DARTS's and the paper's named cells), which 
 searches after stage 1, and how a stage's alphas give the final genotype.
 
 Pure data and the standard library, so every module and test can use it without torch. A
-genotype's plain form (the dicts genotype.json and checkpoints hold) and its validation live
-here, beside the cell rules they check; the files (genotype.json / genotype.txt, alphas.json,
-groups.json), their checks on reading and the command line are in utils/io/genotype_files.py;
-cell plots in utils/analysis/plots.py.
+genotype's plain form (the dicts genotype.json and checkpoints hold) and its validation are in
+utils/io/genotype_checks.py; the files (genotype.json / genotype.txt, alphas.json,
+groups.json) and their checks on reading in utils/io/genotype_files.py; cell plots in
+utils/analysis/plots.py.
 
 Alphas: ``{set: [node][edge] -> {"ops": [names], "alphas": [raw values]}}`` where set is
 "normal"/"reduce" (shared alphas) or "cell_0", "cell_1", ... (one set per cell), node i has
 i+2 incoming edges and edge j reads input j (0 = c_{k-2}, 1 = c_{k-1}, 2+ = earlier nodes).
 An edge's ops are distinct, except that skip_connect may be listed twice, side by side, as
-stage 2's identity group of the authors' released code has it (:func:`released_groups`).
+stage 2's identity group of the authors' released code has it (utils/train/groups.py).
 The derivation rules take alphas as a model gives them or as
 ``utils.io.genotype_files.load_alphas`` returns them (checked).
 """
@@ -37,14 +37,10 @@ GROUPS = {
                 "members": ["dil_conv_3x3", "dil_conv_5x5", "none"]},
     "zero": {"representative": "none", "members": ["none"]},
 }
-# The authors' released code lists skip_connect twice in stage 2's identity group: two
-# identities, each with its own alpha (skip starts with 2/3 of the edge's softmax), and at
-# stride 2 two FactorizedReduce modules with their own weights. `released_groups` reproduces
-# it (an option); GROUPS, our default, lists skip_connect once, as the paper's groups do.
-RELEASED_IDENTITY_MEMBERS = ["skip_connect", "skip_connect", "none"]
-# The one op a candidate list may repeat: twice at most, the two copies side by side.
+# The one op a candidate list may repeat: twice at most, the two copies side by side, as the
+# authors' released code lists stage 2's identity group (utils/train/groups.py); GROUPS, our
+# default, lists skip_connect once, as the paper's groups do.
 DUPLICABLE_OP = "skip_connect"
-IDENTITY_GROUP_CHOICES = ("single", "released")
 NUM_NODES = 4
 # Cells of a network: two reduction cells need at least 3; more than 100 is no network this
 # code trains (the parsers and the checkpoint checks use the same range).
@@ -120,26 +116,6 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def unknown_op(op: Any) -> str:
-    """The problem of an op name that is not in KNOWN_OPS."""
-    return f"unknown op {short_repr(op)} (known: {', '.join(KNOWN_OPS)})"
-
-
-def require_keys(d: Any, keys: tuple, source: str, entry: str) -> None:
-    """GenotypeError unless `d` is an object with exactly `keys`."""
-    if not isinstance(d, dict):
-        raise GenotypeError.at(source, entry, f"expected an object with keys {', '.join(keys)}, "
-                                              f"got {type(d).__name__}")
-    for key in keys:
-        if key not in d:
-            raise GenotypeError.at(source, entry, f"missing key {key!r} (expected keys "
-                                                  f"{', '.join(keys)})")
-    for key in d:
-        if key not in keys:
-            raise GenotypeError.at(source, entry, f"unexpected key {key!r} (expected keys "
-                                                  f"{', '.join(keys)})")
-
-
 def get_named_genotype(name: str) -> Genotype:
     """Return a published genotype of this module by name (e.g. ``DARTS_V2``)."""
     genotype = getattr(sys.modules[__name__], name, None) if isinstance(name, str) else None
@@ -211,114 +187,11 @@ def count_ops(g: AnyGenotype, op: str = "skip_connect") -> int:
     return sum(name == op for _, ops, _, _ in cell_kinds(g) for name, _ in ops)
 
 
-# ----------------------------------------------------------------------------- genotypes
-def _check_ops(ops: Any, num_nodes: int, source: str, name: str) -> None:
-    expected = 2 * num_nodes
-    if not isinstance(ops, (list, tuple)) or len(ops) != expected:
-        count = f"{len(ops)} entries" if isinstance(ops, (list, tuple)) else short_repr(ops)
-        raise GenotypeError.at(source, name, f"{count}, expected {expected} (2 per node x "
-                                             f"{num_nodes} nodes)")
-    for k, entry in enumerate(ops):
-        where, node = f"{name}[{k}]", k // 2
-        if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str)
-                or not isinstance(entry[1], int) or isinstance(entry[1], bool)):
-            raise GenotypeError.at(source, where, f"expected [op, input] (a string and an "
-                                                  f"integer), got {short_repr(entry)}")
-        op, inp = entry
-        if op not in KNOWN_OPS:
-            raise GenotypeError.at(source, where, unknown_op(op))
-        if op == "none":
-            raise GenotypeError.at(source, where, "op 'none' is not allowed in a final genotype "
-                                                  "(a final cell never uses it; pick a real op)")
-        if not 0 <= inp <= node + 1:
-            raise GenotypeError.at(source, where, f"input {inp} out of range for node {node} "
-                                                  f"(allowed 0..{node + 1})")
-
-
-def _check_concat(concat: Any, num_nodes: int, source: str, name: str) -> None:
-    top = num_nodes + 1
-    ok = (isinstance(concat, (list, tuple)) and len(concat) > 0
-          and all(isinstance(c, int) and not isinstance(c, bool) and 2 <= c <= top for c in concat))
-    if not ok or len(set(concat)) != len(concat):
-        raise GenotypeError.at(source, name, f"expected a list of distinct node indices in "
-                                             f"2..{top}, got {short_repr(concat)}")
-
-
-def validate_genotype(g: Any, num_nodes: int = NUM_NODES, source: str = "genotype") -> AnyGenotype:
-    """Check a Genotype or a list of CellGenotype; raise GenotypeError, else return it."""
-    if isinstance(g, Genotype):
-        names = [("normal", "normal_concat"), ("reduce", "reduce_concat")]
-    elif isinstance(g, list) and g and all(isinstance(c, CellGenotype) for c in g):
-        names = [(f"cell[{i}].ops", f"cell[{i}].concat") for i in range(len(g))]
-        _check_reductions(g, source)
-    else:
-        raise GenotypeError.at(source, "", f"expected a Genotype or a non-empty list of "
-                                           f"CellGenotype, got {type(g).__name__}")
-    for (ops_name, concat_name), (_, ops, concat, _) in zip(names, cell_kinds(g)):
-        _check_ops(ops, num_nodes, source, ops_name)
-        _check_concat(concat, num_nodes, source, concat_name)
-    return g
-
-
-def _check_reductions(cells: list, source: str) -> None:
-    """A per-cell genotype has MIN_CELLS..MAX_CELLS cells and its reduction flags are
-    true/false exactly at :func:`reduction_cells` of its length (the network it builds)."""
-    for i, cell in enumerate(cells):
-        if not isinstance(cell.reduction, bool):
-            raise GenotypeError.at(source, f"cell[{i}].reduction",
-                                   f"expected true/false, got {short_repr(cell.reduction)}")
-    if not MIN_CELLS <= len(cells) <= MAX_CELLS:
-        raise GenotypeError.at(source, "", f"a per-cell genotype of {len(cells)} cells; a "
-                                           f"network has {MIN_CELLS}..{MAX_CELLS} cells")
-    expected = reduction_cells(len(cells))
-    for i, cell in enumerate(cells):
-        if cell.reduction != (i in expected):
-            raise GenotypeError.at(source, f"cell[{i}].reduction",
-                                   f"is {str(cell.reduction).lower()}, but a {len(cells)}-cell "
-                                   f"network reduces at cells {sorted(expected)} only")
-
-
-def genotype_to_dict(g: AnyGenotype) -> Union[dict, list]:
-    """Plain data (as genotype.json and checkpoints hold it): a dict for a Genotype, a list of
-    cell dicts for a per-cell genotype."""
-    pairs = lambda ops: [[op, int(inp)] for op, inp in ops]  # noqa: E731
-    ints = lambda concat: [int(n) for n in concat]  # noqa: E731
-    if isinstance(g, Genotype):
-        return {"normal": pairs(g.normal), "normal_concat": ints(g.normal_concat),
-                "reduce": pairs(g.reduce), "reduce_concat": ints(g.reduce_concat)}
-    return [{"cell": i, "reduction": cell.reduction, "ops": pairs(cell.ops),
-             "concat": ints(cell.concat)} for i, cell in enumerate(g)]
-
-
-def _tuples(value: Any) -> Any:
-    """Turn [op, input] lists into tuples where the shape allows; validation judges the rest."""
-    if not isinstance(value, list):
-        return value
-    return [tuple(e) if isinstance(e, list) else e for e in value]
-
-
-def genotype_from_dict(d: Any, source: str = "genotype", num_nodes: int = NUM_NODES) -> AnyGenotype:
-    """Inverse of :func:`genotype_to_dict`, validated; errors name ``source`` and the entry."""
-    if isinstance(d, list) and d:
-        cells = []
-        for i, cell in enumerate(d):
-            require_keys(cell, ("cell", "reduction", "ops", "concat"), source, f"cell[{i}]")
-            if isinstance(cell["cell"], bool) or cell["cell"] != i:
-                raise GenotypeError.at(source, f"cell[{i}].cell", f"is {short_repr(cell['cell'])}, "
-                                                                 f"expected {i} (list the cells "
-                                                                 "in order from 0)")
-            cells.append(CellGenotype(_tuples(cell["ops"]), cell["concat"], cell["reduction"]))
-        return validate_genotype(cells, num_nodes, source)
-    require_keys(d, Genotype._fields, source, "")
-    g = Genotype(_tuples(d["normal"]), d["normal_concat"], _tuples(d["reduce"]), d["reduce_concat"])
-    return validate_genotype(g, num_nodes, source)
-
-
 # ----------------------------------------------------------------------------- groups
 def duplicate_problem(ops: list) -> Optional[str]:
     """Why a candidate list's repeats are not allowed (one line), or None when it repeats
     nothing or only skip_connect as the released code does: twice, the copies side by side
-    (see RELEASED_IDENTITY_MEMBERS)."""
+    (skip_connect, skip_connect, none)."""
     counts: dict = {}
     for op in ops:
         counts[op] = counts.get(op, 0) + 1
@@ -333,7 +206,7 @@ def duplicate_problem(ops: list) -> Optional[str]:
     if counts[DUPLICABLE_OP] > 2 or ops[first + 1] != DUPLICABLE_OP:
         return (f"{DUPLICABLE_OP!r} listed {counts[DUPLICABLE_OP]} times in {list(ops)}; it may "
                 "appear at most twice, the two copies side by side (the released code's "
-                f"identity group {RELEASED_IDENTITY_MEMBERS})")
+                "identity group: skip_connect, skip_connect, none)")
     return None
 
 
@@ -343,47 +216,6 @@ def stage1_primitives(groups: dict) -> list[str]:
 
 
 STAGE1_PRIMITIVES = stage1_primitives(GROUPS)
-
-
-def _copy_groups(groups: dict) -> dict:
-    return {name: {"representative": g["representative"], "members": list(g["members"])}
-            for name, g in groups.items()}
-
-
-def released_groups(groups: dict = GROUPS) -> dict:
-    """The groups with skip_connect listed twice, as the authors' released code lists stage
-    2's identity group: ``identity`` becomes RELEASED_IDENTITY_MEMBERS
-    (skip_connect, skip_connect, none). Stage 2 then gives each identity edge two skip terms
-    with their own alphas (2/3 of the initial softmax on skip) and, at stride 2, two
-    FactorizedReduce modules with their own weights. The representatives, hence stage 1, are
-    unchanged. In custom groups the second copy follows the first in whichever group holds
-    skip_connect; groups that already list it twice are returned as they are. A new dict."""
-    clean = _copy_groups(groups)
-    holders = [name for name, g in clean.items() if DUPLICABLE_OP in g["members"]]
-    if not holders:
-        raise GenotypeError.at("groups", "", f"no group has {DUPLICABLE_OP!r} among its "
-                                             "members; the released identity group needs one")
-    members = clean[holders[0]]["members"]
-    if members.count(DUPLICABLE_OP) == 1:
-        k = members.index(DUPLICABLE_OP)
-        members.insert(k + 1, DUPLICABLE_OP)
-    return clean
-
-
-def identity_group(groups: dict, choice: str) -> dict:
-    """``groups`` for an identity-group choice (IDENTITY_GROUP_CHOICES): "single" (ours, the
-    paper's: skip_connect once; a second copy, if any, is dropped), "released"
-    :func:`released_groups`. A new dict."""
-    if choice == "single":
-        clean = _copy_groups(groups)
-        for g in clean.values():
-            if g["members"].count(DUPLICABLE_OP) > 1:
-                g["members"].remove(DUPLICABLE_OP)
-        return clean
-    if choice == "released":
-        return released_groups(groups)
-    raise ValueError(f"unknown identity group {choice!r}; choose one of "
-                     f"{', '.join(IDENTITY_GROUP_CHOICES)}")
 
 
 # ----------------------------------------------------------------------------- derivation

@@ -32,20 +32,23 @@ if __name__ == "__main__":  # before the imports below (torch: seconds), so that
 
 import argparse
 import json
-import math
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import config
+import genotypes as gt
+from utils.data.info import DATASETS
+from utils.runtime import flags, gpus
 from utils.train import pipeline
 from utils.runtime.cli import run_guarded
-from utils.io.files import BadFile, read_json, write_text
+from utils.io.files import write_text
 from utils.runtime.signals import ForwardToChild
+from utils.train.pipeline_report import (Interrupted, exit_status, failure_text, how_it_ended,
+                                         read_timings)
 from utils.train.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.analysis.summary import summarised_seeds, summary_stem, write_summary
 
@@ -53,17 +56,17 @@ ROOT = Path(__file__).resolve().parent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config.new_parser("run_all.py", "search1 -> search2 -> augment -> test (-> feature) "
+    p = flags.new_parser("run_all.py", "search1 -> search2 -> augment -> test (-> feature) "
                           "for one or several seeds, then a summary: summary.md (--method "
                           "stacnas), summary_darts.md (darts) or summary_both.md (both), each "
                           "with its .json.")
-    p.add_argument("--name", type=config.run_name, default=None,
+    p.add_argument("--name", type=flags.run_name, default=None,
                    help="pipeline name: outputs in <save_dir>/<name>/ (default: stacnas_<dataset>)")
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="paper: the paper's settings (the authors' run_all: CIFAR-10, search1 -> "
                         "search2 -> augment -> test); quick: Fashion-MNIST in ~11 min on 2 CPU "
                         "cores; smoke: seconds on synthetic data")
-    p.add_argument("--dataset", type=config.dataset_name, choices=config.DATASETS, default=None,
+    p.add_argument("--dataset", type=flags.dataset_name, choices=DATASETS, default=None,
                    help="default: the preset's")
     p.add_argument("--data_dir", default="data",
                    help="dataset root (CIFAR, MNIST and Fashion-MNIST are downloaded there when absent)")
@@ -71,16 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never download a dataset (passed to every stage)")
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
-    p.add_argument("--gpu", type=config.gpu, default=None, metavar="N|N,M,...|all",
+    p.add_argument("--gpu", type=gpus.gpu, default=None, metavar="N|N,M,...|all",
                    help="every stage runs on CUDA device N (passed on as --gpu N); a list such as "
                         "0,1 or all means the first listed (all: GPU 0), as the authors' code "
                         "does, with one line saying so. For several GPUs use --gpus instead: "
                         "--gpu with --gpus above 1 is an error (torchrun gives each process its "
                         "own GPU, 0..N-1 of CUDA_VISIBLE_DEVICES); an error without CUDA")
-    p.add_argument("--print_freq", "--report_freq", dest="print_freq", type=config.steps,
+    p.add_argument("--print_freq", "--report_freq", dest="print_freq", type=flags.steps,
                    default=None, help="every stage logs a line every N steps (the authors' 50.0 "
                                       "is 50); default: the stages' own (50)")
-    p.add_argument("--seeds", type=config.seed_list, default=[2], help=f"comma-separated seeds, one pipeline each; each {config.SEED_HELP}")
+    p.add_argument("--seeds", type=flags.seed_list, default=[2], help=f"comma-separated seeds, one pipeline each; each {flags.SEED_HELP}")
     p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
                    help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
                         "baseline (darts -> augment -> test, in <name>/darts/); both: the two on "
@@ -95,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "normal edge trained stand-alone at the preset's scale, alpha against "
                         "held-out accuracy, in <name>/alpha_efficiency/seed_<k>/")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--gpus", type=config.positive_int, default=1,
+    p.add_argument("--gpus", type=flags.positive_int, default=1,
                    help="processes (GPUs) per stage; > 1 launches search, augment and test with "
                         "torchrun --standalone --nproc_per_node N (DDP)")
-    p.add_argument("--num_workers", type=config.non_negative_int, default=None,
+    p.add_argument("--num_workers", type=flags.non_negative_int, default=None,
                    help="data-loading processes per stage process; None: each stage's default")
     g = p.add_argument_group("speed and memory (passed to every stage that trains or evaluates)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the network in search, augment and the alpha-efficiency "
                         "runs")
-    p.add_argument("--subset", type=config.positive_int, default=None,
+    p.add_argument("--subset", type=flags.positive_int, default=None,
                    help="use only the first N training images in every stage: search, augment, "
                         "feature and the alpha-efficiency trainings (default: the preset's; "
                         "quick: 2000 for the searches, feature and alpha efficiency, 5000 for "
@@ -118,29 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
                    help="StacNAS's search optimisation (default one-level; the DARTS baseline is "
                         "always bilevel)")
-    p.add_argument("--train_ratio", type=config.ratio, default=None, help="StacNAS's search training share (default 1; the DARTS baseline keeps 0.5)")
+    p.add_argument("--train_ratio", type=flags.ratio, default=None, help="StacNAS's search training share (default 1; the DARTS baseline keeps 0.5)")
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="shared alphas (paper) or one set per cell")
     s = p.add_argument_group("size of every stage (default: the preset's; a flag of one stage "
                              "below wins over these)")
-    s.add_argument("--epochs", type=config.epochs, default=None,
+    s.add_argument("--epochs", type=flags.epochs, default=None,
                    help="epochs of every training: search1, search2, darts, augment and the "
                         "alpha-efficiency runs")
-    s.add_argument("--num_cells", type=config.num_cells, default=None,
-                   help=f"cells of every network, {config.MIN_CELLS}..{config.MAX_CELLS}")
-    s.add_argument("--init_channels", type=config.init_channels, default=None,
-                   help=f"initial channels of every network, 1..{config.MAX_CHANNELS}")
-    s.add_argument("--batch_size", type=config.batch_size, default=None,
+    s.add_argument("--num_cells", type=flags.num_cells, default=None,
+                   help=f"cells of every network, {gt.MIN_CELLS}..{gt.MAX_CELLS}")
+    s.add_argument("--init_channels", type=flags.init_channels, default=None,
+                   help=f"initial channels of every network, 1..{flags.MAX_CHANNELS}")
+    s.add_argument("--batch_size", type=flags.batch_size, default=None,
                    help="batch size of every training")
     o = p.add_argument_group("size of one stage")
     for key in OVERRIDES:
-        o.add_argument(f"--{key}", type=config.size_type(key), default=None,
+        o.add_argument(f"--{key}", type=flags.size_type(key), default=None,
                        help=f"{key.replace('_', ' ')}; default: --{pipeline.common_key(key)} "
                             "when given, else the preset's")
     a = p.add_argument_group("scale of the alpha-efficiency trainings (--alpha_efficiency)")
     for key, setting in pipeline.AE_OVERRIDES.items():
-        kind = {"subset": config.positive_int, "edges": edges_text}.get(setting) \
-            or config.size_type(key)
+        kind = {"subset": flags.positive_int, "edges": edges_text}.get(setting) \
+            or flags.size_type(key)
         fallback = pipeline.common_key(key)
         a.add_argument(f"--{key}", type=kind, default=None,
                        help=f"alpha_efficiency.py's --{setting} of each candidate's training"
@@ -166,16 +169,16 @@ def check_speed_flags(args: argparse.Namespace) -> None:
 
 
 def check_gpu_flags(args: argparse.Namespace) -> None:
-    """--gpu (one GPU per stage, passed on as --gpu N: config.select_gpu) and --gpus N (N
+    """--gpu (one GPU per stage, passed on as --gpu N: gpus.select_gpu) and --gpus N (N
     processes per stage through torchrun, each on its own GPU) are two answers to one question:
     together, a usage error."""
     if args.gpu is not None and args.gpus > 1:
-        text = args.gpu.text() if isinstance(args.gpu, config.GpuRequest) else args.gpu
+        text = args.gpu.text() if isinstance(args.gpu, gpus.GpuRequest) else args.gpu
         raise argparse.ArgumentTypeError(
             f"--gpu {text} runs each stage on one GPU, --gpus {args.gpus} on {args.gpus} GPUs "
             "through torchrun (GPUs 0..N-1, or those CUDA_VISIBLE_DEVICES lists): pass one of "
             "them")
-    config.select_gpu(args, "run_all.py", pass_on=True)
+    gpus.select_gpu(args, "run_all.py", pass_on=True)
 
 
 def effective_batch_note(args: argparse.Namespace) -> str | None:
@@ -221,18 +224,6 @@ def pause_for_test(point: str, forwarder: "Forwarder") -> None:
         time.sleep(0.02)
 
 
-class Interrupted(Exception):
-    """A stop signal reached run_all: `where` says at which moment and what to do."""
-
-    def __init__(self, signum: int, where: str):
-        super().__init__(where)
-        self.signum, self.where = signum, where
-
-    @property
-    def line(self) -> str:
-        return f"[run_all] stopped by {signal.Signals(self.signum).name} {self.where}"
-
-
 class Forwarder(ForwardToChild):
     """Runs the stages; installed for run_all's whole life (main). SIGTERM / SIGINT / SIGHUP
     sent to run_all.py at any moment are recorded and passed on to the running stage (which
@@ -256,20 +247,6 @@ class Forwarder(ForwardToChild):
             return proc.wait()
         finally:
             self.proc = None
-
-
-def exit_status(code: int) -> int:
-    """A child's exit code as a shell reports it: killed by signal N is 128 + N."""
-    return 128 - code if code < 0 else code
-
-
-def how_it_ended(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str, argv: list[str],
@@ -303,25 +280,6 @@ def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str,
     return 0
 
 
-def failure_text(seed_dir: Path, stage: str, code: int) -> str:
-    """How a stage ended and where its error is: the stage's log, whose last line is the
-    error (utils.runtime.cli.run_guarded writes it there as well as on stderr); for a stage that
-    keeps no log (test.py) or stopped before opening it, the error line printed above."""
-    ended = "was " + how_it_ended(code) if code < 0 else f"failed with exit code {code}"
-    log = seed_dir / {"feature": "search1/feature", "alpha_efficiency": "."}.get(stage, stage) \
-        / "log.txt"
-    if code < 0:  # killed: no error line was written anywhere
-        return f"{ended}; its log up to then: {log if log.is_file() else 'none written'}"
-    if stage == "alpha_efficiency":
-        return (f"{ended}; its error is the line above (each training's log: "
-                f"{seed_dir}/<search>/<run>/seed_<k>/augment.log)")
-    if stage == "test":
-        return f"{ended}; its error is the line above (test.py keeps no log)"
-    if log.is_file():
-        return f"{ended}; its error is on the line above and at the end of its log: {log}"
-    return f"{ended} before opening its log; its error is the line above"
-
-
 def record_time(forwarder: Forwarder, seed_dir: Path, timings: dict, stage: str,
                 seconds: float) -> None:
     """Add a finished stage's wall time to <seed_dir>/timings.json (written atomically)."""
@@ -329,24 +287,6 @@ def record_time(forwarder: Forwarder, seed_dir: Path, timings: dict, stage: str,
     seed_dir.mkdir(parents=True, exist_ok=True)
     pause_for_test("record", forwarder)
     write_text(seed_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
-
-
-def read_timings(path: Path) -> dict:
-    """The stage times run_all recorded in `path` ({} when absent); anything but an object of
-    non-negative finite numbers is a BadFile naming the file."""
-    if not path.is_file():
-        return {}
-    fix = "; remove it (it holds only the stage times the summary shows) and rerun"
-    try:
-        timings = read_json(path, dict, what="run_all's stage times")
-    except BadFile as err:
-        raise BadFile(f"{err}{fix}") from None
-    for stage, seconds in timings.items():
-        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                or not math.isfinite(seconds) or seconds < 0):
-            raise BadFile(f"{path}: {stage!r} is {str(seconds)[:40]!r}, not a number of "
-                          f"seconds{fix}")
-    return timings
 
 
 def run_seed(args: argparse.Namespace, forwarder: Forwarder, seed: int, method: str) -> int:
@@ -378,7 +318,7 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
     methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
     check_speed_flags(args)
     if not args.dry_run:
-        config.check_gpu_usable(args)  # one line here rather than a failed stage
+        gpus.check_gpu_usable(args)  # one line here rather than a failed stage
     note = effective_batch_note(args)
     if note:
         print(f"[run_all] {note}", flush=True)

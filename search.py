@@ -28,6 +28,7 @@ import config
 import genotypes as gt
 from models.factory import build_supernet, stage_candidates
 from utils.runtime import distributed, speed
+from utils.runtime.context import Runtime
 from utils.train.architect import Architect, make_optimizers
 from utils.analysis import features as ft
 from utils.io.checkpoint import SEARCH_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
@@ -48,6 +49,8 @@ from utils.train.schedules import lr_schedule
 from utils.runtime.signals import GracefulStop, StopNow
 from utils.train.stage import (NOTHING_TO_SAVE, StageRun, check_same_config, check_stage_finished,
                                new_run_id, resume_rng, rng_entries)
+from utils.io.genotype_checks import genotype_to_dict
+from utils.train.groups import identity_group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +78,7 @@ def stage_groups(args: argparse.Namespace) -> dict:
     if args.stage == "search2":
         path = Path(args.search1_dir) / "groups.json"
         groups = load_groups(path) if path.is_file() else gt.GROUPS
-        return gt.identity_group(groups, args.identity_group)
+        return identity_group(groups, args.identity_group)
     return gt.GROUPS
 
 
@@ -101,7 +104,6 @@ class Search:
         self.args, self.log = args, log
         self.dir = Path(args.stage_dir)
         self.device, self.ranks = device, ranks
-        self.dist = ranks if ranks.enabled else None  # handed to the engine and architect
         # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
         seed_everything(args.seed + ranks.rank, args.deterministic)
         if args.stage == "search2":  # its alphas.json and groups.json are search1's result only then
@@ -135,14 +137,13 @@ class Search:
         candidates = stage_candidates(args.stage, args.num_cells, args.alpha_share,
                                       stage1_alphas(args) if args.stage == "search2" else None,
                                       groups)
-        speed.resolve(args, device, "search", log)
+        # device, speed plan, fp16's scaler and process group: for the architect and the engine
+        self.runtime = Runtime.for_stage(args, device, "search", ranks, log)
         self.model = speed.prepare(build_supernet(candidates, **info.network_shape(),
                                                   init_channels=args.init_channels,
                                                   num_cells=args.num_cells,
                                                   auxiliary=args.aux_weight > 0).to(self.device),
-                                   args, device)
-        self.memory_format = speed.memory_format(args, device)
-        self.autocast = speed.autocast(args, device)
+                                   self.runtime.speed, device)
         self.w_opt, self.a_opt = make_optimizers(
             self.model, w_lr=args.w_lr, w_momentum=args.w_momentum,
             w_weight_decay=args.w_weight_decay, a_lr=args.alpha_lr,
@@ -151,14 +152,13 @@ class Search:
                                      power=args.power_lr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
         self.best = {"epoch": None, "valid_top1": None}  # best held-out epoch so far
-        self.scaler = speed.grad_scaler(args, device)  # fp16's; saved with the checkpoint
         self.architect = Architect(self.model, self.w_opt, self.a_opt, self.criterion,
                                    mode=args.optimization, unrolled=args.unrolled,
                                    grad_clip=args.grad_clip, aux_weight=args.aux_weight,
                                    forward_model=speed.maybe_compile(
-                                       distributed.wrap(self.model, ranks, device), args),
-                                   dist_info=self.dist, autocast=self.autocast,
-                                   scaler=self.scaler)
+                                       distributed.wrap(self.model, ranks, device),
+                                       self.runtime.speed),
+                                   runtime=self.runtime)
         if args.stage == "search1" and ranks.is_main:
             with naming(self.dir / "groups.json"):
                 save_groups(groups, self.dir / "groups.json")
@@ -177,9 +177,9 @@ class Search:
                 "model": self.model.state_dict(),
                 "candidates": self.model.candidates, "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "scaler": None if self.runtime.scaler is None else self.runtime.scaler.state_dict(),
                 **rng_entries(self.ranks, self.device),
-                "genotype": gt.genotype_to_dict(self.model.genotype()), "best": dict(self.best)}
+                "genotype": genotype_to_dict(self.model.genotype()), "best": dict(self.best)}
 
     def save_best(self, state: dict) -> None:
         """With a held-out split, best.pt (features.BEST_FILE) beside checkpoint.pt: `state`
@@ -219,8 +219,8 @@ class Search:
         self.w_opt.load_state_dict(state["w_optimizer"])
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.runtime.scaler is not None and state.get("scaler"):
+            self.runtime.scaler.load_state_dict(state["scaler"])
         resume_rng(state, path, self.ranks, self.device, self.log)
         self.best = state.get("best", self.best)
         self.run_id = state.get("run") or self.run_id
@@ -246,18 +246,14 @@ class Search:
             valid = self.valid_batches(epoch, first_step)
 
             def step(x, y):
-                xv, yv = next(valid)
-                xv = xv.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                return self.architect.step(x, y, xv, yv.to(self.device, non_blocking=True))
+                return self.architect.step(x, y, *self.runtime.batch(*next(valid)))
         else:
             step = self.architect.step
         self.train_loader.set_epoch(epoch, first_step)
-        stats = train_epoch(self.train_loader, step, device=self.device, epoch=epoch,
+        stats = train_epoch(self.train_loader, step, runtime=self.runtime, epoch=epoch,
                             epochs=a.epochs, log=self.log, print_freq=a.print_freq,
-                            dist_info=self.dist,
-                            memory_format=self.memory_format, should_stop=should_stop,
-                            first_step=first_step)
-        if self.dist:
+                            should_stop=should_stop, first_step=first_step)
+        if self.runtime.distributed:
             stats["alpha_rank_divergence"] = distributed.max_divergence(list(self.model.alphas()),
                                                                         self.ranks)
         return stats
@@ -265,9 +261,7 @@ class Search:
     def held_out(self, epoch: int) -> dict:
         if not self.valid_idx:
             return {}
-        stats = evaluate(self.model, self.held_out_loader, self.criterion, device=self.device,
-                         dist_info=self.dist, memory_format=self.memory_format,
-                         autocast=self.autocast)
+        stats = evaluate(self.model, self.held_out_loader, self.criterion, self.runtime)
         if self.best["valid_top1"] is None or stats["top1"] > self.best["valid_top1"]:
             self.best = {"epoch": epoch + 1, "valid_top1": stats["top1"]}
         return {f"valid_{k}": v for k, v in stats.items() if k != "images_per_s"}

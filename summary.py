@@ -20,14 +20,15 @@ import sys
 import torch
 import torch.nn as nn
 
-import config
 import genotypes as gt
 from config import AUGMENT_DEFAULTS, SEARCH_DEFAULTS, defaults_text
 from models.factory import SEARCH_STAGES, build_final_network, build_supernet, stage_candidates
 from models.summary import count_macs, count_params, count_params_without_aux
+from utils.runtime import flags
 from utils.runtime.cli import OneLineParser
 from utils.data.info import DATASET_INFO, dataset_info
 from utils.io.genotype_files import check_stage1_alphas, load_alphas, load_genotype
+from utils.train.groups import IDENTITY_GROUP_CHOICES, identity_group
 
 
 def describe(model: nn.Module, in_channels: int, input_size: int) -> dict:
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="cifar10", choices=sorted(DATASET_INFO),
                    help="sets input channels, input size and classes")
     for flag, what, kind in (
-            ("init_channels", f"initial channels, 1..{config.MAX_CHANNELS}", config.init_channels),
-            ("num_cells", f"cells, {gt.MIN_CELLS}..{gt.MAX_CELLS}", config.num_cells)):
+            ("init_channels", f"initial channels, 1..{flags.MAX_CHANNELS}", flags.init_channels),
+            ("num_cells", f"cells, {gt.MIN_CELLS}..{gt.MAX_CELLS}", flags.num_cells)):
         p.add_argument(f"--{flag}", type=kind, default=None,
                        help=f"{what} (default: supernets as search.py, "
                             f"{defaults_text(SEARCH_DEFAULTS, flag)}; final networks as "
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="supernet: alphas shared by all normal / all reduction cells")
     p.add_argument("--alphas", metavar="FILE", help="search2: the alphas.json written by search1")
-    p.add_argument("--identity_group", choices=gt.IDENTITY_GROUP_CHOICES, default="single",
+    p.add_argument("--identity_group", choices=IDENTITY_GROUP_CHOICES, default="single",
                    help="search2: the identity group's candidates: skip_connect once (ours) or "
                         "twice as in the authors' released code (one more FactorizedReduce per "
                         "reduction-cell input edge that activates it)")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             alphas = load_alphas(args.alphas) if args.alphas else None
             if alphas is not None:
                 check_stage1_alphas(alphas, args.alphas)
-            groups = gt.identity_group(gt.GROUPS, args.identity_group)
+            groups = identity_group(gt.GROUPS, args.identity_group)
             cands = stage_candidates(args.stage, cells, args.alpha_share, alphas, groups)
             with torch.device("meta"):  # shapes only: no memory, whatever the size
                 model = build_supernet(cands, **info.network_shape(), init_channels=channels,

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 import config
-from models.factory import build_from_spec
+from utils.io.network_spec import build_from_spec
 from utils.pickles.scan import scan_torch_zip
 from models.summary import count_params, count_params_without_aux
 from utils.io.checkpoint import FINAL_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
@@ -48,6 +48,7 @@ from utils.data.splits import subset_size
 from utils.train.engine import evaluate
 from utils.io.files import write_json
 from utils.runtime import distributed, speed
+from utils.runtime.context import Runtime
 from utils.runtime.lock import hold_folder
 from utils.runtime.logging import params_text, resolve_device, run_info
 from utils.runtime.signals import StopNow
@@ -282,12 +283,10 @@ def measure(args: argparse.Namespace, ranks: distributed.Dist, device: torch.dev
                          shuffle=False, **loader_options(device, args.num_workers))
     if ranks.is_main:
         loader = Progress(loader, args.print_freq)
-    speed.resolve(args, device, "final", lambda m: print(m, file=sys.stderr))
-    model = speed.prepare(model.to(device), args, device)
-    stats = evaluate(model, loader, nn.CrossEntropyLoss(), device=device,
-                     dist_info=ranks if ranks.enabled else None,
-                     memory_format=speed.memory_format(args, device),
-                     autocast=speed.autocast(args, device))
+    runtime = Runtime.for_stage(args, device, "final", ranks,
+                                lambda m: print(m, file=sys.stderr))
+    model = speed.prepare(model.to(device), runtime.speed, device)
+    stats = evaluate(model, loader, nn.CrossEntropyLoss(), runtime)
     if not ranks.is_main:
         return 0
     total, params = count_params(model), count_params_without_aux(model)

@@ -9,7 +9,6 @@ similarity to float64 is below its minimum.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import sys
@@ -20,6 +19,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from models.factory import build_supernet, stage_candidates  # noqa: E402
+from utils.runtime.context import Runtime  # noqa: E402
+from utils.runtime.speed import SpeedPlan  # noqa: E402
 from utils.train.architect import Architect, make_optimizers  # noqa: E402
 
 
@@ -29,18 +30,18 @@ def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(u @ v / (u.norm() * v.norm()))
 
 
-def alpha_gradients(model: nn.Module, batches, autocast, w_lr: float,
+def alpha_gradients(model: nn.Module, batches, runtime: Runtime, w_lr: float,
                     direction: list[torch.Tensor]) -> tuple[list, list, list]:
     """(second-order hypergradient, first-order dL_val/dalpha, the Hessian-vector product of
     eq. 8 along `direction`) at the model's weights."""
     w_opt, a_opt = make_optimizers(model, w_lr=w_lr, w_momentum=0.0, w_weight_decay=0.0)
     arch = Architect(model, w_opt, a_opt, nn.CrossEntropyLoss(), mode="bilevel", unrolled=True,
-                     autocast=autocast)
+                     runtime=runtime)
     (x, y), (xv, yv) = batches
     second = arch.hypergradient(x, y, xv, yv)
     with arch._preserved() as w0:
         hvp = arch.hessian_vector_product(x, y, w0, [d.to(w.dtype) for d, w in zip(direction, w0)])
-    with autocast():
+    with runtime.autocast():
         loss = nn.functional.cross_entropy(model(xv), yv)
     first = torch.autograd.grad(loss, list(model.alphas()))
     return ([g.detach() for g in second], [g.detach() for g in first], [h.detach() for h in hvp])
@@ -80,11 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             allow_unused=True)]
     direction = [torch.zeros_like(w) if d is None else d.detach()
                  for d, w in zip(direction, ref_model.weights())]
-    ref = alpha_gradients(ref_model, ref_batches, contextlib.nullcontext, args.w_lr, direction)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    autocast = (contextlib.nullcontext if dtype is None
-                else lambda: torch.autocast(device_type=dev.type, dtype=dtype))
-    second, first, hvp = alpha_gradients(model, batches, autocast, args.w_lr, direction)
+    ref = alpha_gradients(ref_model, ref_batches, Runtime(dev), args.w_lr, direction)
+    runtime = Runtime(dev, SpeedPlan(amp=args.amp))
+    second, first, hvp = alpha_gradients(model, batches, runtime, args.w_lr, direction)
     c_second, c_hvp = cosine(second, ref[0]), cosine(hvp, ref[2])
     print(f"device {args.device}, amp {args.amp}, xi {args.w_lr}: cosine to float64 of the "
           f"Hessian-vector product (eq. 8) {c_hvp:.4f}, of the second-order alpha gradient "

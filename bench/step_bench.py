@@ -59,9 +59,7 @@ def speed_args(variant: str) -> argparse.Namespace:
     if variant == "default":  # the scripts' own defaults on this machine
         sys.path.insert(0, ROOT)
         import config
-        import torch
-        from utils.runtime import speed
-        return config.augment_parser().parse_args(["--name", "bench"])  # resolved in make_step
+        return config.augment_parser().parse_args(["--name", "bench"])  # planned in make_step
     parts = set(variant.split("+"))
     unknown = parts - FLAGS
     if unknown:
@@ -74,49 +72,50 @@ def speed_args(variant: str) -> argparse.Namespace:
 
 
 def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namespace):
-    """The model and a function doing one training step of `config` on (x, y)."""
+    """The model, a function doing one training step of `config` on (x, y), and the runtime
+    (the speed plan `opts` gives on `dev`)."""
     import torch
     import torch.nn as nn
 
     import genotypes as gt
     from models.factory import build_final_network, build_supernet, stage_candidates
     from utils.runtime import speed
+    from utils.runtime.context import Runtime
     from utils.train.architect import Architect, make_optimizers
     from utils.data.info import dataset_info
     from utils.train.engine import loss_and_logits, optimizer_step
 
     shape = dataset_info("cifar10").network_shape()
     s = settings(config)
-    speed.resolve(opts, dev, "final" if config == "augment" else "search")
-    autocast, scaler = speed.autocast(opts, dev), speed.grad_scaler(opts, dev)
+    runtime = Runtime.for_stage(opts, dev, "final" if config == "augment" else "search")
+    plan = runtime.speed
     if config == "augment":
         model = speed.prepare(build_final_network(gt.DARTS_V2, **shape, init_channels=channels,
-                                                  num_cells=cells, auxiliary=True).to(dev), opts, dev)
+                                                  num_cells=cells, auxiliary=True).to(dev), plan, dev)
         model.drop_path_prob = s.drop_path
-        forward = speed.maybe_compile(model, opts)
+        forward = speed.maybe_compile(model, plan)
         opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
                               weight_decay=s.weight_decay)
         criterion = nn.CrossEntropyLoss()
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
-            with autocast():
+            with runtime.autocast():
                 loss, _ = loss_and_logits(forward, x, y, criterion, s.aux_weight)
-            optimizer_step(loss, [opt], model.parameters(), s.grad_clip, scaler)
-        return model, step
+            optimizer_step(loss, [opt], model.parameters(), s.grad_clip, runtime.scaler)
+        return model, step, runtime
     if config == "search1":
         candidates = stage_candidates("search1", cells)
     else:
         candidates = gt.uniform_candidates(gt.GROUPS["separable"]["members"], ["normal", "reduce"])
     model = speed.prepare(build_supernet(candidates, **shape, init_channels=channels,
-                                         num_cells=cells).to(dev), opts, dev)
+                                         num_cells=cells).to(dev), plan, dev)
     w_opt, a_opt = make_optimizers(model, w_lr=s.w_lr, w_momentum=s.w_momentum,
                                    w_weight_decay=s.w_weight_decay, a_lr=s.alpha_lr,
                                    a_weight_decay=s.alpha_weight_decay)
     architect = Architect(model, w_opt, a_opt, nn.CrossEntropyLoss(), grad_clip=s.grad_clip,
-                          forward_model=speed.maybe_compile(model, opts), autocast=autocast,
-                          scaler=scaler)
-    return model, architect.step
+                          forward_model=speed.maybe_compile(model, plan), runtime=runtime)
+    return model, architect.step, runtime
 
 
 def measure(config: str, variant: str, batch_size: int | None, steps: int, device: str,
@@ -124,16 +123,14 @@ def measure(config: str, variant: str, batch_size: int | None, steps: int, devic
     sys.path.insert(0, ROOT)
     import torch
 
-    from utils.runtime import speed
-
     cells, channels, default_batch = CONFIGS[config]
     batch_size = batch_size or default_batch
     opts = speed_args(variant)
     from utils.runtime.cli import seed_everything
     seed_everything(0)  # as the scripts do: cuDNN autotuning on CUDA
     dev = torch.device(device)
-    model, step = make_step(config, cells, channels, dev, opts)
-    x = torch.randn(batch_size, 3, 32, 32, device=dev).to(memory_format=speed.memory_format(opts, dev))
+    model, step, runtime = make_step(config, cells, channels, dev, opts)
+    x = torch.randn(batch_size, 3, 32, 32, device=dev).to(memory_format=runtime.memory_format)
     y = torch.randint(0, 10, (batch_size,), device=dev)
     model.train()
     began = time.perf_counter()
@@ -153,7 +150,7 @@ def measure(config: str, variant: str, batch_size: int | None, steps: int, devic
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"config": config, "variant": variant, "cells": cells, "channels": channels,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "channels_last": opts.channels_last, "amp": opts.amp,
+            "channels_last": runtime.speed.channels_last, "amp": runtime.speed.amp,
             "batch_size": batch_size, "device": device, "threads": torch.get_num_threads(),
             "images_per_s": round(batch_size * steps / seconds, 2),
             "seconds_per_step": round(seconds / steps, 4), "peak_memory_gb": round(peak / 1e9, 2),

@@ -39,7 +39,7 @@ def build_supernet(candidates: dict, *, num_classes: int, in_channels: int, inpu
                          auxiliary=auxiliary, input_size=input_size)
 
 
-def _is_imagenet(input_size: int, imagenet: bool | None = None) -> bool:
+def is_imagenet(input_size: int, imagenet: bool | None = None) -> bool:
     """Whether a final network takes the ImageNet mobile form: as asked, else for inputs of
     128 pixels and more."""
     return input_size >= 128 if imagenet is None else imagenet
@@ -53,27 +53,6 @@ def build_final_network(genotype, *, num_classes: int, in_channels: int, input_s
     kwargs = dict(num_classes=num_classes, init_channels=init_channels, num_cells=num_cells,
                   auxiliary=auxiliary, in_channels=in_channels, input_size=input_size,
                   keep_zero=keep_zero)
-    if _is_imagenet(input_size, imagenet):
+    if is_imagenet(input_size, imagenet):
         return ImageNetNetwork(genotype, **kwargs)
     return FinalNetwork(genotype, stem_multiplier=stem_multiplier, **kwargs)
-
-
-def network_spec(genotype, *, num_classes: int, in_channels: int, input_size: int,
-                 init_channels: int, num_cells: int, auxiliary: bool, keep_zero: bool = False,
-                 imagenet: bool | None = None) -> dict:
-    """Plain data that rebuilds a final network (stored in checkpoints)."""
-    return {"kind": "imagenet" if _is_imagenet(input_size, imagenet) else "cifar",
-            "genotype": gt.genotype_to_dict(genotype), "num_classes": num_classes,
-            "in_channels": in_channels, "input_size": input_size, "init_channels": init_channels,
-            "num_cells": num_cells, "auxiliary": auxiliary, "keep_zero": keep_zero}
-
-
-def build_from_spec(spec: dict, source: str = "checkpoint"):
-    """The final network a `network_spec` describes (genotype validated)."""
-    genotype = gt.genotype_from_dict(spec["genotype"], source)
-    return build_final_network(genotype, num_classes=spec["num_classes"],
-                               in_channels=spec["in_channels"], input_size=spec["input_size"],
-                               init_channels=spec["init_channels"], num_cells=spec["num_cells"],
-                               auxiliary=spec["auxiliary"], keep_zero=spec["keep_zero"],
-                               imagenet=spec["kind"] == "imagenet",
-                               stem_multiplier=spec.get("stem_multiplier", 3))

@@ -39,7 +39,7 @@ class MixedOp(nn.Module):
 
     `none` is listed among the candidates (it has an alpha) but owns no module: its term is
     zero, so no compute is spent on it. `ops` is keyed by op name; the released code's
-    identity group lists skip_connect twice (genotypes.released_groups), each copy with its
+    identity group lists skip_connect twice (--identity_group released), each copy with its
     own alpha and module, the second under the key `skip_connect_2` (`module_keys`). No other
     op may repeat.
     """

@@ -4,7 +4,7 @@ Alphas are registered parameters grouped by alpha set: "normal" and "reduce" whe
 all cells of a kind (`alpha_share`, the paper's setting), or "cell_<i>" with one set per cell.
 Each set holds one 1-D parameter per edge, as long as that edge's candidate list, initialised
 as 1e-3 * randn (as DARTS's code does). A list may repeat skip_connect (the released code's
-identity group, genotypes.released_groups): each copy has its own alpha entry, and the readout
+identity group, --identity_group released): each copy has its own alpha entry, and the readout
 lists both under the name skip_connect.
 """
 from __future__ import annotations

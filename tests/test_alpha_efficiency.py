@@ -18,6 +18,7 @@ import alpha_efficiency
 import genotypes as gt
 import search
 from utils.analysis import alpha_efficiency as ae
+from utils.analysis import alpha_runs
 from utils.io import genotype_files as gf
 from utils.train.stage import is_finished
 
@@ -225,10 +226,10 @@ def test_bad_inputs(runs, tmp_path, capsys):
 def test_speed_flags_reach_each_training_run(tmp_path):
     args = alpha_efficiency.build_parser().parse_args(
         ["--search_dir", str(tmp_path), "--amp", "bf16", "--no-channels_last", "--compile"])
-    cmd = alpha_efficiency.augment_command(args, {"dataset": "synthetic"}, {"seed": 2},
+    cmd = alpha_runs.augment_command(args, {"dataset": "synthetic"}, {"seed": 2},
                                            tmp_path / "g.json", tmp_path)
     assert cmd[cmd.index("--amp") + 1] == "bf16" and "--no-channels_last" in cmd
     assert "--compile" in cmd and "--num_workers" not in cmd
     plain = alpha_efficiency.build_parser().parse_args(["--search_dir", str(tmp_path)])
-    cmd = alpha_efficiency.augment_command(plain, {}, {"seed": 2}, tmp_path / "g.json", tmp_path)
+    cmd = alpha_runs.augment_command(plain, {}, {"seed": 2}, tmp_path / "g.json", tmp_path)
     assert not {"--amp", "--compile", "--channels_last", "--no-channels_last"} & set(cmd)

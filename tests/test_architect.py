@@ -5,7 +5,6 @@ The finite-difference tests would catch pt.darts's `(p - n) / 2.*eps` (the Hessi
 vanishes) and a virtual step that never moves the weights (NNI): each asserts the Hessian
 term is material by also checking that the first-order answer is far off.
 """
-import contextlib
 import copy
 import warnings
 
@@ -17,6 +16,8 @@ from models.factory import build_supernet, stage_candidates
 from utils.train.architect import (Architect, _reduced_precision_settings, full_precision,
                                    make_optimizers)
 from utils.data.info import DatasetInfo
+from utils.runtime.context import Runtime
+from utils.runtime.speed import SpeedPlan
 from utils.train.engine import loss_and_logits
 
 TINY = DatasetInfo(3, 8, 4)
@@ -140,7 +141,8 @@ def test_one_level_with_a_grad_scaler_steps_as_without_one():
     nets = []
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)):
         net = _net()
-        Architect(net, *make_optimizers(net), CE, grad_clip=1e-3, scaler=scaler).step(*_batch(1))
+        Architect(net, *make_optimizers(net), CE, grad_clip=1e-3,
+                  runtime=Runtime(scaler=scaler)).step(*_batch(1))
         nets.append(net)
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
@@ -150,7 +152,7 @@ def test_a_grad_scaler_skips_a_step_whose_gradients_overflow():
     net = _net()
     params = _clone(net.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))  # every gradient overflows
-    Architect(net, *make_optimizers(net), CE, scaler=scaler).step(*_batch(1))
+    Architect(net, *make_optimizers(net), CE, runtime=Runtime(scaler=scaler)).step(*_batch(1))
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), params))
 
 
@@ -381,11 +383,11 @@ def _flat(tensors):
     return torch.cat([t.flatten().double() for t in tensors])
 
 
-def _hessian_vector_product(net, x, y, autocast):
+def _hessian_vector_product(net, x, y, amp):
     """The Architect's eq. 8 product along a fixed direction u (lr-sized, the same for every
     precision), weights restored."""
     arch = Architect(net, _plain_sgd(net.weights(), 0.025), torch.optim.Adam(net.alphas()), CE,
-                     mode="bilevel", unrolled=True, autocast=autocast)
+                     mode="bilevel", unrolled=True, runtime=Runtime(speed=SpeedPlan(amp=amp)))
     g = torch.Generator().manual_seed(5)
     weights = list(net.weights())
     u = [0.025 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
@@ -401,8 +403,8 @@ def test_hessian_vector_product_under_bf16_autocast_matches_float64():
     net = _net(seed=1)
     ref = copy.deepcopy(net).double()
     x, y = _batch(1)
-    bf16 = _hessian_vector_product(net, x, y, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    exact = _hessian_vector_product(ref, x.double(), y, contextlib.nullcontext)
+    bf16 = _hessian_vector_product(net, x, y, "bf16")
+    exact = _hessian_vector_product(ref, x.double(), y, "none")
     assert exact.norm() > 0
     assert torch.nn.functional.cosine_similarity(bf16, exact, dim=0) > 0.99
     assert _rel_err(bf16, exact) < 0.05

@@ -13,6 +13,7 @@ import genotypes as gt
 from tests.fakes import make_cifar10
 from utils.io import genotype_files as gf
 from utils.io.checkpoint import load_checkpoint, previous_path
+from utils.io import genotype_checks as gchecks
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("stacnas_test_script", ROOT / "test.py")
@@ -51,7 +52,7 @@ def test_one_epoch_on_cifar_format_then_test_py(tmp_path, cifar):
     results = json.loads((out / "results.json").read_text())
     assert results["best_valid_top1"] == record["valid_top1"] and results["best_epoch"] == 1
     assert results["epochs"] == 1 and results["macs"] > 0 and results["device"].startswith("cpu")
-    assert results["genotype"] == gt.genotype_to_dict(gt.DARTS_V2)
+    assert results["genotype"] == gchecks.genotype_to_dict(gt.DARTS_V2)
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["cutout"], cfg["aux_weight"], cfg["drop_path"], cfg["grad_clip"]) == (16, 0.4, 0.2, 5.0)
     # test.py rebuilds the network from the checkpoint alone and reproduces augment's figures
@@ -105,7 +106,7 @@ def test_genotype_from_search2_file_and_missing(tmp_path, cifar, capsys):
     gf.save_genotype(gt.STACNAS_C10, tmp_path / "net" / "search2" / "genotype.json")
     assert _augment(tmp_path, cifar) == 0
     results = json.loads((tmp_path / "net" / "augment" / "results.json").read_text())
-    assert results["genotype"] == gt.genotype_to_dict(gt.STACNAS_C10)
+    assert results["genotype"] == gchecks.genotype_to_dict(gt.STACNAS_C10)
 
 
 @pytest.mark.e2e

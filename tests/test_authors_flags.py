@@ -15,6 +15,7 @@ import alpha_efficiency
 import config
 import feature
 import run_all
+from utils.analysis import alpha_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
@@ -176,7 +177,7 @@ def test_alpha_efficiency_passes_them_to_each_training_run(tmp_path):
                         ["--search_dir", str(tmp_path), "--gpu", "1,0", "--report_freq", "50.0"],
                         pass_gpu_on=True)
     assert args.gpu == 1 and args.device == "auto" and args.print_freq == 50
-    cmd = alpha_efficiency.augment_command(args, {"dataset": "synthetic"}, {"seed": 2},
+    cmd = alpha_runs.augment_command(args, {"dataset": "synthetic"}, {"seed": 2},
                                            tmp_path / "g.json", tmp_path)
     assert cmd[cmd.index("--gpu") + 1] == "1" and cmd[cmd.index("--print_freq") + 1] == "50"
     assert cmd[cmd.index("--device") + 1] == "auto"  # augment.py's --gpu 1 makes it cuda:1

@@ -27,8 +27,9 @@ import search
 import summary
 from utils.pickles import unpickler
 from tests import authors_format as af
-from utils.io import genotype_files as gf
+from utils.analysis import derive
 from utils.io.checkpoint import FINAL_FORMAT
+from utils.io import genotype_checks as gchecks
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 
@@ -39,7 +40,7 @@ _spec.loader.exec_module(test_script)
 
 SCRIPTS = {"search": search.main, "augment": augment.main, "test": test_script.main,
            "feature": feature.main, "run_all": run_all.main, "summary": summary.main,
-           "genotype_files": gf.main}
+           "derive": derive.main}
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu"]
 NET = ["--num_cells", "3", "--init_channels", "4"]
@@ -63,7 +64,7 @@ def files(tmp_path_factory):
     assert search.main(["--stage", "search1", *common]) == 0
     assert search.main(["--stage", "search2", *common]) == 0
     assert augment.main(["--arch", "DARTS_V2", *common]) == 0
-    good = gt.genotype_to_dict(gt.DARTS_V2)
+    good = gchecks.genotype_to_dict(gt.DARTS_V2)
     bad = {"unknown_op": {**good, "normal": [["sep_conv_9x9", 0]] + good["normal"][1:]},
            "index": {**good, "reduce": good["reduce"][:5] + [["skip_connect", 7]] + good["reduce"][6:]},
            "nodes": {**good, "normal": good["normal"][:6]}}
@@ -96,7 +97,7 @@ def _hand_edited(d: Path, alphas: dict) -> None:
     (d / "groups_zero.json").write_text(json.dumps({"zero": gt.GROUPS["zero"]}))
     (d / "groups_none_only.json").write_text(json.dumps(
         {**gt.GROUPS, "pooling": {"representative": "max_pool_3x3", "members": ["none"]}}))
-    cells = gt.genotype_to_dict([gt.CellGenotype(gt.DARTS_V2.normal, [2, 3, 4, 5], i == 1)
+    cells = gchecks.genotype_to_dict([gt.CellGenotype(gt.DARTS_V2.normal, [2, 3, 4, 5], i == 1)
                                  for i in range(3)])
     (d / "genotype_reductions.json").write_text(json.dumps(cells))
 
@@ -210,12 +211,12 @@ def _cases(d):
          "look like stage-2 (or DARTS) alphas"),
         ("summary", ["--stage", "search2"], 2, "--alphas"),
         ("summary", ["--genotype", str(d / "genotype_unknown_op.json")], 1, "unknown op 'sep_conv_9x9'"),
-        ("genotype_files", ["--alphas", str(d / "missing.json")], 1, "missing.json: not found"),
-        ("genotype_files", ["--alphas", str(d / "malformed.json")], 1, "not JSON"),
-        ("genotype_files", ["--genotype", str(d / "genotype_index.json")], 1, "out of range"),
-        ("genotype_files", ["--alphas", str(d / "s1_huge" / "alphas.json")], 1,
+        ("derive", ["--alphas", str(d / "missing.json")], 1, "missing.json: not found"),
+        ("derive", ["--alphas", str(d / "malformed.json")], 1, "not JSON"),
+        ("derive", ["--genotype", str(d / "genotype_index.json")], 1, "out of range"),
+        ("derive", ["--alphas", str(d / "s1_huge" / "alphas.json")], 1,
          "normal node 0 edge 0: alpha of 'sep_conv_3x3' is 1000"),
-        ("genotype_files", ["--alphas", str(d / "s1_nodes1" / "alphas.json")], 1,
+        ("derive", ["--alphas", str(d / "s1_nodes1" / "alphas.json")], 1,
          "1 intermediate node(s), expected 4"),
     ]
 
@@ -357,7 +358,7 @@ def hostile(files):
     torch.save({**supernet, "candidates": {**supernet["candidates"], "normal": "all"}},
                d / "candidates.pt")
     # genotype, alphas and groups files
-    good = json.dumps(gt.genotype_to_dict(gt.DARTS_V2)).encode()
+    good = json.dumps(gchecks.genotype_to_dict(gt.DARTS_V2)).encode()
     (d / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
     (d / "latin1.json").write_bytes(good.replace(b"sep_conv", b"s\xe9p_conv"))
     _with_bom(d / "bom.json", good)
@@ -485,7 +486,7 @@ GENOTYPE_FILE_CASES = [
 @pytest.mark.parametrize("flag, name, code, message", GENOTYPE_FILE_CASES,
                          ids=[f"{c[0][2:]}-{c[1]}" for c in GENOTYPE_FILE_CASES])
 def test_genotype_file(hostile, flag, name, code, message):
-    proc = _run(["-m", "utils.io.genotype_files", flag, str(hostile / name)])
+    proc = _run(["-m", "utils.analysis.derive", flag, str(hostile / name)])
     assert proc.returncode == code, proc.stderr
     if code:
         assert message in _one_line(proc.stderr, name)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import alpha_efficiency
 import genotypes as gt
 from utils.io import genotype_files as gf
+from utils.analysis import alpha_inputs, alpha_runs
 from utils.analysis import summary as sm
 from utils.io.checkpoint import FINAL_FORMAT, SEARCH_FORMAT
 from utils.io.files import BadFile
@@ -93,7 +93,7 @@ def test_genotype_files_cli_refuses_hand_edited_alphas(tmp_path, name):
     text, message = ALPHAS_CASES[name]
     path = tmp_path / "alphas.json"
     path.write_text(text)
-    proc = _run(["-m", "utils.io.genotype_files", "--alphas", path])
+    proc = _run(["-m", "utils.analysis.derive", "--alphas", path])
     _error_line(proc, 1, f"error: {path}: ", message)
     assert path.read_text() == text and not proc.stdout
 
@@ -281,7 +281,7 @@ def test_alpha_efficiency_checks_the_search_config(tmp_path, content, message):
     search = _search_by_hand(tmp_path / "search2", "")
     (search / "config.json").write_bytes(content)
     with pytest.raises(BadFile) as info:
-        alpha_efficiency.read_search(search, "s")
+        alpha_inputs.read_search(search, "s")
     assert str(info.value).startswith(f"{search / 'config.json'}: ")
     assert message in str(info.value) and "\n" not in str(info.value)
 
@@ -295,10 +295,10 @@ def test_alpha_efficiency_checks_a_runs_results(tmp_path, content, message):
     path = tmp_path / "results.json"
     path.write_text(content)
     with pytest.raises(BadFile) as info:
-        alpha_efficiency.read_results(path)
+        alpha_inputs.read_results(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
     assert "delete that run's folder" in str(info.value)
-    assert alpha_efficiency.result_text({"test_top1": None, "best_valid_top1": None}) == \
+    assert alpha_runs.result_text({"test_top1": None, "best_valid_top1": None}) == \
         "held-out top-1 -, test - (- s)"
 
 
@@ -343,17 +343,17 @@ def test_parser_bounds_agree_with_the_checkpoint_checks():
     process rank still seeds every generator."""
     import argparse
 
-    import config
     from utils.io.checkpoint_shapes import RANGES
+    from utils.runtime import flags
     from utils.runtime.cli import seed_everything
-    assert RANGES["init_channels"] == (1, config.MAX_CHANNELS)
+    assert RANGES["init_channels"] == (1, flags.MAX_CHANNELS)
     assert RANGES["num_cells"] == (gt.MIN_CELLS, gt.MAX_CELLS)
-    assert RANGES["input_size"] == (config.MIN_SIZE, config.MAX_SIZE)
-    assert (RANGES["in_channels"][1], RANGES["num_classes"][1]) == (config.MAX_IN_CHANNELS,
-                                                                   config.MAX_CLASSES)
-    assert config.seed(str(config.MAX_SEED)) == config.MAX_SEED
-    assert config.seed_list(f"0,{config.MAX_SEED}") == [0, config.MAX_SEED]
-    for parse in (config.seed, config.seed_list):
+    assert RANGES["input_size"] == (flags.MIN_SIZE, flags.MAX_SIZE)
+    assert (RANGES["in_channels"][1], RANGES["num_classes"][1]) == (flags.MAX_IN_CHANNELS,
+                                                                  flags.MAX_CLASSES)
+    assert flags.seed(str(flags.MAX_SEED)) == flags.MAX_SEED
+    assert flags.seed_list(f"0,{flags.MAX_SEED}") == [0, flags.MAX_SEED]
+    for parse in (flags.seed, flags.seed_list):
         with pytest.raises(argparse.ArgumentTypeError, match="at most 2,147,483,647"):
-            parse(str(config.MAX_SEED + 1))
-    seed_everything(config.MAX_SEED + 2 ** 20 + 1)  # seed + rank + 1 of a large job
+            parse(str(flags.MAX_SEED + 1))
+    seed_everything(flags.MAX_SEED + 2 ** 20 + 1)  # seed + rank + 1 of a large job

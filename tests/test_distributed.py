@@ -16,7 +16,6 @@ import torch
 
 import augment
 import config
-import genotypes as gt
 import search
 from utils.runtime import distributed
 from utils.io import genotype_files as gf
@@ -26,6 +25,7 @@ from utils.io.checkpoint_fields import check_search_checkpoint
 from utils.data.loaders import epoch_order, make_loader
 from utils.runtime.distributed import Dist
 from utils.train.stage import resume_rng, rng_entries
+from utils.io import genotype_checks as gchecks
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "64",
@@ -68,7 +68,7 @@ def test_files_come_from_rank_0_only(search_run):
     assert log.count("epoch 1/2 done") == 1 and log.count("2 processes") == 1
     state = load_checkpoint(search_run / "checkpoint.pt")
     assert state["finished"] and state["epoch"] == 2
-    assert gf.load_genotype(search_run / "genotype.json") == gt.genotype_from_dict(state["genotype"])
+    assert gf.load_genotype(search_run / "genotype.json") == gchecks.genotype_from_dict(state["genotype"])
     assert sorted(p.name for p in search_run.iterdir() if p.suffix == ".pt") == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 
@@ -340,12 +340,12 @@ def test_the_fp16_grad_scaler_is_saved_and_restored(kind, tmp_path):
     job = _job(kind, tmp_path)
     for _ in range(3):
         _one_step(job)
-    saved = job.scaler.state_dict()
+    saved = job.runtime.scaler.state_dict()
     assert saved != torch.amp.GradScaler("cpu").state_dict()  # it has counted steps
     save_checkpoint(job.state(0, step=3), tmp_path / "c.pt")
     again = _job(kind, tmp_path)
     assert again.resume(tmp_path / "c.pt") == (0, 3)
-    assert again.scaler.state_dict() == saved
+    assert again.runtime.scaler.state_dict() == saved
 
 
 def test_an_old_format_checkpoint_still_resumes(tmp_path):

@@ -22,6 +22,7 @@ from models.ops import FactorizedReduce, PoolBN
 from models.search_cells import SearchCell, edge_key
 from models.search_cnn import SearchNetwork
 from utils.runtime.speed import keep_freed_memory
+from utils.train import groups as tgroups
 
 CASES = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]  # kernel, padding, dilation
 
@@ -196,7 +197,7 @@ def _search_net(stage):
         alphas = {k: [[{"ops": ops, "alphas": [0.1 * i for i in range(len(ops))]} for ops in node]
                       for node in nodes]
                   for k, nodes in stage_candidates("search1", 4).items()}
-        candidates = gt.candidates_from_stage1(alphas, gt.released_groups())
+        candidates = gt.candidates_from_stage1(alphas, tgroups.released_groups())
     else:
         candidates = stage_candidates(stage, 4)
     return SearchNetwork(candidates, 5, init_channels=4, num_cells=4, auxiliary=True, input_size=9)

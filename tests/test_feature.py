@@ -13,6 +13,7 @@ import feature
 import genotypes as gt
 import search
 from models.search_cnn import SearchNetwork
+from utils.analysis import feature_plots as fp
 from utils.analysis import features as ft
 from utils.io.genotype_files import load_alphas, load_groups
 
@@ -188,7 +189,7 @@ def test_end_to_end_groups_round_trip_into_search1(darts_run, capsys):
     assert summary["statistic"] == "position" and summary["transform"] == "train"  # the authors'
     np.testing.assert_allclose(summary["mean_correlation"],
                                summary["mean_correlation_by_statistic"]["position"])
-    ops, mean = ft.read_csv(out / "correlation_mean.csv")
+    ops, mean = fp.read_csv(out / "correlation_mean.csv")
     assert ops == gt.PRIMITIVES[1:] and mean.shape == (7, 7)
     np.testing.assert_allclose(np.diag(mean), 1.0)
     edge_csvs = sorted(out.glob("correlation_cell*.csv"))
@@ -217,7 +218,7 @@ def test_end_to_end_groups_round_trip_into_search1(darts_run, capsys):
                     "--feature_dir", str(other)) == 0
     summary_g = json.loads((other / "summary.json").read_text())
     assert summary_g["statistic"] == "global" and summary_g["transform"] == "eval"
-    np.testing.assert_allclose(ft.read_csv(other / "correlation_mean.csv")[1],
+    np.testing.assert_allclose(fp.read_csv(other / "correlation_mean.csv")[1],
                                summary_g["mean_correlation_by_statistic"]["global"], atol=1e-6)
     assert (other / "kmeans_edges.png").is_file() and not list(other.glob("kmeans_cell*.png"))
 

@@ -10,7 +10,9 @@ import pytest
 
 import genotypes as G
 from utils.io import genotype_files as GF
-from utils.analysis import plots
+from utils.analysis import derive, plots
+from utils.io import genotype_checks as gchecks
+from utils.train import groups as tgroups
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +72,7 @@ def test_modules_do_not_import_torch():
 @pytest.mark.parametrize("name", G.NAMED_GENOTYPES)
 def test_named_genotypes_validate(name):
     g = G.get_named_genotype(name)
-    assert G.validate_genotype(g) is g
+    assert gchecks.validate_genotype(g) is g
     assert g.normal_concat == g.reduce_concat == [2, 3, 4, 5]
 
 
@@ -123,7 +125,7 @@ def test_json_and_repr_file_round_trip(tmp_path, genotype):
     path = tmp_path / "genotype.json"
     GF.save_genotype(genotype, path)
     assert GF.load_genotype(path) == genotype
-    assert json.loads(path.read_text()) == G.genotype_to_dict(genotype)
+    assert json.loads(path.read_text()) == gchecks.genotype_to_dict(genotype)
     assert [p.name for p in tmp_path.iterdir()] == ["genotype.json"]  # no temp file left
     txt = tmp_path / "genotype.txt"
     txt.write_text(GF.format_genotype(genotype))
@@ -131,20 +133,20 @@ def test_json_and_repr_file_round_trip(tmp_path, genotype):
 
 
 def test_per_cell_dict_shape():
-    d = G.genotype_to_dict(per_cell_genotype(3))
+    d = gchecks.genotype_to_dict(per_cell_genotype(3))
     assert [c["cell"] for c in d] == [0, 1, 2]
     assert [c["reduction"] for c in d] == [False, True, True]
     assert d[0]["ops"][0] == ["sep_conv_3x3", 0]
 
 
 def _with(entry, index, value):
-    d = G.genotype_to_dict(G.DARTS_V2)
+    d = gchecks.genotype_to_dict(G.DARTS_V2)
     d[entry][index] = value
     return json.dumps(d)
 
 
 def _without(key):
-    d = G.genotype_to_dict(G.DARTS_V2)
+    d = gchecks.genotype_to_dict(G.DARTS_V2)
     del d[key]
     return json.dumps(d)
 
@@ -153,7 +155,7 @@ def _without(key):
     (_with("normal", 3, ["sep_conv_9x9", 1]), "normal[3]: unknown op 'sep_conv_9x9' (known: none"),
     (_with("reduce", 5, ["max_pool_3x3", 7]),
      "reduce[5]: input 7 out of range for node 2 (allowed 0..3)"),
-    (json.dumps({**G.genotype_to_dict(G.DARTS_V2), "normal": [["sep_conv_3x3", 0]] * 6}),
+    (json.dumps({**gchecks.genotype_to_dict(G.DARTS_V2), "normal": [["sep_conv_3x3", 0]] * 6}),
      "normal: 6 entries, expected 8 (2 per node x 4 nodes)"),
     ("{'normal': [", "not JSON"),
     (_without("reduce_concat"), "missing key 'reduce_concat'"),
@@ -182,9 +184,9 @@ def test_missing_genotype_file(tmp_path):
 
 def test_validate_genotype_rejects_other_objects():
     with pytest.raises(G.GenotypeError, match="expected a Genotype"):
-        G.validate_genotype(tuple(G.DARTS_V2))
+        gchecks.validate_genotype(tuple(G.DARTS_V2))
     with pytest.raises(G.GenotypeError, match=r"cell\[0\].reduction"):
-        G.validate_genotype([G.CellGenotype(G.DARTS_V2.normal, [2, 3, 4, 5], "no")])
+        gchecks.validate_genotype([G.CellGenotype(G.DARTS_V2.normal, [2, 3, 4, 5], "no")])
 
 
 # ----------------------------------------------------------------------------- derivation
@@ -349,7 +351,7 @@ def test_stage1_alphas_match_their_groups(tmp_path):
     alphas otherwise (stage-2 or DARTS alphas)."""
     alphas, groups = _stage1_alphas(), tmp_path / "groups.json"
     GF.check_stage1_alphas(alphas, "a.json", groups)  # no groups.json: the paper's groups
-    GF.save_groups(G.released_groups(), groups)
+    GF.save_groups(tgroups.released_groups(), groups)
     GF.check_stage1_alphas(alphas, "a.json", groups)  # same representatives
     edited = {name: dict(g) for name, g in G.GROUPS.items() if name != "dilated"}
     GF.save_groups(edited, groups)
@@ -382,11 +384,11 @@ def test_alphas_and_genotypes_are_checked_field_by_field(tmp_path):
             (cells[:2], "per-cell genotype of 2 cells"),
             ([cells[0]._replace(reduction=True)] + cells[1:], r"cell\[0\].reduction: is true")):
         with pytest.raises(G.GenotypeError, match=match):
-            G.validate_genotype(changed)
-    d = G.genotype_to_dict(cells)
+            gchecks.validate_genotype(changed)
+    d = gchecks.genotype_to_dict(cells)
     d[1]["cell"] = True
     with pytest.raises(G.GenotypeError, match=r"cell\[1\].cell: is True, expected 1"):
-        G.genotype_from_dict(d)
+        gchecks.genotype_from_dict(d)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -418,28 +420,28 @@ def test_cli_derives_from_alphas(tmp_path, capsys):
     alphas = {"normal": hand_made_cell(), "reduce": hand_made_cell()}
     path = tmp_path / "alphas.json"
     GF.save_alphas(alphas, path)
-    assert GF.main(["--alphas", str(path)]) == 0
+    assert derive.main(["--alphas", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
-    assert json.loads(lines[0]) == G.genotype_to_dict(G.derive_genotype(alphas))
+    assert json.loads(lines[0]) == gchecks.genotype_to_dict(G.derive_genotype(alphas))
 
 
 @pytest.mark.e2e
 def test_cli_checks_genotype_file_as_module(tmp_path):
     path = tmp_path / "genotype.txt"
     path.write_text(GF.format_genotype(G.STACNAS_C10))
-    proc = subprocess.run([sys.executable, "-m", "utils.io.genotype_files", "--genotype", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "utils.analysis.derive", "--genotype", str(path)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == G.genotype_to_dict(G.STACNAS_C10)
+    assert json.loads(proc.stdout) == gchecks.genotype_to_dict(G.STACNAS_C10)
 
 
 def test_cli_errors(tmp_path, capsys):
     missing = tmp_path / "missing.json"
-    assert GF.main(["--alphas", str(missing)]) == 1
+    assert derive.main(["--alphas", str(missing)]) == 1
     err = capsys.readouterr().err
     assert err == f"error: {missing}: not found\n"
     for argv in (["--alphas", "a.json", "--genotype", "g.json"], ["--alpha", "a.json"], []):
         with pytest.raises(SystemExit) as info:
-            GF.main(argv)
+            derive.main(argv)
         assert info.value.code == 2

@@ -28,7 +28,9 @@ from models.summary import count_macs
 from utils.data import loaders as LD
 from utils.analysis import features as ft
 from utils.runtime import speed
+from utils.runtime.context import Runtime
 from utils.train.engine import evaluate, train_epoch
+from utils.train import groups as tgroups
 
 META = torch.device("meta")
 
@@ -38,7 +40,7 @@ def _released_search2():
     alphas = {k: [[{"ops": ops, "alphas": [0.1 * i for i in range(len(ops))]} for ops in node]
                   for node in nodes]
               for k, nodes in stage_candidates("search1", 3).items()}
-    return gt.candidates_from_stage1(alphas, gt.released_groups())
+    return gt.candidates_from_stage1(alphas, tgroups.released_groups())
 
 
 NETWORKS = {
@@ -166,12 +168,10 @@ def test_compile_runs_the_plain_cells(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     for compile_, want in ((False, ("cells", "depthwise")), (True, ())):
         args = argparse.Namespace(channels_last=None, amp="none", compile=compile_)
-        speed.resolve(args, torch.device("cpu"), "search")
-        assert args.fast_path == want
+        assert speed.plan(args, torch.device("cpu"), "search").fast_path == want
     net = COMPILE_NETWORKS["search"]()
-    args = argparse.Namespace(channels_last=False, amp="none", compile=True,
-                              fast_path=("cells",), keep_freed_memory=False)
-    speed.prepare(net, args, torch.device("cpu"))
+    plan = speed.SpeedPlan(compile=True, fast_path=("cells",))
+    speed.prepare(net, plan, torch.device("cpu"))
     assert not any(type(m) in fastpath.FAST_FORMS.values() for m in net.modules())
 
 
@@ -231,7 +231,7 @@ def test_train_epoch_reads_the_device_only_at_log_points(monkeypatch, sizes):
     losses = [0.5 + 0.1 * i for i in range(len(sizes))]
     lines = []
     reads = _Reads(monkeypatch)
-    stats = train_epoch(batches, _scripted_step(losses), device=torch.device("cpu"), epoch=0,
+    stats = train_epoch(batches, _scripted_step(losses), runtime=Runtime(), epoch=0,
                         epochs=1, log=lines.append, print_freq=5)
     monkeypatch.undo()
     log_points = len(lines)
@@ -248,7 +248,7 @@ def test_evaluate_reads_the_device_once(monkeypatch):
     model = nn.Linear(3, 7)
     expected = [nn.functional.cross_entropy(model(x), y).item() * len(y) for x, y in batches]
     reads = _Reads(monkeypatch)
-    stats = evaluate(model, batches, nn.CrossEntropyLoss(), device=torch.device("cpu"))
+    stats = evaluate(model, batches, nn.CrossEntropyLoss(), Runtime())
     assert reads.count == 1
     monkeypatch.undo()
     assert stats["loss"] == sum(expected) / 21
@@ -259,7 +259,7 @@ def test_evaluate_reads_the_device_once(monkeypatch):
 def test_nan_loss_raises_one_line_with_the_steps_it_happened_between(print_freq, where):
     losses = [1.0] * 6 + [float("nan")] + [1.0] * 5
     with pytest.raises(FloatingPointError) as err:
-        train_epoch(_batches([4] * 12), _scripted_step(losses), device=torch.device("cpu"),
+        train_epoch(_batches([4] * 12), _scripted_step(losses), runtime=Runtime(),
                     epoch=2, epochs=5, log=lambda line: None, print_freq=print_freq)
     message = str(err.value)
     assert f"loss became nan at epoch 3, {where};" in message and "\n" not in message
@@ -270,7 +270,7 @@ def test_a_stop_request_after_a_nan_loss_raises_the_nan_not_interrupted():
     losses = [1.0, float("inf"), 1.0, 1.0, 1.0]
     asked = iter([False, False, True])
     with pytest.raises(FloatingPointError, match="between steps 1 and 3 of 5"):
-        train_epoch(_batches([4] * 5), _scripted_step(losses), device=torch.device("cpu"),
+        train_epoch(_batches([4] * 5), _scripted_step(losses), runtime=Runtime(),
                     epoch=0, epochs=1, log=lambda line: None, print_freq=50,
                     should_stop=lambda: next(asked))
 

@@ -12,8 +12,11 @@ from models.factory import build_supernet, stage_candidates
 from models.ops import FactorizedReduce, Identity
 from models.search_cells import MixedOp, edge_key, module_keys
 from summary import main as summary_main
+from utils.analysis import derive
 from utils.io import genotype_files as gf
 from utils.data.info import DatasetInfo
+from utils.io import genotype_checks as gchecks
+from utils.train import groups as tgroups
 
 TINY = DatasetInfo(3, 16, 10)
 SKIP2 = ["skip_connect", "skip_connect", "none"]
@@ -44,25 +47,25 @@ def _forward_backward(net):
 
 # ----------------------------------------------------------------------------- groups
 def test_released_groups_lists():
-    released = gt.released_groups(gt.GROUPS)
-    assert gt.RELEASED_IDENTITY_MEMBERS == SKIP2
+    released = tgroups.released_groups(gt.GROUPS)
+    assert tgroups.RELEASED_IDENTITY_MEMBERS == SKIP2
     assert released["identity"] == {"representative": "skip_connect", "members": SKIP2}
     assert {k: v for k, v in released.items() if k != "identity"} == \
         {k: v for k, v in gt.GROUPS.items() if k != "identity"}
     assert list(released) == list(gt.GROUPS)
     assert gt.stage1_primitives(released) == gt.STAGE1_PRIMITIVES  # stage 1 unchanged
     assert gt.GROUPS["identity"]["members"] == ["skip_connect", "none"]  # a new dict
-    assert gt.released_groups() == released == gt.released_groups(released)  # idempotent
+    assert tgroups.released_groups() == released == tgroups.released_groups(released)  # idempotent
     assert gf.validate_groups(released) == released
 
 
 def test_identity_group_choices():
-    assert gt.IDENTITY_GROUP_CHOICES == ("single", "released")
-    assert gt.identity_group(gt.GROUPS, "single") == gt.GROUPS
-    assert gt.identity_group(gt.GROUPS, "released") == gt.released_groups(gt.GROUPS)
-    assert gt.identity_group(gt.released_groups(gt.GROUPS), "single") == gt.GROUPS
+    assert tgroups.IDENTITY_GROUP_CHOICES == ("single", "released")
+    assert tgroups.identity_group(gt.GROUPS, "single") == gt.GROUPS
+    assert tgroups.identity_group(gt.GROUPS, "released") == tgroups.released_groups(gt.GROUPS)
+    assert tgroups.identity_group(tgroups.released_groups(gt.GROUPS), "single") == gt.GROUPS
     with pytest.raises(ValueError, match="unknown identity group 'double'"):
-        gt.identity_group(gt.GROUPS, "double")
+        tgroups.identity_group(gt.GROUPS, "double")
 
 
 def test_released_groups_of_custom_groups():
@@ -70,16 +73,16 @@ def test_released_groups_of_custom_groups():
     custom = {"group_0": {"representative": "max_pool_3x3",
                           "members": ["max_pool_3x3", "skip_connect", "avg_pool_3x3", "none"]},
               "zero": {"representative": "none", "members": ["none"]}}
-    assert gt.released_groups(custom)["group_0"]["members"] == [
+    assert tgroups.released_groups(custom)["group_0"]["members"] == [
         "max_pool_3x3", "skip_connect", "skip_connect", "avg_pool_3x3", "none"]
     with pytest.raises(gt.GenotypeError, match="no group has 'skip_connect'"):
-        gt.released_groups({"zero": {"representative": "none", "members": ["none"]}})
+        tgroups.released_groups({"zero": {"representative": "none", "members": ["none"]}})
 
 
 def test_released_groups_file_round_trip(tmp_path):
     path = tmp_path / "groups.json"
-    path.write_text(json.dumps(gt.released_groups()))
-    assert gf.load_groups(path) == gt.released_groups()
+    path.write_text(json.dumps(tgroups.released_groups()))
+    assert gf.load_groups(path) == tgroups.released_groups()
 
 
 @pytest.mark.parametrize("ops, problem", [
@@ -106,9 +109,9 @@ def test_allowed_lists():
 def test_candidates_from_stage1_with_released_groups():
     alphas = stage1_alphas()
     single = gt.candidates_from_stage1(alphas)
-    released = gt.candidates_from_stage1(alphas, gt.released_groups())
+    released = gt.candidates_from_stage1(alphas, tgroups.released_groups())
     assert stage_candidates("search2", 5, stage1_alphas=alphas,
-                            groups=gt.released_groups()) == released
+                            groups=tgroups.released_groups()) == released
     identity_edges = 0
     for key in ("normal", "reduce"):
         for i, edges in enumerate(released[key]):
@@ -136,8 +139,8 @@ def test_alphas_round_trip_and_derivation_with_duplicates(tmp_path):
     assert g.normal[:2] == [("skip_connect", 0), ("skip_connect", 1)]  # 0.9 first, then 0.8
     assert g.reduce[:2] == [("sep_conv_3x3", 0), ("skip_connect", 1)]  # one name, either copy
     assert gt.count_ops(g, "skip_connect") == 3
-    assert gt.validate_genotype(g) == g
-    assert gf.main(["--alphas", str(path)]) == 0
+    assert gchecks.validate_genotype(g) == g
+    assert derive.main(["--alphas", str(path)]) == 0
 
 
 # ----------------------------------------------------------------------------- mixed op
@@ -177,14 +180,14 @@ def test_module_keys():
 def _released_and_single(alphas=None):
     alphas = alphas or stage1_alphas()
     single = _net(gt.candidates_from_stage1(alphas))
-    released = _net(gt.candidates_from_stage1(alphas, gt.released_groups()))
+    released = _net(gt.candidates_from_stage1(alphas, tgroups.released_groups()))
     return single, released
 
 
 def test_supernet_forward_backward_stride_1_and_2():
     # identity everywhere: each cell is sums of identities (normal) / FactorizedReduces (reduce)
     net = _net(gt.candidates_from_stage1(stage1_alphas(lambda i, j: "skip_connect"),
-                                         gt.released_groups()))
+                                         tgroups.released_groups()))
     assert all(a.numel() == 3 for a in net.alphas())
     _forward_backward(net)
     # stride-2 edges: both FactorizedReduce copies get gradients
@@ -199,7 +202,7 @@ def test_supernet_forward_backward_stride_1_and_2():
 
 
 def test_initial_softmax_mass_on_skip_is_two_thirds():
-    net = _net(gt.candidates_from_stage1(stage1_alphas(), gt.released_groups()))
+    net = _net(gt.candidates_from_stage1(stage1_alphas(), tgroups.released_groups()))
     with torch.no_grad():
         weights = net._softmaxed("normal")
     cands = net.candidates["normal"]

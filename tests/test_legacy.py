@@ -19,6 +19,7 @@ from utils.pickles import authors, unpickler
 from utils.pickles.authors import (LegacyCheckpointError, load_authors_checkpoint,
                                    read_authors_checkpoint)
 from tests import authors_format as af
+from utils.io import genotype_checks as gchecks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,12 +168,12 @@ def test_resaved_zip_format_loads(c10, tmp_path):
 
 
 def test_network_spec_rebuilds_the_same_network(c10):
-    from models.factory import build_from_spec
+    from utils.io.network_spec import build_from_spec
     model, path = c10
     net, spec = authors.load_authors_network(path)
     assert spec["kind"] == "cifar" and spec["stem_multiplier"] == 3
     assert (spec["in_channels"], spec["input_size"], spec["num_classes"]) == (3, 32, 10)
-    assert gt.genotype_from_dict(spec["genotype"]) == gt.STACNAS_C10
+    assert gchecks.genotype_from_dict(spec["genotype"]) == gt.STACNAS_C10
     rebuilt = build_from_spec(spec)
     rebuilt.load_state_dict(net.state_dict())
     _same_logits(rebuilt.eval(), model, (2, 3, 32, 32))

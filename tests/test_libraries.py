@@ -81,7 +81,7 @@ def test_a_busy_folder_names_its_holder_and_kill_9_frees_it_though_a_forked_chil
 
 HAND_OVER_THEN_DIE = """
 import os, signal, subprocess, sys
-import alpha_efficiency as ae
+from utils.analysis import alpha_runs as ae
 from pathlib import Path
 with ae.out_lock(Path(sys.argv[1])) as fd:
     # the training run: PR_SET_PDEATHSIG sends it SIGTERM when we die, and it saves first
@@ -94,7 +94,7 @@ with ae.out_lock(Path(sys.argv[1])) as fd:
 """
 WAIT_FOR_IT = """
 import sys
-import alpha_efficiency as ae
+from utils.analysis import alpha_runs as ae
 from pathlib import Path
 with ae.out_lock(Path(sys.argv[1])):
     print("got it", flush=True)

@@ -24,7 +24,9 @@ import run_all
 import search
 import summary
 from utils.analysis import alpha_efficiency as ae
+from utils.analysis import alpha_report
 from utils.io import genotype_files as gf
+from utils.runtime import flags
 from utils.runtime.logging import params_text
 from utils.train.stage import progress_text
 from utils.analysis.summary import write_summary
@@ -84,7 +86,7 @@ def test_a_usage_error_of_a_real_process_is_one_line(tmp_path):
                  "--synthetic_shape", "3,8,16"])
     assert proc.returncode == 2 and not proc.stdout
     assert proc.stderr.splitlines() == [
-        f"search.py: error: argument --synthetic_shape: expected {config.SHAPE_RULE}; got "
+        f"search.py: error: argument --synthetic_shape: expected {flags.SHAPE_RULE}; got "
         "'3,8,16' (see --help)"]
     assert list(tmp_path.iterdir()) == []
 
@@ -92,14 +94,14 @@ def test_a_usage_error_of_a_real_process_is_one_line(tmp_path):
 def test_synthetic_shape_help_and_error_say_the_same(capsys):
     """Only square images work: --help says so, and every refused value gets that same text."""
     help_text = " ".join(config.search_parser().format_help().split())
-    assert f"synthetic dataset: {config.SHAPE_RULE}" in help_text
-    assert "square images (H = W" in config.SHAPE_RULE
-    assert config.shape("3,8,8") == (3, 8) and config.shape("1,4096,4096") == (1, 4096)
+    assert f"synthetic dataset: {flags.SHAPE_RULE}" in help_text
+    assert "square images (H = W" in flags.SHAPE_RULE
+    assert flags.shape("3,8,8") == (3, 8) and flags.shape("1,4096,4096") == (1, 4096)
     for bad in ("3,8,16", "3,4,4", "0,8,8", "65,8,8", "3,8192,8192", "3,8", "a,b,c"):
         with pytest.raises(SystemExit):
             config.search_parser().parse_args(["--stage", "search1", "--name", "x",
                                                 "--synthetic_shape", bad])
-        assert f"expected {config.SHAPE_RULE}; got {bad!r}" in capsys.readouterr().err
+        assert f"expected {flags.SHAPE_RULE}; got {bad!r}" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- no ignored flags
@@ -260,7 +262,7 @@ def test_a_finished_analysis_is_never_replaced_by_another(tmp_path):
     plans = [_plan(tmp_path / "s", "darts", "0")]
     out.mkdir()
     alpha_efficiency.check_out(first, plans)  # nothing there yet
-    saved = {"searches": [alpha_efficiency.search_record(first, *p) for p in plans],
+    saved = {"searches": [alpha_report.search_record(first, *p) for p in plans],
              "seeds": first.seeds}
     (out / "alpha_efficiency.json").write_text(json.dumps(saved))
     alpha_efficiency.check_out(first, plans)  # the same analysis again: a rerun goes on

@@ -21,8 +21,9 @@ def test_speed_defaults_per_cpu_class(monkeypatch, capability, network, amp, par
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     args = argparse.Namespace(channels_last=None, amp=amp)
-    speed.resolve(args, CPU, network)
-    assert args.channels_last is True and args.fast_path == parts and args.keep_freed_memory is keep
+    plan = speed.plan(args, CPU, network)
+    assert plan.channels_last is True and plan.fast_path == parts and plan.keep_freed_memory is keep
+    assert args == argparse.Namespace(channels_last=None, amp=amp)  # the flags stay as given
     assert speed.channels_last_default(CUDA, network) is False  # NCHW on GPUs (docs/speed.md)
     assert speed.fast_path_default(CUDA, network, amp) == ()
 
@@ -30,8 +31,7 @@ def test_speed_defaults_per_cpu_class(monkeypatch, capability, network, amp, par
 def test_an_explicit_channels_last_flag_wins(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     args = argparse.Namespace(channels_last=False, amp="none")
-    speed.resolve(args, CPU, "final")
-    assert args.channels_last is False
+    assert speed.plan(args, CPU, "final").channels_last is False
 
 
 @pytest.mark.parametrize("native, force, expected", [(False, False, "none"), (False, True, "bf16"),
@@ -40,8 +40,8 @@ def test_bf16_needs_native_support_or_force(monkeypatch, native, force, expected
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
     lines = []
     args = argparse.Namespace(channels_last=False, amp="bf16", force_amp=force)
-    speed.resolve(args, CPU, "search", lines.append)
-    assert args.amp == expected
+    assert speed.plan(args, CPU, "search", lines.append).amp == expected
+    assert args.amp == "bf16"
     assert len(lines) == (1 if expected == "none" else 0)
 
 
@@ -53,8 +53,8 @@ def test_bf16_on_gpus_without_native_support(monkeypatch, major, force, expected
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU sm_{major}0")
     lines = []
     args = argparse.Namespace(channels_last=None, amp="bf16", force_amp=force)
-    speed.resolve(args, CUDA, "final", lines.append)
-    assert args.amp == expected and args.channels_last is False and args.fast_path == ()
+    plan = speed.plan(args, CUDA, "final", lines.append)
+    assert plan.amp == expected and plan.channels_last is False and plan.fast_path == ()
     assert len(lines) == (1 if expected == "none" else 0)
     assert all("no native bf16" in line and f"sm_{major}0" in line for line in lines)
 

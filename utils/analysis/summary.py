@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import genotypes as gt
+from utils.io.genotype_checks import genotype_from_dict, genotype_to_dict
 from utils.io import files
 from utils.io.files import BadFile, write_text
 from utils.io.genotype_files import format_genotype, load_alphas, load_genotype
@@ -182,7 +183,7 @@ def seed_summary(seed_dir: Path, method: str = "stacnas") -> dict:
     seconds = read_timings(seed_dir / "timings.json")
     searched = [seconds.get(s) for s in SEARCHES[method]]
     return {"seed": seed_dir.name, "method": method,
-            "genotype": gt.genotype_to_dict(genotype) if genotype else None,
+            "genotype": genotype_to_dict(genotype) if genotype else None,
             "genotype_repr": format_genotype(genotype) if genotype else None,
             **(op_counts(genotype) if genotype else {"skips": None, "param_free": None}),
             "alpha_entropy": alpha_entropy(alphas) if alphas else None,
@@ -212,7 +213,7 @@ def method_summary(seeds: list[dict]) -> dict:
                                            for s in seeds]),
                         ("search_seconds", [s["search_seconds"] for s in seeds])):
         out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
-    out["agreement"] = genotype_agreement([gt.genotype_from_dict(s["genotype"]) for s in seeds
+    out["agreement"] = genotype_agreement([genotype_from_dict(s["genotype"]) for s in seeds
                                            if s["genotype"]])
     return out
 

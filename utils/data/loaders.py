@@ -5,7 +5,7 @@ the file."""
 from __future__ import annotations
 
 import atexit
-import multiprocessing.util  # its exit handler is registered before this module's (see _LOADERS)
+import multiprocessing.util  # noqa: F401 -- its exit handler is registered before ours (_LOADERS)
 import os
 import random
 import signal

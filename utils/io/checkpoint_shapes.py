@@ -1,6 +1,6 @@
 """A checkpoint's network, checked against its own stored weights before anything is built.
 
-A final network's spec (models.factory.network_spec) or a supernet's config and candidates
+A final network's spec (utils/io/network_spec.py) or a supernet's config and candidates
 must have sane ranges and agree with the shapes of the state dict: the stem's shape gives the
 channels and input channels, the `cells.<i>.` keys the cell count, the classifier the classes.
 Then the network described is built on the meta device (which allocates nothing) and every
@@ -15,8 +15,10 @@ from typing import Any, Callable
 import torch
 
 import genotypes as gt
-from models.factory import build_from_spec, build_supernet
+from models.factory import build_supernet
 from utils.io.checkpoint import CheckpointError
+from utils.io.genotype_checks import genotype_from_dict
+from utils.io.network_spec import build_from_spec
 from utils.io.checkpoint_values import BOOL, DICT, STR, Kind, fail, need, need_int, show
 
 # Sane ranges of a network (the paper's largest: 48 channels, 20 cells, 1000 classes).
@@ -89,7 +91,7 @@ def check_network_spec(net: dict, weights: dict, path) -> None:
     aux, keep_zero = (need(net, k, BOOL, path, "network") for k in ("auxiliary", "keep_zero"))
     mult = need_int(net, "stem_multiplier", 1, 16, path, "network", default=3)
     try:
-        gt.genotype_from_dict(need(net, "genotype", GENOTYPE, path, "network"),
+        genotype_from_dict(need(net, "genotype", GENOTYPE, path, "network"),
                               f"{path}: network.genotype")
     except gt.GenotypeError as exc:
         raise CheckpointError(str(exc)) from None

@@ -11,13 +11,10 @@ node two edges or more with a real op (not only ``none``), as the derivation nee
 [ops]}}``: the representative among the members, every group with a real op except the zero
 group (``none`` alone), and at least one group with a real representative (StacNAS sec. 3:
 stage 1 searches the representatives, stage 2 the members of the group that won an edge).
-
-    python -m utils.io.genotype_files --alphas runs/exp/search1/alphas.json --plot plots/
-    python -m utils.io.genotype_files --genotype runs/exp/search2/genotype.txt
+Their command line (derive, check, draw) is ``python -m utils.analysis.derive``.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import math
@@ -25,16 +22,14 @@ import numbers
 import os
 import re
 import stat
-import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from genotypes import (GROUPS, KNOWN_OPS, NUM_NODES, AnyGenotype, CellGenotype, Genotype,
-                       GenotypeError, alpha_set_keys, derive_genotype, duplicate_problem,
-                       genotype_from_dict, genotype_to_dict, require_keys, short_repr,
-                       stage1_primitives, unknown_op)
+                       GenotypeError, alpha_set_keys, duplicate_problem,
+                       short_repr, stage1_primitives)
 from utils.io.files import write_text
-from utils.analysis.plots import plot_genotype
+from utils.io.genotype_checks import genotype_from_dict, genotype_to_dict, require_keys, unknown_op
 
 # A genotype file is under 1 KB, per-cell alphas of 100 cells about 300 KB; they nest 5 deep.
 MAX_FILE_BYTES = 4 * 2 ** 20
@@ -354,33 +349,3 @@ def save_groups(groups: dict, path: Union[str, Path]) -> None:
 def load_groups(path: Union[str, Path]) -> dict:
     """Read and validate a groups JSON file."""
     return validate_groups(_parse_json(_read_text(path), path), str(path))
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m utils.io.genotype_files",
-        description="Derive a genotype from alphas.json, or check a genotype file; prints it as "
-                    "one JSON line.", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--alphas", help="alphas.json of a search stage to derive from")
-    source.add_argument("--genotype", help="genotype file (JSON or Genotype(...) repr) to check")
-    parser.add_argument("--plot", metavar="DIR", help="also draw the cells into DIR")
-    args = parser.parse_args(argv)
-    try:
-        if args.alphas:
-            g = derive_genotype(load_alphas(args.alphas), source=args.alphas)
-        else:
-            g = load_genotype(args.genotype)
-        print(json.dumps(genotype_to_dict(g)))
-        if args.plot:
-            plot_genotype(g, args.plot)
-    except (GenotypeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,7 @@
-"""A run's configuration as files hold it: the resolved options written as config.json (and
-into checkpoints), and the options in which a resumed run differs from the run it resumes."""
+"""A run's configuration as files hold it: the options as given written as config.json (and
+into checkpoints), with what the run did for speed beside them ("speed": the plan its device
+gave, e.g. float32 where --amp bf16 was refused), and the options in which a resumed run
+differs from the run it resumes."""
 from __future__ import annotations
 
 import argparse
@@ -10,23 +12,25 @@ from utils.io.files import write_json
 
 # Options that may differ when a run is resumed (they do not change its result).
 # (paths may change when a run folder moves; stage inputs are checked by content instead)
-RESUME_NEUTRAL = {"device", "gpu", "channels_last", "fast_path", "keep_freed_memory", "num_workers", "print_freq", "force", "debug", "data_dir",
-                  "save_dir", "run_dir", "stage_dir", "search1_dir", "genotype", "resume",
-                  "no_download"}
+# (fast_path, keep_freed_memory: config.json of earlier versions; now inside "speed")
+RESUME_NEUTRAL = {"device", "gpu", "channels_last", "speed", "fast_path", "keep_freed_memory",
+                  "num_workers", "print_freq", "force", "debug", "data_dir", "save_dir",
+                  "run_dir", "stage_dir", "search1_dir", "genotype", "resume", "no_download"}
 # Options added after runs were made: a config.json without them ran with these values.
 LATER_OPTIONS = {"num_nodes": NUM_NODES, "label_smooth": 0.0, "cutout": 0, "auto_aug": False,
                  "power_lr": False, "alphas_from": "auto", "identity_group": "single"}
 
 
 def config_dict(args: argparse.Namespace) -> dict:
-    """JSON-ready copy of the resolved configuration."""
+    """JSON-ready copy of the configuration (the options after the parser's checks)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items())}
 
 
-def save_config(args: argparse.Namespace, path: str | Path) -> None:
+def save_config(args: argparse.Namespace, path: str | Path, speed: dict | None = None) -> None:
     """config.json, strict JSON (the parsers refuse non-finite numbers; were one to pass, it
-    would be written as null rather than as JSON's missing NaN)."""
-    write_json(path, config_dict(args))
+    would be written as null rather than as JSON's missing NaN); `speed`: the run's speed
+    plan (utils.runtime.speed.SpeedPlan.as_dict)."""
+    write_json(path, {**config_dict(args), **({"speed": speed} if speed is not None else {})})
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

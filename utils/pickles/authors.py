@@ -20,7 +20,8 @@ import torch.nn as nn
 
 import genotypes as gt
 from models.augment_cnn import FinalNetwork
-from models.factory import network_spec
+from utils.io.genotype_checks import validate_genotype
+from utils.io.network_spec import network_spec
 from utils.pickles.unpickler import (DAMAGE_ERRORS, LegacyCheckpointError, Pickled, TensorRef,
                                      read_objects)
 from utils.pickles.bounds import short_repr
@@ -277,7 +278,7 @@ def authors_genotype(info: dict) -> gt.AnyGenotype:
         genotype = [gt.CellGenotype(ops, list(concat), cell["reduction"])
                     for ops, cell in zip(flats, cells)]
     try:
-        gt.validate_genotype(genotype, info["num_nodes"], source)
+        validate_genotype(genotype, info["num_nodes"], source)
     except gt.GenotypeError as exc:
         raise LegacyCheckpointError(str(exc)) from None
     for i, (ops, cell) in enumerate(zip(flats, cells)):  # validated ops from here on
@@ -357,7 +358,7 @@ def _weights_for(model: FinalNetwork, info: dict, entries: list, source: str) ->
 
 def load_authors_network(path: Union[str, Path]) -> tuple[FinalNetwork, dict]:
     """(our FinalNetwork with the authors' weights, in eval mode, and its plain spec in the
-    shape of `models.factory.network_spec`, plus `stem_multiplier`). The network is first
+    shape of `utils.io.network_spec.network_spec`, plus `stem_multiplier`). The network is first
     built on the meta device (nothing allocated) and checked against the file's modules and
     tensors, so a file claiming a huge network costs nothing before it is refused."""
     info, entries = _read(path)

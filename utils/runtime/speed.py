@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import ctypes
 import sys
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -105,49 +106,69 @@ def fast_path_default(device: torch.device, network: str, amp: str) -> tuple[str
     return tuple(parts)
 
 
-def resolve(args: argparse.Namespace, device: torch.device, network: str, log=print) -> None:
-    """Fill the device-dependent speed defaults into `args` (network: "search" or "final"):
-    --channels_last when not given, --amp bf16 refused (float32, one warning line) on a CPU
-    without native bf16 unless --force_amp, the fast-path parts and keep_freed_memory."""
-    if getattr(args, "channels_last", None) is None:
-        args.channels_last = channels_last_default(device, network)
-    if getattr(args, "amp", "none") == "bf16" and not getattr(args, "force_amp", False):
+@dataclass(frozen=True)
+class SpeedPlan:
+    """What a stage does for speed and memory, decided once from its flags and the device
+    (:func:`plan`): the defaults are plain float32 NCHW, nothing compiled or recomputed."""
+    channels_last: bool = False
+    amp: str = "none"  # "none", "bf16" or "fp16"
+    fast_path: tuple[str, ...] = ()  # models.fastpath parts
+    keep_freed_memory: bool = False
+    compile: bool = False
+    grad_checkpoint: bool = False
+
+    def as_dict(self) -> dict:
+        """Plain data (config.json's "speed": what the run did, beside what was asked)."""
+        return {**asdict(self), "fast_path": list(self.fast_path)}
+
+
+def plan(args: argparse.Namespace, device: torch.device, network: str, log=print) -> SpeedPlan:
+    """The speed plan of a stage (network: "search" or "final"); `args` is left as given.
+    --channels_last when not given: the measured default; --amp bf16 refused (float32, one
+    warning line) where the device has no native bf16, unless --force_amp; the fast-path
+    parts and keep_freed_memory as measured for the device."""
+    compiled = bool(getattr(args, "compile", False))
+    channels_last = getattr(args, "channels_last", None)
+    if channels_last is None:
+        channels_last = channels_last_default(device, network)
+    amp = getattr(args, "amp", None) or "none"
+    if amp == "bf16" and not getattr(args, "force_amp", False):
         if device.type == "cpu" and not cpu_has_native_bf16():
             log(f"warning: --amp bf16 ignored: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
                 "has no native bf16 and would run ~10x slower; training in float32 (--force_amp "
                 "insists)")
-            args.amp = "none"
+            amp = "none"
         elif device.type == "cuda" and not cuda_has_native_bf16(device):
             log(f"warning: --amp bf16 ignored: this GPU ({torch.cuda.get_device_name(device)}) has "
                 "no native bf16 (compute capability < 8.0) and would emulate it; training in "
                 "float32 (--amp fp16 is native there; --force_amp insists on bf16)")
-            args.amp = "none"
-    if getattr(args, "fast_path", None) is None:
-        args.fast_path = (() if getattr(args, "compile", False)
-                          else fast_path_default(device, network, args.amp))
-    if getattr(args, "keep_freed_memory", None) is None:
-        args.keep_freed_memory = device.type == "cpu" and not _avx2_class()
+            amp = "none"
+    fast_path = getattr(args, "fast_path", None)
+    if fast_path is None:
+        fast_path = () if compiled else fast_path_default(device, network, amp)
+    keep = getattr(args, "keep_freed_memory", None)
+    if keep is None:
+        keep = device.type == "cpu" and not _avx2_class()
+    return SpeedPlan(channels_last=bool(channels_last), amp=amp, fast_path=tuple(fast_path),
+                     keep_freed_memory=bool(keep), compile=compiled,
+                     grad_checkpoint=bool(getattr(args, "grad_checkpoint", False)))
 
 
-def channels_last_for(args: argparse.Namespace, device: torch.device) -> bool:
-    return bool(getattr(args, "channels_last", False))
+def memory_format(speed: SpeedPlan) -> torch.memory_format:
+    return torch.channels_last if speed.channels_last else torch.contiguous_format
 
 
-def memory_format(args: argparse.Namespace, device: torch.device) -> torch.memory_format:
-    return torch.channels_last if channels_last_for(args, device) else torch.contiguous_format
-
-
-def autocast(args: argparse.Namespace, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def autocast(speed: SpeedPlan, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts (a no-op without --amp)."""
-    if args.amp == "none":
+    if speed.amp == "none":
         return contextlib.nullcontext
-    dtype = AMP_DTYPES[args.amp]
+    dtype = AMP_DTYPES[speed.amp]
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def grad_scaler(args: argparse.Namespace, device: torch.device):
+def grad_scaler(speed: SpeedPlan, device: torch.device):
     """A GradScaler for fp16 (bf16 and float32 need none)."""
-    if args.amp != "fp16":
+    if speed.amp != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
 
@@ -169,21 +190,20 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def prepare(model: nn.Module, args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """Apply memory format, the fast-path parts `resolve` chose (models.fastpath: same
-    function, less work), keep_freed_memory and checkpointing to `model` (in place)."""
+def prepare(model: nn.Module, speed: SpeedPlan, device: torch.device) -> nn.Module:
+    """Apply the plan's memory format, fast-path parts (models.fastpath: same function, less
+    work), keep_freed_memory and checkpointing to `model` (in place)."""
     if device.type == "cpu":
-        if getattr(args, "keep_freed_memory", False):
+        if speed.keep_freed_memory:
             keep_freed_memory()
-        parts = getattr(args, "fast_path", ())
-        if parts and not getattr(args, "compile", False):  # the compiler fuses on its own; the
-            fastpath.enable(model, tuple(parts))           # fast path's autograd functions break its graph
-    if channels_last_for(args, device):
+        if speed.fast_path and not speed.compile:  # the compiler fuses on its own; the
+            fastpath.enable(model, speed.fast_path)  # fast path's autograd functions break its graph
+    if speed.channels_last:
         model.to(memory_format=torch.channels_last)
-    if getattr(args, "grad_checkpoint", False):
+    if speed.grad_checkpoint:
         model.grad_checkpoint = True
     return model
 
 
-def maybe_compile(module: nn.Module, args: argparse.Namespace) -> nn.Module:
-    return torch.compile(module) if getattr(args, "compile", False) else module
+def maybe_compile(module: nn.Module, speed: SpeedPlan) -> nn.Module:
+    return torch.compile(module) if speed.compile else module

@@ -8,7 +8,6 @@ the Hessian-vector product by central differences (eq. 8).
 """
 from __future__ import annotations
 
-import contextlib
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -16,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from utils.runtime.context import Runtime
+from utils.runtime.distributed import average_
 from utils.train.engine import loss_and_logits, optimizer_step
 
 MODES = ("one-level", "bilevel")
@@ -85,6 +86,8 @@ class Architect:
     the training batch; `unrolled=True` is the second-order approximation (eq. 7-8).
     `grad_clip` bounds the norm of the weights' gradient only (alphas are never clipped).
     `hessian_eps` is the r of eps = r / ||dL_val/dw'|| in eq. 8 (DARTS uses 0.01).
+    `runtime`: autocast, fp16's gradient scaler and the process group (default: one process,
+    float32).
     """
 
     def __init__(self, model: nn.Module, w_optimizer: torch.optim.Optimizer,
@@ -92,7 +95,7 @@ class Architect:
                  mode: str = "one-level", unrolled: bool = False,
                  grad_clip: float | None = 5.0, aux_weight: float = 0.0,
                  hessian_eps: float = 0.01, forward_model: nn.Module | None = None,
-                 dist_info=None, autocast: Callable = contextlib.nullcontext, scaler=None):
+                 runtime: Runtime | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if unrolled and mode != "bilevel":
@@ -110,13 +113,12 @@ class Architect:
         # weights and alphas in backward); alpha gradients taken with autograd.grad bypass DDP
         # and are averaged over ranks explicitly, so every rank holds the same alphas.
         self.forward_model = forward_model if forward_model is not None else model
-        self.dist_info = dist_info
-        # mixed precision: forward passes under `autocast()`; an fp16 GradScaler (one-level only)
-        if scaler is not None and mode != "one-level":
+        # device, mixed precision (forward passes under its autocast; fp16's gradient scaler,
+        # one-level only) and the process group
+        self.runtime = runtime if runtime is not None else Runtime()
+        if self.runtime.scaler is not None and mode != "one-level":
             raise ValueError("fp16 with a gradient scaler is supported for one-level search; "
                              "use bf16 for bilevel")
-        self.autocast = autocast
-        self.scaler = scaler
 
     # -- parameters ---------------------------------------------------------------------
     def _weights(self) -> list[nn.Parameter]:
@@ -126,7 +128,7 @@ class Architect:
         return list(self.model.alphas())
 
     def _loss(self, x: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-        with self.autocast():
+        with self.runtime.autocast():
             return loss_and_logits(self.model if model is None else model, x, y, self.criterion,
                                    self.aux_weight)
 
@@ -142,7 +144,7 @@ class Architect:
             self.w_optimizer.zero_grad()
             loss, logits = self._loss(x, y, self.forward_model)
             optimizer_step(loss, [self.a_optimizer, self.w_optimizer], self._weights(),
-                           self.grad_clip, self.scaler)
+                           self.grad_clip, self.runtime.scaler)
             return loss.detach(), logits.detach()
 
         if x_valid is None or y_valid is None:
@@ -162,9 +164,8 @@ class Architect:
         else:
             loss, _ = self._loss(x_valid, y_valid)
             grads = _grads(loss, alphas)
-        if self.dist_info is not None:
-            from utils.runtime.distributed import average_
-            average_(grads, self.dist_info)
+        if self.runtime.distributed:  # alphas alike on every rank
+            average_(grads, self.runtime.dist)
         self.a_optimizer.zero_grad()
         for a, g in zip(alphas, grads):
             a.grad = g.detach().clone()

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 
 from utils.data.loaders import loading_failure
+from utils.runtime.context import Runtime
+from utils.runtime.distributed import reduce_sums, sync_buffers
 
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -116,11 +118,10 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
-def _averages(sums: dict, dist_info, device) -> dict:
+def _averages(sums: dict, runtime: Runtime) -> dict:
     """Averages of `DeviceTotals.read()` sums, summed over ranks first when distributed."""
-    if dist_info is not None:
-        from utils.runtime.distributed import reduce_sums
-        sums = reduce_sums(sums, dist_info, device)
+    if runtime.distributed:
+        sums = reduce_sums(sums, runtime.dist, runtime.device)
     n = max(sums["n"], 1)
     return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
             "n": int(sums["n"])}
@@ -137,22 +138,21 @@ def _nonfinite(loss_sum: float, epoch: int, first: int, last: int,
         "then rerun to resume")
 
 
-def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs: int,
+def train_epoch(loader, step: Step, *, runtime: Runtime, epoch: int, epochs: int,
                 log: Callable[[str], None] = print, print_freq: int = 50,
-                check_finite: bool = True, dist_info=None,
-                memory_format: torch.memory_format = torch.contiguous_format,
-                should_stop: Callable[[], bool] | None = None, first_step: int = 0) -> dict:
+                check_finite: bool = True, should_stop: Callable[[], bool] | None = None,
+                first_step: int = 0) -> dict:
     """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
 
     Loss and accuracy are summed on the device and read back only every `print_freq` steps,
     for a log line (loss, top-1, images/s, the epoch's ETA), and at the end: no step waits
     for the device. The loss is checked to be finite at those reads (and before stopping for
     `should_stop`), so a non-finite loss is reported with the steps since the last. Returns loss,
-    top1, top5, seconds and images_per_s of the epoch (over all ranks when `dist_info`
-    describes a distributed run). `should_stop()` is asked after every step: True raises
+    top1, top5, seconds and images_per_s of the epoch (over all ranks when `runtime` is
+    distributed). `should_stop()` is asked after every step: True raises
     Interrupted at that step boundary. `first_step` > 0: the loader starts mid-epoch.
     """
-    totals = DeviceTotals(device)
+    totals = DeviceTotals(runtime.device)
     n_steps = first_step + len(loader)
     start = time.perf_counter()
     checked = done = first_step  # steps whose loss is known to be finite / steps taken
@@ -167,8 +167,7 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
 
     with closing_on_error(loader):
         for i, (x, y) in enumerate(loader, start=first_step):
-            x = x.to(device, non_blocking=True, memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
+            x, y = runtime.batch(x, y)
             loss, logits = step(x, y)
             totals.add(loss, logits.detach(), y)
             done = i + 1
@@ -185,34 +184,30 @@ def train_epoch(loader, step: Step, *, device: torch.device, epoch: int, epochs:
                 read()  # no checkpoint of a model whose loss already went non-finite
                 raise Interrupted(epoch, done)
     seconds = time.perf_counter() - start
-    averages = _averages(read(), dist_info, device)
+    averages = _averages(read(), runtime)
     return {"loss": averages["loss"], "top1": averages["top1"], "top5": averages["top5"],
             "seconds": seconds, "images_per_s": averages["n"] / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, criterion: nn.Module, *, device: torch.device,
-             dist_info=None, memory_format: torch.memory_format = torch.contiguous_format,
-             autocast: Callable = contextlib.nullcontext) -> dict:
+def evaluate(model: nn.Module, loader, criterion: nn.Module, runtime: Runtime) -> dict:
     """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader` (each rank
-    evaluating its shard when `dist_info` is distributed; totals summed over ranks). Sums
+    evaluating its shard when `runtime` is distributed; totals summed over ranks). Sums
     stay on the device until the end."""
-    if dist_info is not None:
-        from utils.runtime.distributed import sync_buffers
-        sync_buffers(model, dist_info)
+    if runtime.distributed:
+        sync_buffers(model, runtime.dist)
     was_training = model.training
     model.eval()
-    totals = DeviceTotals(device)
+    totals = DeviceTotals(runtime.device)
     start = time.perf_counter()
     with closing_on_error(loader):
         for x, y in loader:
-            x = x.to(device, non_blocking=True, memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            with autocast():
+            x, y = runtime.batch(x, y)
+            with runtime.autocast():
                 logits = model(x).float()
             totals.add(criterion(logits, y), logits, y)
     model.train(was_training)
-    averages = _averages(totals.read(), dist_info, device)  # the one wait for the device
+    averages = _averages(totals.read(), runtime)  # the one wait for the device
     seconds = time.perf_counter() - start
     return {"loss": averages["loss"], "top1": averages["top1"], "top5": averages["top5"],
             "images_per_s": averages["n"] / max(seconds, 1e-9)}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from utils.analysis import features
 from utils.io.files import read_json
+from utils.runtime.gpus import first_gpu
 from utils.train.stage import is_finished
 
 METHODS = ("stacnas", "darts")
@@ -91,21 +92,15 @@ def method_dir(args: argparse.Namespace, method: str, seed: int) -> Path:
     return base / f"seed_{seed}" if method == "stacnas" else base / method / f"seed_{seed}"
 
 
-def _first_gpu(request) -> int | None:
-    """The one GPU a --gpu value names for a process: N itself, or the first of a list
-    (config.GpuRequest, as run_all.py keeps it to pass on)."""
-    return getattr(request, "first", request)
-
-
 def _opt(flag: str, value) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
 def _common(args: argparse.Namespace, dataset: str, extra: list[str]) -> list[str]:
     """Data, device and logging flags every stage script takes: run_all's --gpu N (one GPU,
-    the first one named: config.select_gpu) and --print_freq reach every stage."""
+    the first one named: utils.runtime.gpus.select_gpu) and --print_freq reach every stage."""
     return ["--dataset", dataset, "--data_dir", args.data_dir, "--device", args.device,
-            *_opt("--gpu", _first_gpu(getattr(args, "gpu", None))),
+            *_opt("--gpu", first_gpu(getattr(args, "gpu", None))),
             *_opt("--print_freq", getattr(args, "print_freq", None)),
             *_opt("--num_workers", getattr(args, "num_workers", None)), *extra,
             *(["--no-download"] if args.no_download else [])]

@@ -304,7 +304,7 @@ class StageRun:
             self.log(f"resuming from {source} {progress_text(start, first_step, self.args.epochs)}")
         metrics = MetricsWriter(self.dir) if self.ranks.is_main else NullMetrics()
         if self.ranks.is_main:
-            save_config(self.args, self.dir / "config.json")
+            save_config(self.args, self.dir / "config.json", job.runtime.speed.as_dict())
             metrics.truncate_after(start)
         self.log(f"run info: {run_info(self.device)}")
         return start, first_step, metrics
