@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- the analysis
 def run(args: argparse.Namespace) -> int:
     gpus.check_gpu_usable(args)  # one line here rather than a failed training run
-    searches = [alpha_inputs.read_search(Path(d), label) for d, label in zip(args.search_dir, args.labels)]
+    searches = [alpha_inputs.read_search(Path(d), label)
+                for d, label in zip(args.search_dir, args.labels)]
     plans = [(s, *ae.plan(s["alphas"], s["genotype"], args.edges, str(s["dir"] / "alphas.json")))
              for s in searches]
     with out_lock(args.out) as fd, Child(fd) as child:

@@ -124,8 +124,8 @@ class Augment:
         speed.prepare(self.model, self.runtime.speed, device)
         self.forward_model = speed.maybe_compile(distributed.wrap(self.model, ranks, device),
                                                  self.runtime.speed)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
-                                         weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr,
+                                         momentum=args.momentum, weight_decay=args.weight_decay)
         self.scheduler = lr_schedule(self.optimizer, args.epochs, args.lr, args.lr_min,
                                      power=args.power_lr,
                                      gamma=args.lr_gamma if args.dataset == "imagenet" else None)
@@ -174,7 +174,8 @@ class Augment:
     def step(self, x: torch.Tensor, y: torch.Tensor):
         self.optimizer.zero_grad(set_to_none=True)
         with self.runtime.autocast():
-            loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion, self.args.aux_weight)
+            loss, logits = loss_and_logits(self.forward_model, x, y, self.criterion,
+                                           self.args.aux_weight)
         optimizer_step(loss, [self.optimizer], self.model.parameters(), self.args.grad_clip,
                        self.runtime.scaler)
         return loss.detach(), logits.detach()
@@ -206,7 +207,8 @@ class Augment:
                     save_checkpoint(state, self.dir / "best.pt", keep_previous=False)
         if (epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs:
             self.last_test = (epoch + 1, self.evaluate("test"))
-            record.update({f"test_{k}": v for k, v in self.last_test[1].items() if k != "images_per_s"})
+            record.update({f"test_{k}": v for k, v in self.last_test[1].items()
+                           if k != "images_per_s"})
         return record
 
     def results(self, test: dict) -> dict:
@@ -249,8 +251,10 @@ def run_stage(args: argparse.Namespace) -> int:
                     metrics.write({"epoch": epoch + 1, "lr": lr,
                                    "drop_path_prob": job.model.drop_path_prob, **stats}, epoch + 1)
                     stage.log(f"epoch {epoch + 1}/{args.epochs}: train top1 {stats['top1']:.2f}%"
-                              + (f", held-out top1 {stats['valid_top1']:.2f}%" if "valid_top1" in stats else "")
-                              + (f", test top1 {stats['test_top1']:.2f}% (monitoring)" if "test_top1" in stats else ""))
+                              + (f", held-out top1 {stats['valid_top1']:.2f}%"
+                                 if "valid_top1" in stats else "")
+                              + (f", test top1 {stats['test_top1']:.2f}% (monitoring)"
+                                 if "test_top1" in stats else ""))
                     stage.save(job.state(epoch + 1))
             except Interrupted as stopped:
                 return stage.interrupted(job, stopped, stop, metrics)

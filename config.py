@@ -66,14 +66,16 @@ def add_common_args(p: argparse.ArgumentParser, batch_size_help: str = "batch si
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     if resumable:
         g.add_argument("--resume", metavar="FILE", default=None,
-                       help="resume from this checkpoint (e.g. checkpoint.prev.pt when checkpoint.pt "
-                            "is damaged); default: the stage folder's checkpoint.pt if present")
+                       help="resume from this checkpoint (e.g. checkpoint.prev.pt when "
+                            "checkpoint.pt is damaged); default: the stage folder's checkpoint.pt "
+                            "if present")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", type=dataset_name, default="cifar10", choices=DATASETS,
                    help="dataset (case-insensitive); cifar10/cifar100/mnist/fashionmnist are "
                         "downloaded into --data_dir when absent")
     d.add_argument("--data_dir", default="data",
-                   help="dataset root (torchvision layouts; ImageFolder with train/ and val/ or test/)")
+                   help="dataset root (torchvision layouts; ImageFolder with train/ and val/ or "
+                        "test/)")
     d.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
                    help="never download a dataset; use what is in --data_dir (Fashion-MNIST also "
                         "from Debian's dataset-fashion-mnist package)")
@@ -117,10 +119,11 @@ def search_parser() -> argparse.ArgumentParser:
                    help="one set of alphas for all normal cells and one for all reduction cells "
                         "(the paper's setting); --no-alpha_share: one set per cell")
     n.add_argument("--groups", metavar="FILE", default=None,
-                   help="search1: custom operation groups (JSON {name: {representative, members}}), "
-                        "e.g. feature.py's groups.json; default: the paper's groups")
+                   help="search1: custom operation groups (JSON {name: {representative, "
+                        "members}}), e.g. feature.py's groups.json; default: the paper's groups")
     n.add_argument("--search1_dir", metavar="DIR", default=None,
-                   help="search2: folder with search1's alphas.json (default <save_dir>/<name>/search1)")
+                   help="search2: folder with search1's alphas.json "
+                        "(default <save_dir>/<name>/search1)")
     n.add_argument("--identity_group", choices=IDENTITY_GROUP_CHOICES, default="single",
                    help="search2: the identity group's candidates; single: skip_connect, none (the "
                         "paper); released: skip_connect twice, then none, as the authors' released "
@@ -129,18 +132,19 @@ def search_parser() -> argparse.ArgumentParser:
     o.add_argument("--epochs", type=epochs, default=None,
                    help=f"epochs (default: {default('epochs')})")
     o.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
-                   help="one-level: weights and alphas on the same batch (StacNAS); bilevel: DARTS's "
-                        "alternating scheme on a train/valid split "
+                   help="one-level: weights and alphas on the same batch (StacNAS); bilevel: "
+                        "DARTS's alternating scheme on a train/valid split "
                         f"(default: {default('optimization')})")
     o.add_argument("--unrolled", action="store_true",
                    help="bilevel: second-order (unrolled) alpha gradient")
     o.add_argument("--train_ratio", type=ratio, default=None,
-                   help="share of the training set used for training; the rest is the held-out split "
-                        f"(default: {default('train_ratio')}). Bilevel needs < 1")
+                   help="share of the training set used for training; the rest is the held-out "
+                        f"split (default: {default('train_ratio')}). Bilevel needs < 1")
     o.add_argument("--alphas_from", choices=["auto", "best", "last"], default="auto",
-                   help="which epoch's alphas become alphas.json and the genotype: best = the epoch "
-                        "with the best held-out top-1 (the authors' alphas_best), last = the final "
-                        "epoch; auto = best for search1/search2 with a held-out split, else last")
+                   help="which epoch's alphas become alphas.json and the genotype: best = the "
+                        "epoch with the best held-out top-1 (the authors' alphas_best), last = the "
+                        "final epoch; auto = best for search1/search2 with a held-out split, else "
+                        "last")
     o.add_argument("--w_lr", "--learning_rate", dest="w_lr", type=positive_float, default=0.025,
                    help="weight learning rate (SGD)")
     o.add_argument("--w_lr_min", "--learning_rate_min", dest="w_lr_min", type=non_negative_float,
@@ -155,22 +159,24 @@ def search_parser() -> argparse.ArgumentParser:
                    help=f"clip the weights' gradient norm (default: {default('grad_clip')})")
     o.add_argument("--alpha_lr", "--alpha_learning_rate", dest="alpha_lr", type=positive_float,
                    default=3e-4, help="alpha learning rate (Adam)")
-    o.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3, help="alpha weight decay")
+    o.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3,
+                   help="alpha weight decay")
     o.add_argument("--aux_weight", type=non_negative_float, default=0.0,
                    help="weight of an auxiliary head's loss (0 = no auxiliary head)")
     o.add_argument("--label_smooth", type=non_negative_float, default=0.0, help="label smoothing")
     d = p.add_argument_group("augmentation (training images)")
     d.add_argument("--cutout", "--cutout_length", dest="cutout", type=cutout, default=0,
                    help="cutout length in pixels, 0 = off")
-    d.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
+    d.add_argument("--auto_aug", action="store_true",
+                   help="torchvision's AutoAugment CIFAR-10 policy")
     add_speed_args(p)
     return p
 
 
 def add_num_nodes(group) -> None:
     group.add_argument("--num_nodes", type=num_nodes, default=NUM_NODES,
-                       help=f"intermediate nodes per cell (the authors' flag; only {NUM_NODES}, the "
-                            "DARTS space, is supported)")
+                       help=f"intermediate nodes per cell (the authors' flag; only {NUM_NODES}, "
+                            "the DARTS space, is supported)")
 
 
 def check_regularisers(args: argparse.Namespace) -> None:
@@ -178,7 +184,8 @@ def check_regularisers(args: argparse.Namespace) -> None:
     if args.label_smooth >= 1:
         raise argparse.ArgumentTypeError(f"--label_smooth must be below 1, got {args.label_smooth}")
     if args.auto_aug and args.dataset not in ("cifar10", "cifar100"):
-        raise argparse.ArgumentTypeError("--auto_aug (AutoAugment's CIFAR-10 policy) is for cifar10/cifar100")
+        raise argparse.ArgumentTypeError("--auto_aug (AutoAugment's CIFAR-10 policy) is for "
+                                         "cifar10/cifar100")
 
 
 def resolve_search(args: argparse.Namespace) -> argparse.Namespace:
@@ -192,15 +199,15 @@ def resolve_search(args: argparse.Namespace) -> argparse.Namespace:
     if args.unrolled and args.optimization != "bilevel":
         raise argparse.ArgumentTypeError("--unrolled needs --optimization bilevel")
     if args.amp == "fp16" and args.optimization == "bilevel":
-        raise argparse.ArgumentTypeError("--amp fp16 (gradient scaling) works with one-level search; "
-                                         "use --amp bf16 with bilevel")
+        raise argparse.ArgumentTypeError("--amp fp16 (gradient scaling) works with one-level "
+                                         "search; use --amp bf16 with bilevel")
     if args.groups and args.stage != "search1":
         raise argparse.ArgumentTypeError("--groups applies to --stage search1 only")
     if args.search1_dir and args.stage != "search2":
         raise argparse.ArgumentTypeError("--search1_dir applies to --stage search2 only")
     if args.alphas_from == "best" and args.train_ratio >= 1:
-        raise argparse.ArgumentTypeError("--alphas_from best needs a held-out split: pass --train_ratio "
-                                         "below 1 (e.g. 0.9)")
+        raise argparse.ArgumentTypeError("--alphas_from best needs a held-out split: pass "
+                                         "--train_ratio below 1 (e.g. 0.9)")
     if args.identity_group != "single" and args.stage != "search2":
         raise argparse.ArgumentTypeError("--identity_group applies to --stage search2 only")
     check_regularisers(args)
@@ -258,7 +265,8 @@ AUGMENT_DEFAULTS = {
 def augment_parser() -> argparse.ArgumentParser:
     default = partial(defaults_text, AUGMENT_DEFAULTS)
     p = new_parser("augment.py", "Train a found (or named) genotype from scratch and evaluate it.")
-    p.add_argument("--stage", type=only_stage("augment", "augment.py", "searches run with search.py"),
+    p.add_argument("--stage",
+                   type=only_stage("augment", "augment.py", "searches run with search.py"),
                    default="augment", help="accepted for the authors' commands: augment only")
     add_common_args(p, f"batch size (default: {default('batch_size')})")
     g = p.add_argument_group("architecture")
@@ -297,17 +305,20 @@ def augment_parser() -> argparse.ArgumentParser:
     o.add_argument("--aux_weight", type=non_negative_float, default=None,
                    help="auxiliary head loss weight, head after cell 2*num_cells//3 "
                         f"(default: {default('aux_weight')}; 0 = no head)")
-    o.add_argument("--drop_path", "--drop_path_prob", dest="drop_path", type=non_negative_float, default=None,
+    o.add_argument("--drop_path", "--drop_path_prob", dest="drop_path", type=non_negative_float,
+                   default=None,
                    help="drop-path probability, ramped linearly from 0 "
                         f"(default: {default('drop_path')})")
     o.add_argument("--cutout", "--cutout_length", dest="cutout", type=cutout, default=None,
                    help=f"cutout length in pixels, 0 = off (default: {default('cutout')})")
-    o.add_argument("--auto_aug", action="store_true", help="torchvision's AutoAugment CIFAR-10 policy")
+    o.add_argument("--auto_aug", action="store_true",
+                   help="torchvision's AutoAugment CIFAR-10 policy")
     o.add_argument("--label_smooth", type=non_negative_float, default=None,
                    help=f"label smoothing (default: {default('label_smooth')})")
     o.add_argument("--valid_ratio", type=ratio, default=None,
-                   help="hold out this share of the training set; best.pt is kept by held-out top-1 "
-                        "(default: none, the paper's protocol: train on all, keep the final epoch)")
+                   help="hold out this share of the training set; best.pt is kept by held-out "
+                        "top-1 (default: none, the paper's protocol: train on all, keep the final "
+                        "epoch)")
     o.add_argument("--train_ratio", type=ratio, default=None,
                    help="the authors' flag: train on this share of the training set and hold out "
                         "the rest (= --valid_ratio 1-R); 1.0 = no held-out split")
@@ -316,7 +327,8 @@ def augment_parser() -> argparse.ArgumentParser:
                         "processes); on the CPU it has no effect (PyTorch's SyncBatchNorm is "
                         "CUDA-only), with one note saying so")
     o.add_argument("--test_every", type=positive_int, default=1,
-                   help="evaluate on the test split every N epochs (monitoring only) and at the end")
+                   help="evaluate on the test split every N epochs (monitoring only) and at the "
+                        "end")
     add_speed_args(p)
     return p
 
@@ -327,7 +339,8 @@ def resolve_augment(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.valid_ratio is not None and args.valid_ratio >= 1:
-        raise argparse.ArgumentTypeError("--valid_ratio must leave training images: use a value below 1")
+        raise argparse.ArgumentTypeError("--valid_ratio must leave training images: use a value "
+                                         "below 1")
     held_out_from_train_ratio(args)
     check_regularisers(args)
     if args.drop_path >= 1:
@@ -347,8 +360,9 @@ def held_out_from_train_ratio(args: argparse.Namespace) -> None:
     if ratio_ is None or ratio_ == 1.0:
         return
     if args.valid_ratio is not None and abs(args.valid_ratio - (1 - ratio_)) > 1e-9:
-        raise argparse.ArgumentTypeError(f"--train_ratio {ratio_} and --valid_ratio {args.valid_ratio} "
-                                         "disagree (valid = 1 - train); pass one of them")
+        raise argparse.ArgumentTypeError(f"--train_ratio {ratio_} and --valid_ratio "
+                                         f"{args.valid_ratio} disagree (valid = 1 - train); pass "
+                                         "one of them")
     args.valid_ratio = round(1 - ratio_, 12)
 
 
@@ -359,7 +373,8 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=only_stage("test", "test.py", "training runs with search.py "
                                               "or augment.py"),
                    default="test", help="accepted for the authors' commands: test only")
-    p.add_argument("--checkpoint", "--load_model_dir", dest="checkpoint", metavar="PATH", default=None,
+    p.add_argument("--checkpoint", "--load_model_dir", dest="checkpoint", metavar="PATH",
+                   default=None,
                    help="a checkpoint file (ours, or the authors' .pth.tar), or a run folder "
                         "(<dir>/augment/models/best.pth.tar as the authors' runs, or our "
                         "<dir>/augment/best.pt, else checkpoint.pt); default: this run's own "

@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def already_done(args: argparse.Namespace) -> bool:
-    """True when --feature_dir holds a finished analysis (utils.analysis.features.is_finished) made with
-    these options and --force was not given. An unreadable config.json: a BadFile naming it."""
+    """True when --feature_dir holds a finished analysis (utils.analysis.features.is_finished)
+    made with these options and --force was not given. An unreadable config.json: a BadFile
+    naming it."""
     out = Path(args.feature_dir)
     if args.force or not ft.is_finished(out):
         return False
@@ -253,7 +254,8 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
              f"edges, {num_images} images")
     fp.plot_heatmap(mean, ops, title, out / "heatmap_mean.png")
     fp.plot_kmeans_edges(map_labels, ops, out / "kmeans_edges.png", args.stage)
-    with_none = any("none" in e for nodes in state["candidates"].values() for node in nodes for e in node)
+    with_none = any("none" in e for nodes in state["candidates"].values() for node in nodes
+                    for e in node)
     groups = ft.find_groups(mean, ops, args.num_groups, with_none)
     points, explained, labels = ft.kmeans_views(mean, ks, args.seed)
     fp.plot_clusters(points, explained, labels, ops, out / "clusters_mean.png",
@@ -270,9 +272,11 @@ def analyse(args: argparse.Namespace, state: dict, ops: list[str], stats: dict,
                "groups": groups, "matches_paper_groups": matches,
                "kmeans_mean_maps": {name: {str(k): lab for k, lab in by_k.items()}
                                     for name, by_k in map_labels.items()},
-               "kmeans_correlation_rows": {str(k): dict(zip(ops, lab)) for k, lab in labels.items()}}
+               "kmeans_correlation_rows": {str(k): dict(zip(ops, lab))
+                                           for k, lab in labels.items()}}
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"correlation ({args.statistic}) of the candidate ops' outputs, mean over {len(corrs)} edges:")
+    log(f"correlation ({args.statistic}) of the candidate ops' outputs, mean over {len(corrs)} "
+        "edges:")
     for line in fp.format_table(mean, ops):
         log("  " + line)
     off = ~np.eye(len(ops), dtype=bool)

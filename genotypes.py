@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import namedtuple
-from typing import Any, Optional, Union
+from typing import Any
 
 PRIMITIVES = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
@@ -51,7 +51,7 @@ MIN_CELLS, MAX_CELLS = 3, 100
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 # One cell of a per-cell genotype (alphas not shared); the genotype is a list of these.
 CellGenotype = namedtuple("CellGenotype", "ops concat reduction")
-AnyGenotype = Union[Genotype, list[CellGenotype]]
+AnyGenotype = Genotype | list[CellGenotype]
 
 DARTS_V1 = Genotype(
     normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
@@ -105,7 +105,7 @@ class GenotypeError(ValueError):
     ``<source>: <entry>: <problem>`` (see :meth:`at`)."""
 
     @classmethod
-    def at(cls, source: str, entry: str, problem: str) -> "GenotypeError":
+    def at(cls, source: str, entry: str, problem: str) -> GenotypeError:
         """The error for `problem` in `entry` of `source` (no entry: the whole object)."""
         return cls(f"{source}: {entry}: {problem}" if entry else f"{source}: {problem}")
 
@@ -179,7 +179,8 @@ def cell_kinds(g: AnyGenotype) -> list[tuple[str, list, list, bool]]:
     if isinstance(g, Genotype):
         return [(_SHARED_KEYS[0], g.normal, g.normal_concat, False),
                 (_SHARED_KEYS[1], g.reduce, g.reduce_concat, True)]
-    return [(cell_set(i, c.reduction, False), c.ops, c.concat, c.reduction) for i, c in enumerate(g)]
+    return [(cell_set(i, c.reduction, False), c.ops, c.concat, c.reduction)
+            for i, c in enumerate(g)]
 
 
 def count_ops(g: AnyGenotype, op: str = "skip_connect") -> int:
@@ -188,7 +189,7 @@ def count_ops(g: AnyGenotype, op: str = "skip_connect") -> int:
 
 
 # ----------------------------------------------------------------------------- groups
-def duplicate_problem(ops: list) -> Optional[str]:
+def duplicate_problem(ops: list) -> str | None:
     """Why a candidate list's repeats are not allowed (one line), or None when it repeats
     nothing or only skip_connect as the released code does: twice, the copies side by side
     (skip_connect, skip_connect, none)."""
@@ -219,7 +220,7 @@ STAGE1_PRIMITIVES = stage1_primitives(GROUPS)
 
 
 # ----------------------------------------------------------------------------- derivation
-def _best_op(edge: dict) -> Optional[tuple[float, str]]:
+def _best_op(edge: dict) -> tuple[float, str] | None:
     """(raw alpha, op) of the strongest op other than ``none``, the first of equals; None if
     there is none. With skip_connect listed twice (released groups) the larger of its two
     alphas is skip_connect's score and the op is named ``skip_connect`` either way."""
@@ -277,7 +278,7 @@ def _derive_cell(nodes: list, key: str, source: str) -> list[tuple[str, int]]:
     return ops
 
 
-def derive_genotype(alphas: dict, num_nodes: Optional[int] = None,
+def derive_genotype(alphas: dict, num_nodes: int | None = None,
                     source: str = "alphas") -> AnyGenotype:
     """Final genotype (DARTS sec. 2.4): per edge the best op by raw alpha, ``none`` excluded;
     per node the 2 strongest edges, strongest first. Per-cell alphas give list[CellGenotype].

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=flags.dataset_name, choices=DATASETS, default=None,
                    help="default: the preset's")
     p.add_argument("--data_dir", default="data",
-                   help="dataset root (CIFAR, MNIST and Fashion-MNIST are downloaded there when absent)")
+                   help="dataset root (CIFAR, MNIST and Fashion-MNIST are downloaded there when "
+                        "absent)")
     p.add_argument("--no-download", "--no_download", dest="no_download", action="store_true",
                    help="never download a dataset (passed to every stage)")
     p.add_argument("--save_dir", default="runs", help="folder holding all runs")
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print_freq", "--report_freq", dest="print_freq", type=flags.steps,
                    default=None, help="every stage logs a line every N steps (the authors' 50.0 "
                                       "is 50); default: the stages' own (50)")
-    p.add_argument("--seeds", type=flags.seed_list, default=[2], help=f"comma-separated seeds, one pipeline each; each {flags.SEED_HELP}")
+    p.add_argument("--seeds", type=flags.seed_list, default=[2],
+                   help=f"comma-separated seeds, one pipeline each; each {flags.SEED_HELP}")
     p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
                    help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
                         "baseline (darts -> augment -> test, in <name>/darts/); both: the two on "
@@ -105,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-loading processes per stage process; None: each stage's default")
     g = p.add_argument_group("speed and memory (passed to every stage that trains or evaluates)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
-                   help="autocast to bf16 or fp16 in search, augment, test and the alpha-efficiency "
-                        "runs (fp16 needs one-level search: not with the DARTS baseline or "
-                        "--optimization bilevel); None: the stages' default (float32)")
+                   help="autocast to bf16 or fp16 in search, augment, test and the "
+                        "alpha-efficiency runs (fp16 needs one-level search: not with the DARTS "
+                        "baseline or --optimization bilevel); None: the stages' default "
+                        "(float32)")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format in every stage; None: each stage's device default")
     g.add_argument("--compile", action="store_true",
@@ -121,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimization", choices=["one-level", "bilevel"], default=None,
                    help="StacNAS's search optimisation (default one-level; the DARTS baseline is "
                         "always bilevel)")
-    p.add_argument("--train_ratio", type=flags.ratio, default=None, help="StacNAS's search training share (default 1; the DARTS baseline keeps 0.5)")
+    p.add_argument("--train_ratio", type=flags.ratio, default=None,
+                   help="StacNAS's search training share (default 1; the DARTS baseline keeps "
+                        "0.5)")
     p.add_argument("--alpha_share", action=argparse.BooleanOptionalAction, default=True,
                    help="shared alphas (paper) or one set per cell")
     s = p.add_argument_group("size of every stage (default: the preset's; a flag of one stage "
@@ -192,10 +197,10 @@ def effective_batch_note(args: argparse.Namespace) -> str | None:
     augment = (pipeline.stage_value(args, "augment_batch_size", preset["augment_batch_size"])
                or config.AUGMENT_DEFAULTS["cifar"]["batch_size"])
     return (f"--gpus {args.gpus}: each of the {args.gpus} processes of a stage takes a batch of "
-            f"{search} (search) / {augment} (augment), so the effective batch is {args.gpus * search} / "
-            f"{args.gpus * augment}, {args.gpus}x the single-GPU run, with the same learning rates; "
-            f"for the paper's effective batch pass --search_batch_size {max(search // args.gpus, 1)} "
-            f"--augment_batch_size {max(augment // args.gpus, 1)}")
+            f"{search} (search) / {augment} (augment), so the effective batch is "
+            f"{args.gpus * search} / {args.gpus * augment}, {args.gpus}x the single-GPU run, with "
+            "the same learning rates; for the paper's effective batch pass --search_batch_size "
+            f"{max(search // args.gpus, 1)} --augment_batch_size {max(augment // args.gpus, 1)}")
 
 
 def launcher(gpus: int) -> list[str]:
@@ -214,7 +219,7 @@ def launcher(gpus: int) -> list[str]:
 PAUSE_ENV = "STACNAS_RUN_ALL_PAUSE"
 
 
-def pause_for_test(point: str, forwarder: "Forwarder") -> None:
+def pause_for_test(point: str, forwarder: Forwarder) -> None:
     """Wait at `point` when the test-only STACNAS_RUN_ALL_PAUSE names it; otherwise nothing."""
     if os.environ.get(PAUSE_ENV) != point:
         return
@@ -253,8 +258,8 @@ def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str,
               label: str, timings: dict) -> int:
     """Run one stage unless finished; its exit code (0 when skipped). Once a stop signal has
     arrived no stage is started, and a stage that a signal stopped raises Interrupted."""
-    cmd = launcher(args.gpus if stage in ("search1", "search2", "darts", "augment", "test") else 1) \
-        + [str(ROOT / argv[0]), *argv[1:]]
+    processes = args.gpus if stage in ("search1", "search2", "darts", "augment", "test") else 1
+    cmd = launcher(processes) + [str(ROOT / argv[0]), *argv[1:]]
     pause_for_test("stage", forwarder)
     before = f"before {label} {stage} started; rerun the same command to go on"
     forwarder.check(before)
@@ -355,9 +360,10 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
     missing = [f"{s['method']} {s['seed']}" for m in data["methods"].values() for s in m["seeds"]
                if s["test_top1"] is None or s["genotype"] is None]
     if missing:
-        raise RuntimeError(f"the summary found no genotype or test result for {', '.join(missing)} "
-                           f"under {Path(args.save_dir) / args.name}; the stages wrote elsewhere "
-                           "or their outputs were removed: rerun run_all.py with the same --save_dir")
+        raise RuntimeError("the summary found no genotype or test result for "
+                           f"{', '.join(missing)} under {Path(args.save_dir) / args.name}; the "
+                           "stages wrote elsewhere or their outputs were removed: rerun "
+                           "run_all.py with the same --save_dir")
     return 0
 
 

@@ -106,7 +106,8 @@ class Search:
         self.device, self.ranks = device, ranks
         # each rank its own draws (drop path, augmentation); DDP gives all rank 0's network
         seed_everything(args.seed + ranks.rank, args.deterministic)
-        if args.stage == "search2":  # its alphas.json and groups.json are search1's result only then
+        # its alphas.json and groups.json are search1's result only then
+        if args.stage == "search2":
             check_stage_finished(args.search1_dir, "finish it first (rerun its search.py --stage "
                                  "search1 command), or point --search1_dir at a finished one")
         self.run_id = new_run_id()  # kept through resumes (resume)
@@ -130,7 +131,8 @@ class Search:
         self.valid_loader = (make_loader(self.train_set, self.valid_idx, args.batch_size,
                                          seed=args.seed + 1, **shuffled)
                              if args.optimization == "bilevel" else None)
-        self.held_out_loader = (make_loader(self.train_set, distributed.shard(self.valid_idx, ranks),
+        self.held_out_loader = (make_loader(self.train_set,
+                                            distributed.shard(self.valid_idx, ranks),
                                             args.batch_size, shuffle=False, **loading)
                                 if self.valid_idx else None)
         groups = stage_groups(args)
@@ -162,7 +164,8 @@ class Search:
         if args.stage == "search1" and ranks.is_main:
             with naming(self.dir / "groups.json"):
                 save_groups(groups, self.dir / "groups.json")
-        log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out images, "
+        log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out "
+            "images, "
             f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
             f"{sum(p.numel() for p in self.model.alphas())} alphas, {args.optimization}"
             f"{' (unrolled)' if args.unrolled else ''}, device {self.device}"
@@ -209,7 +212,8 @@ class Search:
                      "the best held-out epoch)")
 
     def resume(self, path: Path) -> int:
-        state = require_kind(load_checkpoint(path, self.device), path, SEARCH_FORMAT, self.args.stage)
+        state = require_kind(load_checkpoint(path, self.device), path, SEARCH_FORMAT,
+                             self.args.stage)
         state = check_search_checkpoint(state, path)
         check_same_config(state, self.args, path)
         if state["candidates"] != self.model.candidates:
@@ -281,7 +285,8 @@ class Search:
         metrics.write(record, epoch + 1)
         if metrics.tb is not None:
             for name, param in self.model.named_alphas():
-                metrics.tb.add_histogram(f"alphas/{name}", torch.softmax(param.detach(), -1), epoch + 1)
+                metrics.tb.add_histogram(f"alphas/{name}", torch.softmax(param.detach(), -1),
+                                         epoch + 1)
             metrics.tb.add_text("genotype", format_genotype(genotype), epoch + 1)
         self.log(f"epoch {epoch + 1}/{self.args.epochs} done: train loss {stats['loss']:.4f} "
                  f"top1 {stats['top1']:.2f}%"
@@ -292,10 +297,12 @@ class Search:
         """(alphas handed to the next stage, selection.json): the last epoch's, or with
         --alphas_from best those of the best held-out epoch (the authors' alphas_best)."""
         last = self.args.epochs
-        if alphas_choice(self.args, bool(self.valid_idx)) == "best" and self.best["epoch"] is not None:
+        if (alphas_choice(self.args, bool(self.valid_idx)) == "best"
+                and self.best["epoch"] is not None):
             epoch = self.best["epoch"]
             return (load_alphas(self.dir / "alphas" / f"epoch_{epoch:03d}.json"),
-                    {"alphas_epoch": epoch, "last_epoch": last, "valid_top1": self.best["valid_top1"],
+                    {"alphas_epoch": epoch, "last_epoch": last,
+                     "valid_top1": self.best["valid_top1"],
                      "rule": "best held-out top-1 (the authors' alphas_best)"})
         return self.model.alphas_data(), {"alphas_epoch": last, "last_epoch": last,
                                           "rule": "last epoch"}
@@ -306,9 +313,10 @@ class Search:
         alphas, selection = self.selected_alphas()
         genotype = gt.derive_genotype(alphas)
         write_json(self.dir / "selection.json", selection)
-        self.log(f"alphas.json and genotype.json take the alphas of epoch {selection['alphas_epoch']} "
-                 f"of {selection['last_epoch']} ({selection['rule']}"
-                 + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection else ")"))
+        self.log("alphas.json and genotype.json take the alphas of epoch "
+                 f"{selection['alphas_epoch']} of {selection['last_epoch']} ({selection['rule']}"
+                 + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection
+                    else ")"))
         with naming(self.dir / "alphas.json"):
             save_alphas(alphas, self.dir / "alphas.json")
         with naming(self.dir / "genotype.json"):

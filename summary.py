@@ -1,9 +1,11 @@
 """Print one JSON line describing a network's size before training it.
 
-    python summary.py --arch DARTS_V2 --dataset cifar10 --init_channels 36 --num_cells 20 --auxiliary
+    python summary.py --arch DARTS_V2 --dataset cifar10 --init_channels 36 --num_cells 20 \\
+        --auxiliary
     python summary.py --stage search1 --dataset cifar10 --num_cells 14 --init_channels 16
     python summary.py --stage search2 --alphas runs/exp/search1/alphas.json
-    python summary.py --stage search2 --alphas runs/exp/search1/alphas.json --identity_group released
+    python summary.py --stage search2 --alphas runs/exp/search1/alphas.json \\
+        --identity_group released
 
 Multiply-adds are counted with torch.utils.flop_counter (convolutions and matrix products of
 one eval-mode forward pass for one image at the dataset's input size; FLOPs / 2). Unset

@@ -1,9 +1,10 @@
 """Evaluate a trained network on a dataset's test split.
 
-    python augment.py --name exp --dataset cifar10       # writes runs/exp/augment/
-    python test.py --name exp --dataset cifar10          # runs/exp/augment/: best.pt, else checkpoint.pt
+    python augment.py --name exp --dataset cifar10  # writes runs/exp/augment/
+    python test.py --name exp --dataset cifar10     # runs/exp/augment/: best.pt, else checkpoint.pt
     python test.py --name exp --checkpoint runs/exp/augment/checkpoint.pt --dataset cifar10
-    python test.py --name released --load_model_dir cifar10.pth.tar --dataset cifar10 --export stacnas_c10.pt
+    python test.py --name released --load_model_dir cifar10.pth.tar --dataset cifar10 \\
+        --export stacnas_c10.pt
 
 cifar10.pth.tar is one of the authors' released models (downloaded by hand: the README's
 section on the authors' code links them).
@@ -122,7 +123,8 @@ def training_status(path: Path, state: dict | None) -> tuple[dict, str | None]:
         return {"finished": True}, None
     info = {"finished": state.get("finished") is True, "run": state.get("run")}
     if state.get("epoch") is None:  # an export: as final as the network it was made from
-        return info, None if info["finished"] else f"{path} was exported from an unfinished training"
+        return info, (None if info["finished"]
+                      else f"{path} was exported from an unfinished training")
     latest = state
     if not info["finished"] and path.name != "checkpoint.pt":
         latest = _latest_beside(path)
@@ -221,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         distributed.cleanup()
 
 
-def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist, device: torch.device) -> int:
+def evaluate_checkpoint(args: argparse.Namespace, ranks: distributed.Dist,
+                        device: torch.device) -> int:
     seed_everything(args.seed, args.deterministic)
     checkpoint, looked_up = find_model(args)
     model, spec, source, state = read_network(checkpoint)

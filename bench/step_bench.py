@@ -52,7 +52,8 @@ def _fast_parts(parts: set) -> tuple:
     """plain: no fast path; nodw / nocells: without its depthwise / cells part."""
     if "plain" in parts:
         return ()
-    return tuple(p for p in ("cells", "depthwise") if f"no{'dw' if p == 'depthwise' else p}" not in parts)
+    return tuple(p for p in ("cells", "depthwise")
+                 if f"no{'dw' if p == 'depthwise' else p}" not in parts)
 
 
 def speed_args(variant: str) -> argparse.Namespace:
@@ -63,7 +64,8 @@ def speed_args(variant: str) -> argparse.Namespace:
     parts = set(variant.split("+"))
     unknown = parts - FLAGS
     if unknown:
-        raise ValueError(f"unknown variant part(s) {sorted(unknown)}; use {sorted(FLAGS)} joined by '+'")
+        raise ValueError(f"unknown variant part(s) {sorted(unknown)}; "
+                         f"use {sorted(FLAGS)} joined by '+'")
     amp = "bf16" if "bf16" in parts else "fp16" if "fp16" in parts else "none"
     return argparse.Namespace(channels_last="cl" in parts, amp=amp, grad_checkpoint="ckpt" in parts,
                               compile="compile" in parts, fast_path=_fast_parts(parts),
@@ -91,7 +93,8 @@ def make_step(config: str, cells: int, channels: int, dev, opts: argparse.Namesp
     plan = runtime.speed
     if config == "augment":
         model = speed.prepare(build_final_network(gt.DARTS_V2, **shape, init_channels=channels,
-                                                  num_cells=cells, auxiliary=True).to(dev), plan, dev)
+                                                  num_cells=cells, auxiliary=True).to(dev),
+                              plan, dev)
         model.drop_path_prob = s.drop_path
         forward = speed.maybe_compile(model, plan)
         opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
                    help="comma-separated speed variants, e.g. base,cl,bf16,bf16+cl,ckpt")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the batch size (default: "
-                        + ", ".join(f"{name} {batch}" for name, (_, _, batch) in CONFIGS.items()) + ")")
+                        + ", ".join(f"{name} {batch}"
+                                    for name, (_, _, batch) in CONFIGS.items()) + ")")
     p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up steps")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed steps first (compilation, cuDNN autotuning)")
@@ -210,7 +214,8 @@ def main(argv: list[str] | None = None, default_configs: str = "search1,search2,
     if args.rows:
         pairs = [tuple(r.split(":", 1)) if ":" in r else (r, "") for r in args.rows.split(",") if r]
     else:
-        pairs = [(c, v) for c in args.configs.split(",") if c for v in args.variants.split(",") if v]
+        pairs = [(c, v) for c in args.configs.split(",") if c
+                 for v in args.variants.split(",") if v]
     configs = sorted({c for c, _ in pairs})
     variants = sorted({v for _, v in pairs})
     unknown = [c for c in configs if c not in CONFIGS]

@@ -15,7 +15,8 @@ import genotypes as gt  # noqa: E402
 
 def main() -> int:
     dot = graphviz.Digraph(format="png", graph_attr={"rankdir": "LR", "fontsize": "12",
-                                                    "label": "StacNAS: stage 1 picks a group per edge, stage 2 an op inside it"},
+                                                    "label": "StacNAS: stage 1 picks a group per "
+                                                             "edge, stage 2 an op inside it"},
                            node_attr={"shape": "rect", "style": "filled", "fontsize": "11"})
     with dot.subgraph(name="cluster_1") as s1:
         s1.attr(label="stage 1 (14 cells): one representative per group", style="rounded")
@@ -27,7 +28,8 @@ def main() -> int:
             s1.edge("x1", node)
             s1.edge(node, "sum1")
     with dot.subgraph(name="cluster_2") as s2:
-        s2.attr(label="stage 2 (20 cells): the members of the group stage 1 activated", style="rounded")
+        s2.attr(label="stage 2 (20 cells): the members of the group stage 1 activated",
+                style="rounded")
         for name, group in gt.GROUPS.items():
             if name == "zero":
                 continue

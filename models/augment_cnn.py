@@ -27,7 +27,8 @@ def cell_specs(genotype, num_cells: int) -> list[tuple[list, list[int], bool]]:
     for i, cell in enumerate(genotype):
         if bool(cell.reduction) != (i in reductions):
             raise ValueError(f"per-cell genotype: cell {i} reduction={cell.reduction} but "
-                             f"reductions of a {num_cells}-cell network are at {sorted(reductions)}")
+                             f"reductions of a {num_cells}-cell network are at "
+                             f"{sorted(reductions)}")
         specs.append((cell.ops, list(cell.concat), i in reductions))
     return specs
 

@@ -6,7 +6,7 @@ affine=True in final networks, as in DARTS's code.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -135,7 +135,8 @@ class FactorizedReduce(nn.Module):
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
         super().__init__()
         if c_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {c_out}")
+            raise ValueError("FactorizedReduce needs an even number of output channels, "
+                             f"got {c_out}")
         self.relu = nn.ReLU(inplace=False)
         self.conv1 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
         self.conv2 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)

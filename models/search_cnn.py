@@ -9,7 +9,7 @@ lists both under the name skip_connect.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -113,7 +113,8 @@ class SearchNetwork(nn.Module):
     def alphas_data(self) -> dict:
         """Raw alphas in the alphas.json format (plain Python data)."""
         return {name: [[{"ops": list(ops),
-                         "alphas": [float(v) for v in self.arch[name][edge_key(i, j)].detach().cpu()]}
+                         "alphas": [float(v)
+                                    for v in self.arch[name][edge_key(i, j)].detach().cpu()]}
                         for j, ops in enumerate(edges)]
                        for i, edges in enumerate(nodes)]
                 for name, nodes in self.candidates.items()}

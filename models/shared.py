@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -68,7 +68,8 @@ class AuxiliaryHead(nn.Module):
         layers = [nn.ReLU(inplace=False), pool,
                   nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128),
                   nn.ReLU(inplace=True), nn.Conv2d(128, 768, 2, bias=False)]
-        layers += [nn.BatchNorm2d(768), nn.ReLU(inplace=True)] if bn_768 else [nn.ReLU(inplace=True)]
+        layers += ([nn.BatchNorm2d(768), nn.ReLU(inplace=True)] if bn_768
+                   else [nn.ReLU(inplace=True)])
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(768, num_classes)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import types
 import warnings
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -284,7 +283,7 @@ def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
 def make_authors_model(genotype_nested_normal: Nested, genotype_nested_reduce: Nested,
                        channels_init: int = 8, num_cells: int = 5, num_classes: int = 10,
                        input_size: int = 32, channels_in: int = 3, auxiliary: bool = True,
-                       cell_genotypes: Optional[list] = None, seed: int = 0) -> AugmentCNN:
+                       cell_genotypes: list | None = None, seed: int = 0) -> AugmentCNN:
     """An authors'-style AugmentCNN in eval mode with random weights and BN statistics.
 
     With `cell_genotypes` (one nested genotype per cell) alphas are not shared

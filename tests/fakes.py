@@ -41,10 +41,12 @@ def make_cifar10(root, per_batch=3, test=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        _write_py2_pickle(folder / f"data_batch_{i}", _cifar_batch(rng, per_batch, b"labels", 10, i))
+        _write_py2_pickle(folder / f"data_batch_{i}",
+                          _cifar_batch(rng, per_batch, b"labels", 10, i))
     _write_py2_pickle(folder / "test_batch", _cifar_batch(rng, test, b"labels", 10, 7))
     _write_py2_pickle(folder / "batches.meta", {b"label_names": [b"c%d" % i for i in range(10)],
-                                                b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+                                                b"num_cases_per_batch": per_batch,
+                                                b"num_vis": 3072})
     return folder
 
 
@@ -95,7 +97,8 @@ def make_image_folder(root, mode="RGB", size=(12, 10), classes=("cat", "dog", "e
             (root / split / cls).mkdir(parents=True)
             for i in range(per_class):
                 shape = (h, w) if mode == "L" else (h, w, 3)
-                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(pixels, mode).save(root / split / cls / f"{i}.png")
     return root
 
 

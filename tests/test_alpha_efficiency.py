@@ -59,7 +59,8 @@ def test_edges_syntax():
     assert ae.parse_edges("0,3") == [("normal", 0), ("normal", 3)]
     assert ae.parse_edges("normal:0,reduce:2,0") == [("normal", 0), ("reduce", 2)]
     assert ae.parse_edges("reduce") == [("reduce", k) for k in range(8)]
-    for bad, words in (("9", "0..7"), ("-1", "0..7"), ("x", "0..7"), ("middle:1", "normal or reduce")):
+    for bad, words in (("9", "0..7"), ("-1", "0..7"), ("x", "0..7"),
+                       ("middle:1", "normal or reduce")):
         with pytest.raises(argparse.ArgumentTypeError, match=words):
             ae.parse_edges(bad)
 
@@ -98,7 +99,8 @@ def test_candidates_and_substitution():
     assert len(cands) == 14 and len(runs) == 13  # the derived genotype is trained once
     assert runs[ae.DERIVED] == genotype and runs["normal_0_max_pool_3x3"] == swapped
     # the released identity group: skip_connect twice is one candidate
-    alphas["normal"][0][1] = {"ops": ["skip_connect", "skip_connect", "none"], "alphas": [0.5, 0.2, 0.0]}
+    alphas["normal"][0][1] = {"ops": ["skip_connect", "skip_connect", "none"],
+                              "alphas": [0.5, 0.2, 0.0]}
     genotype = gt.derive_genotype(alphas)
     (skip,) = ae.edge_candidates(alphas, genotype, "normal", 0)
     weights = _softmax([0.5, 0.2, 0.0])
@@ -174,7 +176,8 @@ def test_stacnas_and_darts_killed_then_resumed(runs, tmp_path, capsys):
     assert alpha_efficiency.main(argv) == 0
     printed = capsys.readouterr().out
     assert "[1/9] stacnas derived genotype" in printed and "finished before" in printed
-    assert before == ((first / "results.json").read_bytes(), (first / "results.json").stat().st_mtime_ns)
+    assert before == ((first / "results.json").read_bytes(),
+                      (first / "results.json").stat().st_mtime_ns)
     rows = _rows(out / "alpha_efficiency.csv")
     assert all(r["valid_top1_mean"] != "" for r in rows)
     # StacNAS: the members of the edge's stage-1 group (separable), none excluded
@@ -210,8 +213,8 @@ def test_bad_inputs(runs, tmp_path, capsys):
     assert alpha_efficiency.main(["--search_dir", str(broken), *TRAIN]) == 1
     assert str(broken / "checkpoint.pt") in capsys.readouterr().err
     alphas = gf.load_alphas(darts_dir / "alphas.json")
-    gf.save_alphas({"cell_0": alphas["normal"], "cell_1": alphas["reduce"], "cell_2": alphas["normal"]},
-                   broken / "alphas.json")
+    gf.save_alphas({"cell_0": alphas["normal"], "cell_1": alphas["reduce"],
+                    "cell_2": alphas["normal"]}, broken / "alphas.json")
     assert alpha_efficiency.main(["--search_dir", str(broken), *TRAIN]) == 1
     assert "--no-alpha_share" in capsys.readouterr().err
     for argv, words in ((["--edges", "9"], "0..7"), (["--labels", "a,b"], "--labels"),

@@ -364,7 +364,7 @@ def test_virtual_step_moves_the_weights_and_restores_them_exactly():
         for b, s in zip(net.buffers(), b0):
             b.copy_(s)
     with arch.virtual_step(x, y):
-        for p, p0, e in zip(net.weights(), w0, expected):
+        for p, _p0, e in zip(net.weights(), w0, expected):
             assert torch.allclose(p, e, atol=1e-12)
         assert sum(not torch.equal(p, p0) for p, p0 in zip(net.weights(), w0)) > len(w0) // 2
         assert any(not torch.equal(b, s) for b, s in zip(net.buffers(), b0))  # BN was touched

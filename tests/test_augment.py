@@ -45,7 +45,8 @@ def _test(save_dir, *extra):
 def test_one_epoch_on_cifar_format_then_test_py(tmp_path, cifar):
     assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--valid_ratio", "0.25") == 0
     out = tmp_path / "net" / "augment"
-    for name in ("config.json", "log.txt", "metrics.jsonl", "checkpoint.pt", "best.pt", "results.json"):
+    for name in ("config.json", "log.txt", "metrics.jsonl", "checkpoint.pt", "best.pt",
+                 "results.json"):
         assert (out / name).is_file(), name
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert {"loss", "top1", "valid_top1", "test_top1", "lr", "drop_path_prob"} <= set(record)
@@ -54,7 +55,8 @@ def test_one_epoch_on_cifar_format_then_test_py(tmp_path, cifar):
     assert results["epochs"] == 1 and results["macs"] > 0 and results["device"].startswith("cpu")
     assert results["genotype"] == gchecks.genotype_to_dict(gt.DARTS_V2)
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["cutout"], cfg["aux_weight"], cfg["drop_path"], cfg["grad_clip"]) == (16, 0.4, 0.2, 5.0)
+    assert ((cfg["cutout"], cfg["aux_weight"], cfg["drop_path"], cfg["grad_clip"])
+            == (16, 0.4, 0.2, 5.0))
     # test.py rebuilds the network from the checkpoint alone and reproduces augment's figures
     assert _test(tmp_path, "--checkpoint", str(out / "checkpoint.pt"), "--dataset", "cifar10",
                  "--data_dir", str(cifar)) == 0
@@ -95,7 +97,8 @@ def test_resume_continues_to_the_same_weights(tmp_path, cifar):
     a = load_checkpoint(tmp_path / "straight" / "augment" / "checkpoint.pt")["model"]
     b = load_checkpoint(run / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["epoch"]
+            for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 @pytest.mark.e2e
@@ -134,7 +137,8 @@ def test_search_checkpoint_and_garbage_are_refused(tmp_path, capsys):
     garbage.write_bytes(b"not a checkpoint at all")
     assert _test(tmp_path, "--checkpoint", str(garbage), "--dataset", "synthetic") == 1
     assert "garbage.pt" in capsys.readouterr().err
-    assert _test(tmp_path, "--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "synthetic") == 1
+    assert _test(tmp_path, "--checkpoint", str(tmp_path / "missing.pt"),
+                 "--dataset", "synthetic") == 1
     assert "missing.pt: checkpoint not found" in capsys.readouterr().err
 
 
@@ -163,19 +167,21 @@ def test_power_cosine_schedule():
 def test_test_py_on_an_authors_file_and_its_export(tmp_path):
     from tests.authors_format import make_authors_model, save_like_authors, to_nested
 
-    original = make_authors_model(to_nested(gt.STACNAS_C10.normal), to_nested(gt.STACNAS_C10.reduce),
-                                  channels_init=4, num_cells=3, num_classes=4, input_size=8,
-                                  auxiliary=False)
+    original = make_authors_model(to_nested(gt.STACNAS_C10.normal),
+                                  to_nested(gt.STACNAS_C10.reduce), channels_init=4,
+                                  num_cells=3, num_classes=4, input_size=8, auxiliary=False)
     path = tmp_path / "cifar10.pth.tar"
     save_like_authors(original, path)
     data = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_classes", "4",
             "--synthetic_samples", "32"]
-    assert _test(tmp_path, "--checkpoint", str(path), "--export", str(tmp_path / "ours.pt"), *data) == 0
+    assert _test(tmp_path, "--checkpoint", str(path), "--export", str(tmp_path / "ours.pt"),
+                 *data) == 0
     authors = json.loads((tmp_path / "t" / "test" / "results.json").read_text())
     assert authors["source"] == "authors" and authors["images"] == 16
     # the original module gives the same loss on the same test images
     from utils.data.datasets import SyntheticSpec, get_dataset
-    test_set, _ = get_dataset("synthetic", "data", train=False, synthetic=SyntheticSpec(3, 8, 4, 32, 16))
+    test_set, _ = get_dataset("synthetic", "data", train=False,
+                              synthetic=SyntheticSpec(3, 8, 4, 32, 16))
     x = torch.stack([test_set[i][0] for i in range(len(test_set))])
     y = torch.tensor([test_set[i][1] for i in range(len(test_set))])
     with torch.no_grad():
@@ -185,12 +191,14 @@ def test_test_py_on_an_authors_file_and_its_export(tmp_path):
     assert authors["test_loss"] == pytest.approx(loss, rel=1e-5)
     assert _test(tmp_path, "--checkpoint", str(tmp_path / "ours.pt"), *data) == 0
     ours = json.loads((tmp_path / "t" / "test" / "results.json").read_text())
-    assert ours["source"] == "ours" and ours["test_loss"] == pytest.approx(authors["test_loss"], rel=1e-6)
+    assert (ours["source"] == "ours"
+            and ours["test_loss"] == pytest.approx(authors["test_loss"], rel=1e-6))
 
 
 @pytest.mark.e2e
 def test_bf16_autocast_training_on_cpu(tmp_path, cifar):
     # DARTS_V2 has separable, dilated, pooling and skip ops: all under bf16 autocast on CPU
     assert _augment(tmp_path, cifar, "--arch", "DARTS_V2", "--amp", "bf16", "--force_amp") == 0
-    record = json.loads((tmp_path / "net" / "augment" / "metrics.jsonl").read_text().splitlines()[0])
+    metrics = (tmp_path / "net" / "augment" / "metrics.jsonl").read_text()
+    record = json.loads(metrics.splitlines()[0])
     assert record["loss"] == record["loss"] and 0 < record["loss"] < 10

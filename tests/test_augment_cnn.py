@@ -13,7 +13,8 @@ def _count(module):
 
 
 @pytest.mark.parametrize("info", [DatasetInfo(3, 32, 10), DatasetInfo(1, 28, 10),
-                                  DatasetInfo(3, 8, 5), DatasetInfo(2, 9, 7), DatasetInfo(3, 13, 4)])
+                                  DatasetInfo(3, 8, 5), DatasetInfo(2, 9, 7),
+                                  DatasetInfo(3, 13, 4)])
 def test_cifar_style_shapes_with_aux(info):
     torch.manual_seed(0)
     net = build_final_network(gt.DARTS_V2, **info.network_shape(), init_channels=4, num_cells=5,
@@ -101,8 +102,9 @@ def test_final_cell_stride_and_structure():
     assert red.nodes[1][1].pool.stride == 2
 
 
-@pytest.mark.parametrize("name, dataset, size, classes", [("STACNAS_C100", "cifar100", 32, 100),
-                                                          ("STACNAS_IMAGENET", "imagenet", 224, 1000)])
+@pytest.mark.parametrize("name, dataset, size, classes",
+                         [("STACNAS_C100", "cifar100", 32, 100),
+                          ("STACNAS_IMAGENET", "imagenet", 224, 1000)])
 def test_stacnas_c100_and_imagenet_networks_train(name, dataset, size, classes):
     """The two genotypes read off the authors' figures build a network of their dataset that
     runs forward and backward (small widths: the full sizes are pinned in test_summary.py)."""

@@ -23,27 +23,35 @@ ROOT = Path(__file__).resolve().parents[1]
 # The StacNAS README, verbatim (search2's line is search1's with --stage and --num_cells changed,
 # as the README says).
 AUTHORS_COMMANDS = {
-    "test": """python test.py --name job_name --dataset cifar10 --data_dir /path/to/dataset/ --save_dir /path/to/results/ \\
-    --seed 1 --stage test --batch_size 96 --load_model_dir "models/cifar10.pth.tar\"""",
-    "search1": """python search.py --name job_name --dataset cifar10 --train_ratio 1.0 --data_dir /path/to/dataset/ \\
+    "test": ("python test.py --name job_name --dataset cifar10 --data_dir /path/to/dataset/ "
+             """--save_dir /path/to/results/ \\
+    --seed 1 --stage test --batch_size 96 --load_model_dir "models/cifar10.pth.tar\""""),
+    "search1": ("python search.py --name job_name --dataset cifar10 --train_ratio 1.0 "
+                """--data_dir /path/to/dataset/ \\
     --save_dir /path/to/results/ --seed 1 --stage search1 --batch_size 64 --init_channels 16 \\
-    --num_cells 14 --grad_clip 3 --aux_weight 0.0 --epochs 80 --alpha_share""",
-    "search2": """python search.py --name job_name --dataset cifar10 --train_ratio 1.0 --data_dir /path/to/dataset/ \\
+    --num_cells 14 --grad_clip 3 --aux_weight 0.0 --epochs 80 --alpha_share"""),
+    "search2": ("python search.py --name job_name --dataset cifar10 --train_ratio 1.0 "
+                """--data_dir /path/to/dataset/ \\
     --save_dir /path/to/results/ --seed 1 --stage search2 --batch_size 64 --init_channels 16 \\
-    --num_cells 20 --grad_clip 3 --aux_weight 0.0 --epochs 80 --alpha_share""",
-    "augment": """python augment.py --name job_name --dataset cifar10 --train_ratio 1.0 --data_dir /path/to/dataset/ \\
+    --num_cells 20 --grad_clip 3 --aux_weight 0.0 --epochs 80 --alpha_share"""),
+    "augment": ("python augment.py --name job_name --dataset cifar10 --train_ratio 1.0 "
+                """--data_dir /path/to/dataset/ \\
     --save_dir /path/to/results/ --seed 3 --stage augment --batch_size 96 --init_channels 36 \\
-    --num_cells 20 --grad_clip 5 --aux_weight 0.4 --epochs 600 --alpha_share""",
-    "feature": """python feature.py --name job_name --dataset cifar10 --data_dir /path/to/dataset/ \\
-    --save_dir /path/to/results/ --seed 1 --stage search1 --batch_size 64""",
+    --num_cells 20 --grad_clip 5 --aux_weight 0.4 --epochs 600 --alpha_share"""),
+    "feature": ("python feature.py --name job_name --dataset cifar10 "
+                """--data_dir /path/to/dataset/ \\
+    --save_dir /path/to/results/ --seed 1 --stage search1 --batch_size 64"""),
     "run_all": "python run_all.py",
 }
 CPU = ["--device", "cpu", "--num_workers", "0"]
 SMALL = {
-    "search1": ["--epochs", "1", "--num_cells", "3", "--init_channels", "4", "--batch_size", "8", *CPU],
-    "search2": ["--epochs", "1", "--num_cells", "3", "--init_channels", "4", "--batch_size", "8", *CPU],
+    "search1": ["--epochs", "1", "--num_cells", "3", "--init_channels", "4", "--batch_size", "8",
+                *CPU],
+    "search2": ["--epochs", "1", "--num_cells", "3", "--init_channels", "4", "--batch_size", "8",
+                *CPU],
     "feature": ["--batch_size", "8", "--num_samples", "8", *CPU],
-    "augment": ["--epochs", "1", "--num_cells", "3", "--init_channels", "4", "--batch_size", "8", *CPU],
+    "augment": ["--epochs", "1", "--num_cells", "3", "--init_channels", "4", "--batch_size", "8",
+                *CPU],
     "test": ["--batch_size", "8", *CPU],
     "run_all": ["--search1_epochs", "1", "--search2_epochs", "1", "--augment_epochs", "1",
                 "--search1_cells", "3", "--search2_cells", "3", "--augment_cells", "3",
@@ -74,7 +82,8 @@ def workdir(tmp_path_factory):
     make_cifar10(d / "dataset", per_batch=6, test=8)
     (d / "models").mkdir()
     g = gt.STACNAS_C10
-    model = make_authors_model(to_nested(g.normal), to_nested(g.reduce), channels_init=4, num_cells=3)
+    model = make_authors_model(to_nested(g.normal), to_nested(g.reduce), channels_init=4,
+                               num_cells=3)
     save_like_authors(model, d / "models" / "cifar10.pth.tar")
     return d
 
@@ -114,7 +123,8 @@ def test_feature_command(pipeline):
     assert summary["checkpoint"] == str(run_dir / "search1" / "checkpoint.pt")
     said = [line for line in outputs["feature"].stdout.splitlines() if "held-out" in line]
     assert len(said) == 1 and "no held-out split (--train_ratio 1.0)" in said[0]
-    assert summary["num_images"] == 8 and set(summary["ops"]) == set(gt.STAGE1_PRIMITIVES) - {"none"}
+    assert (summary["num_images"] == 8
+            and set(summary["ops"]) == set(gt.STAGE1_PRIMITIVES) - {"none"})
     load_groups(out / "groups.json")  # a valid groups file for search.py --groups
 
 
@@ -166,9 +176,9 @@ def test_run_all_without_arguments(workdir):
 @pytest.mark.e2e
 def test_run_all_dry_run_prints_the_paper_pipeline(tmp_path):
     done = run([sys.executable, str(ROOT / "run_all.py"), "--dry_run"], tmp_path)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("[run_all] seed")]
-    assert [l.split()[3] for l in lines] == ["search1:", "search2:", "augment:", "test:"]
-    assert all("--dataset cifar10" in l for l in lines)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[run_all] seed")]
+    assert [line.split()[3] for line in lines] == ["search1:", "search2:", "augment:", "test:"]
+    assert all("--dataset cifar10" in line for line in lines)
     assert "--epochs" not in done.stdout  # the paper's epochs: the scripts' defaults
     assert not (tmp_path / "runs").exists()
 
@@ -206,7 +216,8 @@ def test_run_all_dry_run_prints_the_paper_pipeline(tmp_path):
 ])
 def test_authors_flag_names(parser, authors, ours):
     """Each of the authors' names sets the option ours names, with their meaning."""
-    resolve = {config.search_parser: config.resolve_search, config.augment_parser: config.resolve_augment,
+    resolve = {config.search_parser: config.resolve_search,
+               config.augment_parser: config.resolve_augment,
                config.test_parser: config.resolve_test}[parser]
     stage = ["--stage", "search1"] if parser is config.search_parser else []
     args = config.parse(parser(), resolve, ["--name", "x", *stage, *shlex.split(authors)])
@@ -218,6 +229,8 @@ def test_help_shows_both_spellings(capsys):
     with pytest.raises(SystemExit):
         config.augment_parser().parse_args(["--help"])
     out = capsys.readouterr().out
-    for pair in ("--lr LR, --learning_rate LR", "--drop_path DROP_PATH, --drop_path_prob DROP_PATH",
-                 "--cutout CUTOUT, --cutout_length CUTOUT", "--print_freq PRINT_FREQ, --report_freq"):
+    for pair in ("--lr LR, --learning_rate LR",
+                 "--drop_path DROP_PATH, --drop_path_prob DROP_PATH",
+                 "--cutout CUTOUT, --cutout_length CUTOUT",
+                 "--print_freq PRINT_FREQ, --report_freq"):
         assert pair in out

@@ -41,7 +41,7 @@ def _error_line(proc: subprocess.CompletedProcess, code: int, *fragments: str) -
     fragment in it."""
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if "error:" in l]
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -25,8 +25,9 @@ def test_a_failing_variant_fails_the_run(tmp_path):
 
 
 def test_rows_and_markdown(tmp_path):
-    proc = subprocess.run([*BENCH, "--configs", "augment", "--variants", "base", "--batch_size", "2",
-                           "--steps", "1", "--json", str(tmp_path / "rows.jsonl"),
+    proc = subprocess.run([*BENCH, "--configs", "augment", "--variants", "base",
+                           "--batch_size", "2", "--steps", "1",
+                           "--json", str(tmp_path / "rows.jsonl"),
                            "--markdown", str(tmp_path / "table.md")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -55,7 +55,8 @@ def test_cifar10_eval_normalises_the_stored_pixels(tmp_path):
     raw = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")[b"data"][0]
     ds, _ = D.get_dataset("cifar10", str(tmp_path), train=False, transform="eval")
     mean, std = torch.tensor(DI.MEAN_STD["cifar10"][0]), torch.tensor(DI.MEAN_STD["cifar10"][1])
-    expected = (torch.from_numpy(raw.reshape(3, 32, 32)).float() / 255 - mean[:, None, None]) / std[:, None, None]
+    expected = ((torch.from_numpy(raw.reshape(3, 32, 32)).float() / 255 - mean[:, None, None])
+                / std[:, None, None])
     assert torch.allclose(ds[0][0], expected, atol=1e-5)
 
 
@@ -167,7 +168,8 @@ def test_imagefolder_rgb_info_read_from_data(tmp_path):
     assert ds[0][0].shape == (3, 10, 10) and ds[0][0].min() >= -1 and ds[0][0].max() <= 1
     assert isinstance(ds.transform.transforms[1], T.RandomHorizontalFlip)
     test, _ = D.get_dataset("imagefolder", str(tmp_path), train=False, transform="eval")
-    assert len(test) == 6 and not any(isinstance(t, T.RandomHorizontalFlip) for t in test.transform.transforms)
+    assert len(test) == 6 and not any(isinstance(t, T.RandomHorizontalFlip)
+                                      for t in test.transform.transforms)
 
 
 def test_imagefolder_grayscale_and_val_fallback(tmp_path):
@@ -286,7 +288,8 @@ def test_make_loader_order_reproducible_per_seed_and_epoch():
     assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=3)) != first
     assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=8, epoch=2)) != first
     # resuming mid-epoch: the same epoch's order, from batch 2 on
-    assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, skip_batches=2)) == first[8:]
+    assert _order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2,
+                                 skip_batches=2)) == first[8:]
     # sharded over 2 ranks: disjoint halves of a (seed, epoch) permutation
     ranks = [_order(LD.make_loader(ds, idx, 4, shuffle=True, seed=7, epoch=2, replicas=(r, 2)))
              for r in (0, 1)]
@@ -334,6 +337,7 @@ def test_scripts_start_without_torchvision():
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torchvision")
         assert not loaded, f"search.py --help loaded {loaded[:3]}"
     """
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: search.py" in done.stdout

@@ -49,7 +49,8 @@ def _records(path):
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
     save = tmp_path_factory.mktemp("dist")
-    torchrun("search.py", "--stage", "search1", "--name", "d", "--save_dir", str(save), "--epochs", "2", *TINY)
+    torchrun("search.py", "--stage", "search1", "--name", "d", "--save_dir", str(save),
+             "--epochs", "2", *TINY)
     return save / "d" / "search1"
 
 
@@ -68,14 +69,16 @@ def test_files_come_from_rank_0_only(search_run):
     assert log.count("epoch 1/2 done") == 1 and log.count("2 processes") == 1
     state = load_checkpoint(search_run / "checkpoint.pt")
     assert state["finished"] and state["epoch"] == 2
-    assert gf.load_genotype(search_run / "genotype.json") == gchecks.genotype_from_dict(state["genotype"])
-    assert sorted(p.name for p in search_run.iterdir() if p.suffix == ".pt") == ["checkpoint.prev.pt", "checkpoint.pt"]
+    assert (gf.load_genotype(search_run / "genotype.json")
+            == gchecks.genotype_from_dict(state["genotype"]))
+    assert (sorted(p.name for p in search_run.iterdir() if p.suffix == ".pt")
+            == ["checkpoint.prev.pt", "checkpoint.pt"])
 
 
 @pytest.mark.e2e
 def test_bilevel_alphas_identical(tmp_path):
-    torchrun("search.py", "--stage", "darts", "--name", "b", "--save_dir", str(tmp_path), "--epochs", "1",
-             "--unrolled", *TINY)
+    torchrun("search.py", "--stage", "darts", "--name", "b", "--save_dir", str(tmp_path),
+             "--epochs", "1", "--unrolled", *TINY)
     assert _records(tmp_path / "b" / "darts" / "metrics.jsonl")[0]["alpha_rank_divergence"] == 0.0
 
 
@@ -85,7 +88,8 @@ def test_resumed_distributed_run(search_run, tmp_path):
     shutil.copytree(search_run, run)
     shutil.copy(previous_path(run / "checkpoint.pt"), run / "checkpoint.pt")
     (run / "genotype.json").unlink()
-    torchrun("search.py", "--stage", "search1", "--name", "d", "--save_dir", str(tmp_path), "--epochs", "2", *TINY)
+    torchrun("search.py", "--stage", "search1", "--name", "d", "--save_dir", str(tmp_path),
+             "--epochs", "2", *TINY)
     assert "resuming from" in (run / "log.txt").read_text()
     assert [r["epoch"] for r in _records(run / "metrics.jsonl")] == [1, 2]
     a = load_checkpoint(search_run / "checkpoint.pt")["model"]
@@ -321,10 +325,12 @@ def _job(kind, tmp_path):
     argv = [*TINY, "--name", kind, "--save_dir", str(tmp_path), "--epochs", "2", "--amp", "fp16",
             "--force_amp"]
     if kind == "search":
-        args = config.parse(config.search_parser(), config.resolve_search, ["--stage", "search1", *argv])
+        args = config.parse(config.search_parser(), config.resolve_search,
+                            ["--stage", "search1", *argv])
         job_class = search.Search
     else:
-        args = config.parse(config.augment_parser(), config.resolve_augment, ["--arch", "DARTS_V2", *argv])
+        args = config.parse(config.augment_parser(), config.resolve_augment,
+                            ["--arch", "DARTS_V2", *argv])
         job_class = augment.Augment
     Path(args.stage_dir).mkdir(parents=True, exist_ok=True)
     return job_class(args, lambda message: None, torch.device("cpu"), Dist())

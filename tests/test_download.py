@@ -123,7 +123,8 @@ def tar_gz(folder):
 
 def serve_cifar(server, monkeypatch, tmp_path, name="cifar10"):
     """Serve a fake CIFAR archive at torchvision's file name; returns the source folder."""
-    cls, make = {"cifar10": (datasets.CIFAR10, make_cifar10), "cifar100": (datasets.CIFAR100, make_cifar100)}[name]
+    cls, make = {"cifar10": (datasets.CIFAR10, make_cifar10),
+                 "cifar100": (datasets.CIFAR100, make_cifar100)}[name]
     source = make(tmp_path / "src")
     blob = tar_gz(source)
     server.files[f"/{cls.filename}"] = blob
@@ -151,7 +152,8 @@ def unpickle(path, key):
 
 def leftovers(data_dir):
     """Temporary download folders or archives anywhere under data_dir."""
-    return [p for p in data_dir.rglob("*") if p.name.startswith(".download-") or p.name.endswith((".tar.gz", ".gz"))]
+    return [p for p in data_dir.rglob("*")
+            if p.name.startswith(".download-") or p.name.endswith((".tar.gz", ".gz"))]
 
 
 def one_line_error(call):
@@ -165,18 +167,21 @@ def one_line_error(call):
 # ------------------------------------------------------------------------------- CIFAR
 
 @pytest.mark.e2e
-def test_cifar10_downloads_extracts_and_loads_what_was_served(tmp_path, server, monkeypatch, capsys):
+def test_cifar10_downloads_extracts_and_loads_what_was_served(tmp_path, server, monkeypatch,
+                                                              capsys):
     source = serve_cifar(server, monkeypatch, tmp_path)
     data_dir = tmp_path / "data"
     ds, info = D.get_dataset("cifar10", str(data_dir), train=True, transform="eval", download=True)
     assert "/cifar-10-python.tar.gz" in server.hits
     err = capsys.readouterr().err
-    assert f"downloading {server.url}/cifar-10-python.tar.gz to {data_dir / 'cifar-10-batches-py'}" in err
+    assert (f"downloading {server.url}/cifar-10-python.tar.gz "
+            f"to {data_dir / 'cifar-10-batches-py'}") in err
     folder = data_dir / "cifar-10-batches-py"
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in source.iterdir())
     for p in source.iterdir():
         assert (folder / p.name).read_bytes() == p.read_bytes()
-    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-batches-py"] and not leftovers(data_dir)
+    assert (sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-batches-py"]
+            and not leftovers(data_dir))
     # the loaded pixels and labels are the served ones (torchvision stores HWC uint8)
     pixels = np.concatenate([unpickle(source / f"data_batch_{i}", b"data") for i in range(1, 6)])
     labels = sum((unpickle(source / f"data_batch_{i}", b"labels") for i in range(1, 6)), [])
@@ -196,7 +201,8 @@ def test_cifar100_download(tmp_path, server, monkeypatch):
     data_dir = tmp_path / "data"
     ds, _ = D.get_dataset("cifar100", str(data_dir), train=True, transform="eval", download=True)
     assert ds.targets == unpickle(source / "train", b"fine_labels") and len(ds) == 5
-    assert np.array_equal(ds.data, unpickle(source / "train", b"data").reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    pixels = unpickle(source / "train", b"data")
+    assert np.array_equal(ds.data, pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     assert (data_dir / "cifar-100-python" / "meta").read_bytes() == (source / "meta").read_bytes()
     assert not leftovers(data_dir)
 
@@ -209,7 +215,8 @@ def test_download_completes_a_partial_cifar_folder(tmp_path, server, monkeypatch
     (data_dir / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"stale")
     ds, _ = D.get_dataset("cifar10", str(data_dir), train=True, transform="eval", download=True)
     assert len(ds) == 15
-    assert (data_dir / "cifar-10-batches-py" / "data_batch_1").read_bytes() == (source / "data_batch_1").read_bytes()
+    assert ((data_dir / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+            == (source / "data_batch_1").read_bytes())
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncated"])
@@ -268,7 +275,8 @@ def test_a_stalled_server_times_out(tmp_path, monkeypatch):
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/cifar-10-python.tar.gz"
         monkeypatch.setattr(datasets.CIFAR10, "url", url)
         start = time.monotonic()
-        msg = one_line_error(lambda: D.get_dataset("cifar10", str(tmp_path), train=True, download=True))
+        msg = one_line_error(lambda: D.get_dataset("cifar10", str(tmp_path), train=True,
+                                                   download=True))
     assert time.monotonic() - start < 10
     assert f"{url} failed (" in msg and "timed out" in msg
     assert socket.getdefaulttimeout() is None  # restored
@@ -283,23 +291,28 @@ def test_no_download_never_touches_the_network(tmp_path, server, monkeypatch):
 
 # ---------------------------------------------------------------------- MNIST / Fashion
 
-@pytest.mark.parametrize("name,cls", [("mnist", datasets.MNIST), ("fashionmnist", datasets.FashionMNIST)])
+@pytest.mark.parametrize("name,cls", [("mnist", datasets.MNIST),
+                                      ("fashionmnist", datasets.FashionMNIST)])
 @pytest.mark.e2e
-def test_idx_download_unpacks_into_raw_and_loads_what_was_served(tmp_path, server, monkeypatch, capsys, name, cls):
+def test_idx_download_unpacks_into_raw_and_loads_what_was_served(tmp_path, server, monkeypatch,
+                                                                 capsys, name, cls):
     dead = dead_url()
-    source = serve_idx(server, monkeypatch, tmp_path, cls, mirrors_before=[f"{dead}/"])  # first mirror down
+    # the first mirror is down
+    source = serve_idx(server, monkeypatch, tmp_path, cls, mirrors_before=[f"{dead}/"])
     data_dir = tmp_path / "data"
     ds, _ = D.get_dataset(name, str(data_dir), train=True, transform="eval", download=True)
     assert set(server.hits) == {f"/{cls.__name__}/{n}" for n in IDX_GZ}
     err = capsys.readouterr().err
-    assert f"downloading {cls.__name__} (4 files) from {dead}/ to {data_dir / cls.__name__ / 'raw'}" in err
+    assert (f"downloading {cls.__name__} (4 files) from {dead}/ "
+            f"to {data_dir / cls.__name__ / 'raw'}") in err
     assert f"trying {server.url}/{cls.__name__}/" in err
     raw = data_dir / cls.__name__ / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(n[:-3] for n in IDX_GZ)
     for n in IDX_GZ:
         assert (raw / n[:-3]).read_bytes() == gzip.decompress((source / n).read_bytes())
     assert not leftovers(data_dir) and sorted(p.name for p in data_dir.iterdir()) == [cls.__name__]
-    images = np.frombuffer(gzip.decompress((source / IDX_GZ[0]).read_bytes())[16:], np.uint8).reshape(-1, 28, 28)
+    images = np.frombuffer(gzip.decompress((source / IDX_GZ[0]).read_bytes())[16:],
+                           np.uint8).reshape(-1, 28, 28)
     labels = list(gzip.decompress((source / IDX_GZ[1]).read_bytes())[8:])
     assert torch.equal(ds.data, torch.from_numpy(images.copy())) and ds.targets.tolist() == labels
     test, _ = D.get_dataset(name, str(data_dir), train=False, transform="eval", download=True)
@@ -314,7 +327,8 @@ def test_truncated_idx_file_leaves_nothing_and_a_rerun_succeeds(tmp_path, server
     data_dir = tmp_path / "data"
     msg = one_line_error(lambda: D.get_dataset("mnist", str(data_dir), train=True, download=True))
     assert f"{server.url}{bad} failed (md5" in msg and str(data_dir / "MNIST" / "raw") in msg
-    assert [p for p in data_dir.rglob("*") if p.is_file()] == []  # the two good files were not kept either
+    # the two good files were not kept either
+    assert [p for p in data_dir.rglob("*") if p.is_file()] == []
     assert not leftovers(data_dir)
     server.truncate.clear()
     ds, _ = D.get_dataset("mnist", str(data_dir), train=True, download=True)
@@ -326,14 +340,17 @@ def test_offline_mnist_names_every_mirror_tried(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.MNIST, "mirrors", mirrors)
     data_dir = tmp_path / "data"
     msg = one_line_error(lambda: D.get_dataset("mnist", str(data_dir), train=True, download=True))
-    assert all(f"{m}train-images-idx3-ubyte.gz failed (ConnectionRefusedError" in msg for m in mirrors)
-    assert f"put the idx files (http://yann.lecun.com/exdb/mnist/) in {data_dir / 'MNIST' / 'raw'} by hand" in msg
+    assert all(f"{m}train-images-idx3-ubyte.gz failed (ConnectionRefusedError" in msg
+               for m in mirrors)
+    assert ("put the idx files (http://yann.lecun.com/exdb/mnist/) "
+            f"in {data_dir / 'MNIST' / 'raw'} by hand") in msg
 
 
 def test_offline_fashionmnist_without_debian_copy_names_url_folder_and_package(tmp_path):
     url = f"{datasets.FashionMNIST.mirrors[0]}train-images-idx3-ubyte.gz"
     data_dir = tmp_path / "data"
-    msg = one_line_error(lambda: D.get_dataset("fashionmnist", str(data_dir), train=True, download=True))
+    msg = one_line_error(lambda: D.get_dataset("fashionmnist", str(data_dir), train=True,
+                                               download=True))
     assert f"{url} failed (" in msg and str(data_dir / "FashionMNIST" / "raw") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "no-system-dir") in msg
 
@@ -365,7 +382,8 @@ def test_idx_download_goes_to_the_cache_when_data_dir_is_read_only(tmp_path, ser
     data_dir = tmp_path / "readonly"
     monkeypatch.setattr(DM, "_is_writable", lambda path: not str(path).startswith(str(data_dir)))
     ds, _ = D.get_dataset("mnist", str(data_dir), train=True, download=True)
-    assert len(ds) == 6 and (tmp_path / "cache" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+    assert (len(ds) == 6
+            and (tmp_path / "cache" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file())
     assert not data_dir.exists()
 
 
@@ -385,7 +403,8 @@ def test_offline_fashionmnist_uses_the_installed_debian_package(tmp_path, monkey
                           download=True, log=notes.append)
     assert len(ds) == 10000 and ds[0][0].shape == (1, 28, 28)
     assert "using Debian's copy" in notes[-1]
-    assert os.path.getsize(tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte") == 16 + 10000 * 784
+    assert (os.path.getsize(tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte")
+            == 16 + 10000 * 784)
 
 
 # ------------------------------------------- what torchvision's own download=True lacks (issue 21)
@@ -415,8 +434,9 @@ sys.exit(run_guarded(lambda: D.get_dataset(cfg["dataset"], cfg["data_dir"], trai
 
 
 def driver(tmp_path, dataset, data_dir, patch, torchvision=None, **popen):
-    cfg = {"dataset": dataset, "data_dir": str(data_dir), "patch": patch, "torchvision": torchvision,
-           "no_dir": str(tmp_path / "no-system-dir"), "cache": str(tmp_path / "cache")}
+    cfg = {"dataset": dataset, "data_dir": str(data_dir), "patch": patch,
+           "torchvision": torchvision, "no_dir": str(tmp_path / "no-system-dir"),
+           "cache": str(tmp_path / "cache")}
     return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(cfg)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -427,7 +447,8 @@ def serve_compressible(server, monkeypatch, tmp_path, name):
     (torchvision attributes patched, the size limit)."""
     if name == "cifar10":
         source = make_cifar10(tmp_path / "src")
-        zeros = {"batch_label": "testing", "labels": [0] * 400, "data": np.zeros((400, 3072), np.uint8)}
+        zeros = {"batch_label": "testing", "labels": [0] * 400,
+                 "data": np.zeros((400, 3072), np.uint8)}
         (source / "test_batch").write_bytes(pickle.dumps(zeros, protocol=2))
         blob = tar_gz(source)
         server.files["/cifar-10-python.tar.gz"] = blob
@@ -449,7 +470,8 @@ def serve_compressible(server, monkeypatch, tmp_path, name):
 
 @pytest.mark.parametrize("name,final", [("cifar10", "cifar-10-batches-py"), ("mnist", "MNIST/raw")])
 @pytest.mark.e2e
-def test_a_full_disk_while_unpacking_leaves_nothing_and_a_rerun_recovers(tmp_path, server, monkeypatch, name, final):
+def test_a_full_disk_while_unpacking_leaves_nothing_and_a_rerun_recovers(tmp_path, server,
+                                                                         monkeypatch, name, final):
     """A real file size limit (a full disk reads the same) cuts the unpacking short: one line
     naming the folder, nothing under the final names, and a rerun with room downloads whole.
     torchvision's MNIST download leaves the file it was unpacking, cut short, under its final
@@ -463,14 +485,16 @@ def test_a_full_disk_while_unpacking_leaves_nothing_and_a_rerun_recovers(tmp_pat
     proc = driver(tmp_path, name, data_dir, patch, preexec_fn=file_size_limit)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err
-    assert err.splitlines()[-1] == (f"error: {name}: download not stored: cannot write {data_dir / final}: "
+    assert err.splitlines()[-1] == (f"error: {name}: download not stored: "
+                                    f"cannot write {data_dir / final}: "
                                     "File too large; make room and rerun the same command")
     assert [p for p in data_dir.rglob("*") if p.is_file()] == [] and not leftovers(data_dir)
     ds, _ = D.get_dataset(name, str(data_dir), train=True, transform="eval", download=True)
     assert len(ds) == (15 if name == "cifar10" else 60) and not leftovers(data_dir)
     if name == "mnist":
         theirs = tmp_path / "torchvision"
-        proc = driver(tmp_path, name, theirs, patch, torchvision="MNIST", preexec_fn=file_size_limit)
+        proc = driver(tmp_path, name, theirs, patch, torchvision="MNIST",
+                      preexec_fn=file_size_limit)
         out, err = proc.communicate(timeout=120)
         assert "torchvision: [Errno 27] File too large" in err
         assert (theirs / "MNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == limit
@@ -483,13 +507,16 @@ def test_a_mirror_that_fails_mid_file_falls_back_to_the_next(tmp_path, server, m
     HTTP error or a bad md5 (a body cut short): a mirror that stalls mid-file (a socket
     timeout) stops it."""
     monkeypatch.setattr(DL, "DOWNLOAD_TIMEOUT", 0.3)
-    source = serve_idx(server, monkeypatch, tmp_path, datasets.MNIST, mirrors_before=[f"{server.url}/bad/"])
+    source = serve_idx(server, monkeypatch, tmp_path, datasets.MNIST,
+                       mirrors_before=[f"{server.url}/bad/"])
     for name in IDX_GZ:
         server.files[f"/bad/{name}"] = (source / name).read_bytes()
         getattr(server, fault).add(f"/bad/{name}")
     notes = []
-    ds, _ = D.get_dataset("mnist", str(tmp_path / "data"), train=True, download=True, log=notes.append)
-    assert len(ds) == 6 and f"/bad/{IDX_GZ[0]}" in server.hits and f"/MNIST/{IDX_GZ[0]}" in server.hits
+    ds, _ = D.get_dataset("mnist", str(tmp_path / "data"), train=True, download=True,
+                          log=notes.append)
+    assert (len(ds) == 6 and f"/bad/{IDX_GZ[0]}" in server.hits
+            and f"/MNIST/{IDX_GZ[0]}" in server.hits)
     assert f"trying {server.url}/MNIST/" in notes[1]
     if fault == "truncate":
         return  # torchvision's md5 check sends it to the next mirror too
@@ -503,7 +530,8 @@ def test_a_mirror_that_fails_mid_file_falls_back_to_the_next(tmp_path, server, m
 
 
 @pytest.mark.e2e
-def test_a_download_killed_mid_file_leaves_nothing_trusted_and_the_rerun_cleans_up(tmp_path, server, monkeypatch):
+def test_a_download_killed_mid_file_leaves_nothing_trusted_and_the_rerun_cleans_up(tmp_path, server,
+                                                                                   monkeypatch):
     """kill -9 while the archive arrives: nothing under the final name, and the temporary
     folder the killed process left is removed by the next download."""
     blob = tar_gz(make_cifar10(tmp_path / "src", per_batch=10))  # over 2 x 32 KiB: half is written
@@ -522,7 +550,8 @@ def test_a_download_killed_mid_file_leaves_nothing_trusted_and_the_rerun_cleans_
     finally:
         proc.kill()
         proc.communicate(timeout=30)
-    assert [p.name for p in data_dir.iterdir()] == [f".download-cifar-10-batches-py-{socket.gethostname()}-{proc.pid}"]
+    assert [p.name for p in data_dir.iterdir()] == [".download-cifar-10-batches-py-"
+                                                    f"{socket.gethostname()}-{proc.pid}"]
     server.stall.clear()
     ds, _ = D.get_dataset("cifar10", str(data_dir), train=True, download=True)
     assert len(ds) == 50 and [p.name for p in data_dir.iterdir()] == ["cifar-10-batches-py"]

@@ -159,10 +159,13 @@ def test_search_cell_shares_weight_free_ops_per_state_and_computes_the_plain_fun
     assert isinstance(cell, FastSearchCell)
     # every edge leaving state 1 holds the same pooling module; different states differ
     pools = [cell.edges[edge_key(i, 1)].ops["max_pool_3x3"] for i in range(3)]
-    assert all(p is pools[0] for p in pools) and isinstance(pools[0], PoolBN) and is_weight_free(pools[0])
+    assert (all(p is pools[0] for p in pools) and isinstance(pools[0], PoolBN)
+            and is_weight_free(pools[0]))
     assert cell.edges[edge_key(0, 0)].ops["max_pool_3x3"] is not pools[0]
-    assert cell.edges[edge_key(0, 0)].ops["sep_conv_3x3"] is not cell.edges[edge_key(1, 0)].ops["sep_conv_3x3"]
-    assert plain.edges[edge_key(1, 1)].ops["max_pool_3x3"] is not plain.edges[edge_key(0, 1)].ops["max_pool_3x3"]
+    assert (cell.edges[edge_key(0, 0)].ops["sep_conv_3x3"]
+            is not cell.edges[edge_key(1, 0)].ops["sep_conv_3x3"])
+    assert (plain.edges[edge_key(1, 1)].ops["max_pool_3x3"]
+            is not plain.edges[edge_key(0, 1)].ops["max_pool_3x3"])
     torch.manual_seed(6)
     s0, s1 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     weights = [[torch.softmax(torch.randn(len(ops)), 0) for _ in range(i + 2)] for i in range(3)]
@@ -182,7 +185,8 @@ def test_search_cell_gradients_match_the_plain_cell():
     ours = cell.train()(s0, s1, [[a.softmax(0) for a in node] for node in alphas])
     flat = [a for node in alphas for a in node]
     theirs = plain.train()(s0, s1, [[a.softmax(0) for a in node] for node in alphas])
-    _assert_same_gradients(ours, theirs, flat + list(cell.parameters()), flat + list(plain.parameters()))
+    _assert_same_gradients(ours, theirs, flat + list(cell.parameters()),
+                           flat + list(plain.parameters()))
 
 
 def _same_state(a: nn.Module, b: nn.Module, atol=1e-5) -> bool:
@@ -274,8 +278,9 @@ def test_scale_by_matches_multiplication_and_its_gradients(channels_last):
     theirs = torch.autograd.grad(x * w, (x, w), grad)
     assert torch.allclose(ours[0], theirs[0]) and torch.allclose(ours[1], theirs[1], atol=1e-5)
     # a gradient laid out unlike x takes the general path, with the same result
-    other = torch.autograd.grad(scale_by(x, w), (x, w), grad.contiguous(memory_format=torch.contiguous_format
-                                                                          if channels_last else torch.channels_last))
+    other_format = torch.contiguous_format if channels_last else torch.channels_last
+    other = torch.autograd.grad(scale_by(x, w), (x, w),
+                                grad.contiguous(memory_format=other_format))
     assert torch.allclose(other[1], theirs[1], atol=1e-5)
 
 

@@ -100,7 +100,8 @@ def test_signal_saves_at_the_next_step_and_resumes(tmp_path, argv, stage, sig):
     out = _run_to_end(argv, tmp_path, "r")
     assert f"in epoch 2 of 3, after step {state['step']}" in out  # as the stop message counts
     assert load_checkpoint(tmp_path / "r" / stage / "checkpoint.pt")["finished"]
-    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "r" / stage / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["epoch"]
+              for line in (tmp_path / "r" / stage / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
 
 
@@ -181,7 +182,8 @@ def _in_process(argv, save_dir, name):
 
 
 def _same_result(a: Path, b: Path) -> None:
-    wa, wb = load_checkpoint(a / "checkpoint.pt")["model"], load_checkpoint(b / "checkpoint.pt")["model"]
+    wa = load_checkpoint(a / "checkpoint.pt")["model"]
+    wb = load_checkpoint(b / "checkpoint.pt")["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert gf.load_alphas(a / "alphas.json") == gf.load_alphas(b / "alphas.json")
 
@@ -267,15 +269,17 @@ def test_feature_and_test_refuse_a_busy_output_folder(straight, tmp_path, capsys
 
 @pytest.mark.parametrize("name", ["../escape", "/an/absolute/path", "", ".", "..", "a\\b",
                                   "a\nb", "x" * 256])
-@pytest.mark.parametrize("main", [search.main, augment.main, feature.main], ids=["search", "augment", "feature"])
+@pytest.mark.parametrize("main", [search.main, augment.main, feature.main],
+                         ids=["search", "augment", "feature"])
 def test_a_name_that_is_not_a_folder_name_is_a_usage_error(tmp_path, capsys, main, name):
     save = tmp_path / "runs"
-    argv = ["--stage", {search.main: "search1", augment.main: "augment", feature.main: "darts"}[main],
-            "--name", name, "--save_dir", str(save), *DATA[:-1]]
+    stage = {search.main: "search1", augment.main: "augment", feature.main: "darts"}[main]
+    argv = ["--stage", stage, "--name", name, "--save_dir", str(save), *DATA[:-1]]
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(f"{main.__module__}.py: error: argument --name")
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"{main.__module__}.py: error: "
+                                                               "argument --name")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -95,8 +95,9 @@ def _damaged_folder(root, split, damage):
 def test_an_unreadable_image_in_a_worker_is_one_line_naming_it_and_no_hang(tmp_path, script, argv,
                                                                             split, damage):
     bad = _damaged_folder(tmp_path / "images", split, damage)
-    code, err = _run(script, [*argv, "--dataset", "imagefolder", "--data_dir", str(tmp_path / "images"),
-                              "--batch_size", "4", "--num_workers", "2", *NET], tmp_path)
+    code, err = _run(script, [*argv, "--dataset", "imagefolder",
+                              "--data_dir", str(tmp_path / "images"), "--batch_size", "4",
+                              "--num_workers", "2", *NET], tmp_path)
     line = _one_error_line(err)
     assert code == 1 and str(bad) in line and "image " in line and "data-loading worker" in line
     assert "replace it or remove it" in line
@@ -223,14 +224,16 @@ def test_split_checks():
     with pytest.raises(ValueError, match=r"^the 0 images \(--subset or the dataset\) leaves no"):
         DS.check_split(0, 0, flag="--valid_ratio", value=None, images=0, train_share=False)
     ds = torch.utils.data.TensorDataset(torch.arange(5))
-    with pytest.raises(ValueError, match="batch size 8 is larger than the 5 images .* lower --batch_size"):
+    with pytest.raises(ValueError, match="batch size 8 is larger than the 5 images "
+                                         ".* lower --batch_size"):
         LD.make_loader(ds, None, 8, shuffle=True, drop_last=True)
     assert len(LD.make_loader(ds, None, 8, shuffle=True)) == 1  # not dropped: one short batch
 
 
 def test_a_dataset_split_without_images_is_refused(tmp_path):
     raw = make_idx(tmp_path / "MNIST" / "raw", n_test=0)
-    with pytest.raises(DataError, match=rf"^mnist: the test split holds no images \({re.escape(str(raw))}\)"):
+    with pytest.raises(DataError, match=r"^mnist: the test split holds no images "
+                                        rf"\({re.escape(str(raw))}\)"):
         D.get_dataset("mnist", str(tmp_path), train=False)
 
 
@@ -328,14 +331,16 @@ def test_a_damaged_cifar_file_is_one_line_naming_it(tmp_path, damage):
 def test_cifar_files_pickled_by_python_3_load(tmp_path, protocol):
     folder = make_cifar100(tmp_path)
     pixels = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
-    _py3_pickle(folder / "train", {"data": pixels, "fine_labels": [3, 99], "filenames": [b"a", b"b"]},
-                protocol)
+    _py3_pickle(folder / "train",
+                {"data": pixels, "fine_labels": [3, 99], "filenames": [b"a", b"b"]}, protocol)
     ds, _ = D.get_dataset("cifar100", str(tmp_path), train=True, transform="eval")
-    assert ds.targets == [3, 99] and np.array_equal(ds.data[1].transpose(2, 0, 1).ravel(), pixels[1])
+    assert (ds.targets == [3, 99]
+            and np.array_equal(ds.data[1].transpose(2, 0, 1).ravel(), pixels[1]))
 
 
 def _idx_case(damage, raw):
-    """Damage the gzipped fake MNIST in `raw`; returns (the file at fault, what the message says)."""
+    """Damage the gzipped fake MNIST in `raw`; returns (the file at fault, what the message
+    says)."""
     images = raw / "train-images-idx3-ubyte"
     labels = raw / "train-labels-idx1-ubyte"
     if damage == "wrong magic":
@@ -354,7 +359,8 @@ def _idx_case(damage, raw):
     if damage == "truncated data":
         blob = gzip.decompress((raw / f"{images.name}.gz").read_bytes())
         (raw / f"{images.name}.gz").write_bytes(gzip.compress(blob[:-100]))
-        return raw / f"{images.name}.gz", "truncated: 4620 bytes, its header (6 x 28 x 28) needs 4720"
+        return (raw / f"{images.name}.gz",
+                "truncated: 4620 bytes, its header (6 x 28 x 28) needs 4720")
     # the plain (unpacked) files, read when the idx files are already in place
     for name in DM._IDX_FILES:
         (raw / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))

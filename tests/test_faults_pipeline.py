@@ -73,7 +73,7 @@ def _finish(proc, timeout: float = 60) -> tuple[int, str, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError("did not stop: " + proc.err.read_text()[-2000:])
+        raise AssertionError("did not stop: " + proc.err.read_text()[-2000:]) from None
     return proc.returncode, proc.out.read_text(), proc.err.read_text()
 
 
@@ -155,7 +155,8 @@ def test_a_signal_while_a_stage_starts_reaches_it(tmp_path, point, sig):
     # stops with its own stop line (128 + signal) once keep_while_starting() holds it
     assert _stop_lines(err) in ([f"[run_all] stopped by {name} during seed 2 search1 (the stage "
                                  f"{how}); rerun the same command to resume"]
-                                for how in (f"was killed by {name}", f"exited with code {code}")), err
+                                for how in (f"was killed by {name}",
+                                            f"exited with code {code}")), err
     assert "Traceback" not in err
     seed = tmp_path / "starting" / "seed_2"
     assert not (seed / "search1" / "genotype.json").exists() and not (seed / "search2").exists()
@@ -205,7 +206,8 @@ def test_a_signal_while_the_summary_is_written(tmp_path):
     assert _stop_lines(err) == [f"[run_all] stopped by SIGTERM while the summary was written "
                                 f"(completed first: {md}); every stage is finished"]
     assert "Traceback" not in err
-    assert json.loads((tmp_path / "sum" / "summary.json").read_text())["seeds"][0]["test_top1"] == 50.0
+    summary = json.loads((tmp_path / "sum" / "summary.json").read_text())
+    assert summary["seeds"][0]["test_top1"] == 50.0
 
 
 def _timings(tmp_path: Path, text: str) -> Path:
@@ -376,7 +378,8 @@ def test_a_stage_signalled_while_importing_stops_with_one_line(tmp_path, script,
     right after Enter): SIGINT was a KeyboardInterrupt traceback, SIGTERM / SIGHUP a silent
     end. Now the script's one stop line and 128 + the signal; nothing trained."""
     # test.py takes the data flags, no network or training ones
-    data = STAGE_ARGS[:8] + STAGE_ARGS[12:14] + STAGE_ARGS[16:] if script == "test.py" else STAGE_ARGS
+    data = (STAGE_ARGS[:8] + STAGE_ARGS[12:14] + STAGE_ARGS[16:] if script == "test.py"
+            else STAGE_ARGS)
     proc = _start([script, *extra, *data, "--name", "early", "--save_dir", str(tmp_path)],
                   tmp_path, "early")
     _wait_importing_torch(proc)

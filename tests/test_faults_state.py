@@ -35,7 +35,8 @@ NET = ["--num_cells", "3", "--init_channels", "4"]
 
 
 def _argv(script: str, save: Path, name: str, *extra: str) -> list[str]:
-    stage = {"search.py": ["--stage", "search1"], "augment.py": ["--arch", "DARTS_V2"]}.get(script, [])
+    stage = {"search.py": ["--stage", "search1"],
+             "augment.py": ["--arch", "DARTS_V2"]}.get(script, [])
     net = NET if script != "test.py" else []
     return [*stage, *DATA, *net, "--name", name, "--save_dir", str(save), *extra]
 
@@ -75,7 +76,8 @@ def finished(tmp_path_factory):
 
 
 # -- item 2: metrics.jsonl --------------------------------------------------------------------
-def test_a_full_disk_during_the_metrics_append_and_a_partial_line_never_stop_a_resume(tmp_path, capsys):
+def test_a_full_disk_during_the_metrics_append_and_a_partial_line_never_stop_a_resume(
+        tmp_path, capsys):
     assert _in_process(augment.main, "augment.py", tmp_path, "m", "--epochs", "8") == 0
     run = tmp_path / "m" / "augment"
     os.replace(previous_path(run / "checkpoint.pt"), run / "checkpoint.pt")  # stopped after epoch 7
@@ -103,7 +105,8 @@ def test_a_full_disk_during_the_metrics_append_and_a_partial_line_never_stop_a_r
     capsys.readouterr()
     assert _in_process(augment.main, "augment.py", tmp_path, "m", "--epochs", "8") == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {run / 'metrics.jsonl'}: line 2: not JSON") and err.count("\n") == 1
+    assert (err.startswith(f"error: {run / 'metrics.jsonl'}: line 2: not JSON")
+            and err.count("\n") == 1)
     assert (run / "metrics.jsonl").read_bytes() == damaged
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 7
 
@@ -155,7 +158,8 @@ def test_a_kill_between_the_renames_of_checkpoint_rotation_loses_nothing(tmp_pat
 
     proc = _run("augment.py", _argv("augment.py", tmp_path / "old", "k", "--epochs", "2"))
     assert proc.returncode == 0, proc.stderr
-    assert f"{old / 'checkpoint.pt'} is missing but {old / 'checkpoint.prev.pt'} is there" in proc.stdout
+    assert (f"{old / 'checkpoint.pt'} is missing but {old / 'checkpoint.prev.pt'} is there"
+            in proc.stdout)
     assert "after epoch 1" in proc.stdout
     state = load_checkpoint(old / "checkpoint.pt")
     assert state["finished"] and state["epoch"] == 2
@@ -195,16 +199,19 @@ def test_a_forced_rerun_sets_the_old_outputs_aside_and_test_takes_the_new_networ
 def test_test_refuses_an_unfinished_augment_or_marks_it_when_named(finished, tmp_path, capsys):
     run = tmp_path / "u" / "augment"
     run.mkdir(parents=True)
-    os.link(previous_path(finished / "augment" / "checkpoint.pt"), run / "checkpoint.pt")  # epoch 1 of 2
+    # the checkpoint saved after epoch 1 of 2
+    os.link(previous_path(finished / "augment" / "checkpoint.pt"), run / "checkpoint.pt")
     proc = _run("test.py", _argv("test.py", tmp_path, "u"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert _errors(proc.stderr) == [
         f"error: {run / 'checkpoint.pt'}: its training is not finished (saved after epoch 1 of 2; "
-        "stopped, or still running); finish it (rerun the same augment.py command: it resumes), or pass "
+        "stopped, or still running); finish it (rerun the same augment.py command: it resumes), "
+        "or pass "
         f"--checkpoint {run / 'checkpoint.pt'} to evaluate it anyway as an unfinished result"]
     assert not (tmp_path / "u" / "test" / "results.json").exists()
     capsys.readouterr()
-    assert TEST_SCRIPT.main(_argv("test.py", tmp_path, "u", "--checkpoint", str(run / "checkpoint.pt"))) == 0
+    assert TEST_SCRIPT.main(_argv("test.py", tmp_path, "u",
+                                  "--checkpoint", str(run / "checkpoint.pt"))) == 0
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "not a final result" in err
     results = json.loads((tmp_path / "u" / "test" / "results.json").read_text())
@@ -257,8 +264,8 @@ def test_resume_from_another_kind_of_checkpoint_says_what_it_is(finished, tmp_pa
     assert capsys.readouterr().err == (f"error: {s1}: a search1 checkpoint (search.py --stage "
                                        "search1); this command resumes from a checkpoint that "
                                        "augment.py wrote\n")
-    argv = ["--stage", "search2", *_argv("search.py", finished.parent, "f")[2:], "--resume", str(s1),
-            "--force", "--save_dir", str(tmp_path)]
+    argv = ["--stage", "search2", *_argv("search.py", finished.parent, "f")[2:],
+            "--resume", str(s1), "--force", "--save_dir", str(tmp_path)]
     assert search.main([*argv, "--search1_dir", str(finished / "search1")]) == 1
     assert capsys.readouterr().err == (f"error: {s1}: a search1 checkpoint (search.py --stage "
                                        "search1); this command resumes from a search2 checkpoint "
@@ -277,7 +284,8 @@ os.fsync = fsync
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file of a descriptor in /proc")
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                    reason="finds the file of a descriptor in /proc")
 @pytest.mark.parametrize("script, stage, target, sig", [
     ("search.py", "search1", ".genotype.txt.tmp", signal.SIGTERM),
     ("augment.py", "augment", ".results.json.tmp", signal.SIGHUP)])
@@ -288,7 +296,7 @@ def test_a_stop_signal_while_finishing_stops_with_one_line_and_a_rerun_finishes(
     run = tmp_path / "z" / stage
     assert proc.returncode == 128 + sig, proc.stderr
     assert "Traceback" not in proc.stderr and not _errors(proc.stderr)
-    [line] = [l for l in proc.stdout.splitlines() if "stopped by" in l]
+    [line] = [printed for printed in proc.stdout.splitlines() if "stopped by" in printed]
     assert f"stopped by {sig.name} while finishing the stage" in line
     assert line.endswith(f"{run / 'checkpoint.pt'} holds all 2 epochs: rerun the same command to "
                          "finish the stage")
@@ -340,8 +348,9 @@ def test_test_on_nan_weights_writes_valid_json_and_says_so(finished, tmp_path):
     save_checkpoint(state, path, keep_previous=False)
     proc = _run("test.py", _argv("test.py", tmp_path, "n", "--checkpoint", str(path)))
     assert proc.returncode == 0, proc.stderr
-    [warning] = [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
-    assert "hold NaN or infinite values" in warning and "test_loss not a number, written as null" in warning
+    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert ("hold NaN or infinite values" in warning
+            and "test_loss not a number, written as null" in warning)
     text = (tmp_path / "n" / "test" / "results.json").read_text()
     results = json.loads(text, parse_constant=lambda word: pytest.fail(f"{word} in results.json"))
     assert results["test_loss"] is None

@@ -44,7 +44,8 @@ def test_streaming_statistics_equal_one_shot():
     batches = [rng.normal(size=(n, 5)) @ mix + 1e3 for n in (1, 7, 64, 3, 200, 2)]
     stats = ft.PositionCovariance(5)  # one position: every row is one observation
     for b in batches:
-        stats.update(torch.tensor(b, dtype=torch.float32 if len(b) == 7 else torch.float64)[:, :, None])
+        dtype = torch.float32 if len(b) == 7 else torch.float64
+        stats.update(torch.tensor(b, dtype=dtype)[:, :, None])
     batches[1] = batches[1].astype(np.float32).astype(np.float64)
     data = np.concatenate(batches)
     assert stats.count == len(data)
@@ -85,9 +86,11 @@ def test_position_and_global_statistics_equal_a_direct_float64_computation():
     direct = _direct(data)
     for statistic in ft.STATISTICS:
         np.testing.assert_allclose(stats.comoment(statistic).numpy(), direct[statistic], rtol=1e-9)
-        np.testing.assert_allclose(stats.correlation(statistic), _corr(direct[statistic]), atol=1e-10)
+        np.testing.assert_allclose(stats.correlation(statistic), _corr(direct[statistic]),
+                                   atol=1e-10)
     n = len(data)
-    np.testing.assert_allclose(stats.covariance("position"), direct["position"] / (p * (n - 1)), rtol=1e-9)
+    np.testing.assert_allclose(stats.covariance("position"), direct["position"] / (p * (n - 1)),
+                               rtol=1e-9)
     # "global" is the old rows-as-observations statistic
     rows = ft.PositionCovariance(k)
     rows.update(torch.tensor(data.transpose(0, 2, 1).reshape(-1, k))[:, :, None])
@@ -147,7 +150,8 @@ def test_identical_ops_correlate_one_and_share_a_group():
             mixed.ops["avg_pool_3x3"] = copy.deepcopy(mixed.ops["max_pool_3x3"])
     edges = ft.select_edges(model, "all")
     assert len(edges) == 3 * 14 and "cell02_5<-4" in edges
-    assert list(ft.select_edges(model)) == [f"cell{i:02d}_{k}" for i in range(3) for k in ("2<-0", "5<-4")]
+    assert list(ft.select_edges(model)) == [f"cell{i:02d}_{k}" for i in range(3)
+                                            for k in ("2<-0", "5<-4")]
     batches = [torch.randn(n, 3, 8, 8) for n in (5, 3)]
     stats = ft.collect(model, batches, edges, torch.device("cpu"))
     ops = ft.measured_ops(model.cells[0].edges["2<-0"])
@@ -193,7 +197,8 @@ def test_end_to_end_groups_round_trip_into_search1(darts_run, capsys):
     assert ops == gt.PRIMITIVES[1:] and mean.shape == (7, 7)
     np.testing.assert_allclose(np.diag(mean), 1.0)
     edge_csvs = sorted(out.glob("correlation_cell*.csv"))
-    assert [p.name for p in edge_csvs][:2] == ["correlation_cell00_2from0.csv", "correlation_cell00_5from4.csv"]
+    assert [p.name for p in edge_csvs][:2] == ["correlation_cell00_2from0.csv",
+                                               "correlation_cell00_5from4.csv"]
     assert len(edge_csvs) == 6 and len(list(out.glob("heatmap_cell*.png"))) == 6
     assert len(list(out.glob("kmeans_cell*.png"))) == 6
     for name in ("heatmap_mean.png", "clusters_mean.png", "dendrogram_mean.png", "kmeans_edges.png",
@@ -228,9 +233,11 @@ def test_end_to_end_groups_round_trip_into_search1(darts_run, capsys):
     reps = [g["representative"] for g in groups.values()]
     assert all(e["ops"] == reps for nodes in alphas.values() for node in nodes for e in node)
     # and a search1 supernet (the representatives) can be analysed in turn
-    assert _feature(darts_run, "--num_groups", "2", "--edges", "all", stage="search1", name="s1") == 0
+    assert _feature(darts_run, "--num_groups", "2", "--edges", "all", stage="search1",
+                    name="s1") == 0
     groups1 = load_groups(darts_run / "s1" / "search1" / "feature" / "groups.json")
-    assert sorted(m for g in groups1.values() for m in g["members"] if m != "none") == sorted(reps[:-1])
+    assert (sorted(m for g in groups1.values() for m in g["members"] if m != "none")
+            == sorted(reps[:-1]))
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
@@ -273,4 +280,5 @@ def test_help_names_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--statistic {position,global}" in text and "position (the authors')" in text
     assert "(default: position)" in text and "(default: train)" in text
-    assert "--transform {train,eval}" in text and "train (augmentation, the authors' choice)" in text
+    assert ("--transform {train,eval}" in text
+            and "train (augmentation, the authors' choice)" in text)

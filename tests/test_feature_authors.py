@@ -3,6 +3,7 @@
 (--model best: search.py keeps it as best.pt with --train_ratio below 1), falling back to the
 last checkpoint with one line when the search had no held-out split. Searches and analyses run
 as their own processes."""
+import functools
 import json
 import os
 import shutil
@@ -102,7 +103,8 @@ def test_model_last_and_checkpoint(runs):
     choice = feature.pick_model(_args(root, "held", "--model", "last"))
     assert choice.path == stage / "checkpoint.pt" and choice.state["epoch"] == 2
     choice = feature.pick_model(_args(root, "held", "--checkpoint", str(stage / "best.pt")))
-    assert choice.path == stage / "best.pt" and choice.note is None and choice.search_finished is False
+    assert (choice.path == stage / "best.pt" and choice.note is None
+            and choice.search_finished is False)
     with pytest.raises(SystemExit) as exc:
         _args(root, "held", "--model", "best", "--checkpoint", str(stage / "best.pt"))
     assert exc.value.code == 2
@@ -150,10 +152,11 @@ def test_first_samples_are_exactly_the_first_n(runs, monkeypatch):
         seen["indices"] = list(indices)
         raise RuntimeError("captured")  # stop here: the loader is all this test needs
     monkeypatch.setattr(feature, "make_loader", capture)
-    for how, expected in (("first", list(range(8))), ("random", ft.sample_indices(32, 8, "random", 2))):
+    for how, expected in (("first", list(range(8))),
+                          ("random", ft.sample_indices(32, 8, "random", 2))):
         args = _args(root, "plain", "--num_samples", "8", "--samples", how, "--seed", "2",
                      "--synthetic_classes", "4", "--feature_dir", str(root / f"f_{how}"))
-        assert feature.run_guarded(lambda: feature.run(args)) == 1
+        assert feature.run_guarded(functools.partial(feature.run, args)) == 1
         assert seen.pop("indices") == expected, how
 
 

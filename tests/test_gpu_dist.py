@@ -96,7 +96,7 @@ def test_host_side_collectives_work_where_the_default_group_has_no_cpu_backend(t
                 p.kill()
             pytest.fail("the two processes hung")
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    for rank, s in enumerate(seen):
+    for _rank, s in enumerate(seen):
         assert "No backend type associated with device type cpu" in s["cpu_all_reduce"]
         assert s["enabled"] and s["stop_none"] is False and s["stop_one"] is True
         assert s["from_main"] == {"rank": 0}

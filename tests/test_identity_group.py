@@ -221,7 +221,7 @@ def test_parameter_count_is_default_plus_one_factorized_reduce_per_reduction_edg
     single, released = _released_and_single()
     extra, edges = 0, 0
     for cell in released.cells:
-        for name, mixed in cell.edges.items():
+        for _name, mixed in cell.edges.items():
             if mixed.op_names == SKIP2 and mixed.stride == 2:
                 c = mixed.ops["skip_connect_2"].bn.num_features
                 extra += c * c  # two 1x1 convs C -> C/2, non-affine BN

@@ -68,7 +68,8 @@ def test_a_busy_folder_names_its_holder_and_kill_9_frees_it_though_a_forked_chil
         with pytest.raises(FolderBusy) as busy:
             FolderLock(tmp_path).acquire()
         assert str(busy.value) == (f"{tmp_path} is in use by another run (pid {holder.pid} on "
-                                   f"{HOST}); wait for it to end or stop it, or pass another --name")
+                                   f"{HOST}); wait for it to end or stop it, "
+                                   "or pass another --name")
         holder.kill()
         holder.wait(timeout=30)  # not communicate(): the child still holds the output pipes
         assert _alive(child)
@@ -103,8 +104,9 @@ with ae.out_lock(Path(sys.argv[1])):
 
 @pytest.mark.e2e
 def test_alpha_efficiency_hands_its_lock_to_the_training_run_which_outlives_a_kill_9(tmp_path):
-    """One lock implementation for the stages and alpha_efficiency.py (utils.runtime.lock): the training
-    run holds the analysis' lock, so a rerun after kill -9 waits until that run has stopped."""
+    """One lock implementation for the stages and alpha_efficiency.py (utils.runtime.lock): the
+    training run holds the analysis' lock, so a rerun after kill -9 waits until that run has
+    stopped."""
     first = _python(HAND_OVER_THEN_DIE, tmp_path)
     run = int(first.stdout.readline())
     try:
@@ -122,7 +124,8 @@ def test_alpha_efficiency_hands_its_lock_to_the_training_run_which_outlives_a_ki
         _reap(run)
 
 
-def test_a_filesystem_without_locks_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+def test_a_filesystem_without_locks_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch,
+                                                                       capsys):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
@@ -167,12 +170,14 @@ def read_events(path: Path) -> tuple[list, int]:
     blob, at, events = path.read_bytes(), 0, []
     while at + 12 <= len(blob):
         header = blob[at:at + 8]
-        (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", blob[at + 8:at + 12])
+        (length,), (header_crc,) = (struct.unpack("<Q", header),
+                                    struct.unpack("<I", blob[at + 8:at + 12]))
         assert header_crc == masked_crc32c(header)
         if at + 16 + length > len(blob):
             break
         data = blob[at + 12:at + 12 + length]
-        assert struct.unpack("<I", blob[at + 12 + length:at + 16 + length])[0] == masked_crc32c(data)
+        assert (struct.unpack("<I", blob[at + 12 + length:at + 16 + length])[0]
+                == masked_crc32c(data))
         events.append(Event.FromString(data))
         at += 16 + length
     return events, len(blob) - at
@@ -204,12 +209,14 @@ def test_a_full_disk_is_one_line_naming_the_event_file_which_stays_readable(tmp_
     out, err = proc.communicate(timeout=120)
     [events_file] = (tmp_path / "tb").iterdir()
     assert proc.returncode == 1
-    assert err == f"error: cannot write {events_file}: File too large; make room and rerun the same command\n"
+    assert err == (f"error: cannot write {events_file}: File too large; "
+                   "make room and rerun the same command\n")
     events, partial = read_events(events_file)
     assert events[0].file_version == "brain.Event:2" and partial < 200
     steps = [e.step for e in events[1:]]
     assert len(steps) > 30 and steps == sorted(steps)
-    assert [v.tag for e in events[1:4] for v in e.summary.value] == ["epoch", "loss", "alphas/normal"]
+    assert ([v.tag for e in events[1:4] for v in e.summary.value]
+            == ["epoch", "loss", "alphas/normal"])
     assert events[2].summary.value[0].simple_value == pytest.approx(1.0)
 
 
@@ -235,7 +242,8 @@ def test_a_second_writer_in_the_same_second_keeps_the_first_ones_file(tmp_path, 
     from tensorboardX.summary import scalar
     (tmp_path / "tbx").mkdir()
     library = EventsWriter(str(tmp_path / "tbx" / "events"))
-    library.write_event(type(read_events(tmp_path / name)[0][0])(step=1, summary=scalar("loss", 0.5)))
+    event_type = type(read_events(tmp_path / name)[0][0])
+    library.write_event(event_type(step=1, summary=scalar("loss", 0.5)))
     library.close()
     EventsWriter(str(tmp_path / "tbx" / "events")).close()
     [lost] = (tmp_path / "tbx").iterdir()

@@ -38,9 +38,11 @@ def test_bn_affine_follows_flag():
 
 def test_op_parameter_counts():
     # sep_conv_3x3 at C=16: 2 x (dw 16*9 + pw 16*16 + BN 2*16)
-    assert sum(p.numel() for p in make_op("sep_conv_3x3", 16, 1, True).parameters()) == 2 * (144 + 256 + 32)
+    assert (sum(p.numel() for p in make_op("sep_conv_3x3", 16, 1, True).parameters())
+            == 2 * (144 + 256 + 32))
     # dil_conv_5x5: dw 16*25 + pw 256 + BN 32
-    assert sum(p.numel() for p in make_op("dil_conv_5x5", 16, 1, True).parameters()) == 400 + 256 + 32
+    assert (sum(p.numel() for p in make_op("dil_conv_5x5", 16, 1, True).parameters())
+            == 400 + 256 + 32)
     # affine=False BN has no parameters; pooling none either
     assert sum(p.numel() for p in make_op("max_pool_3x3", 16, 2, False).parameters()) == 0
 

@@ -37,14 +37,16 @@ def test_smoke_preset_end_to_end(smoke):
                  "test/results.json", "timings.json", "curves.png"):
         assert (seed / path).is_file(), path
     # search2 was handed search1's output, augment search2's genotype
-    assert json.loads((seed / "search2" / "config.json").read_text())["search1_dir"] == str(seed / "search1")
+    assert (json.loads((seed / "search2" / "config.json").read_text())["search1_dir"]
+            == str(seed / "search1"))
     assert json.loads((seed / "augment" / "config.json").read_text())["genotype"] == \
         str(seed / "search2" / "genotype.json")
     summary = json.loads((run / "summary.json").read_text())
     test = json.loads((seed / "test" / "results.json").read_text())
     assert summary["seeds"][0]["test_top1"] == test["test_top1"]
     assert summary["test_error_mean"] == pytest.approx(100 - test["test_top1"])
-    assert set(json.loads((seed / "timings.json").read_text())) == {"search1", "search2", "augment", "test"}
+    assert (set(json.loads((seed / "timings.json").read_text()))
+            == {"search1", "search2", "augment", "test"})
     md = (run / "summary.md").read_text()
     assert "seed_2" in md and "Genotype(normal=" in md
 
@@ -85,14 +87,17 @@ def test_dry_run_prints_commands_only(tmp_path, capsys):
 def test_gpus_launch_stages_with_torchrun(tmp_path, capsys):
     assert run_all.main(["--name", "g", "--save_dir", str(tmp_path), "--gpus", "4", "--feature",
                          "--dry_run", *SMOKE]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[run_all] seed ")]
-    launched = {l.split()[3].rstrip(":"): "torch.distributed.run --standalone --nproc_per_node=4" in l
-                for l in lines}
-    assert launched == {"search1": True, "search2": True, "augment": True, "test": True, "feature": False}
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("[run_all] seed ")]
+    torchrun = "torch.distributed.run --standalone --nproc_per_node=4"
+    launched = {line.split()[3].rstrip(":"): torchrun in line for line in lines}
+    assert launched == {"search1": True, "search2": True, "augment": True, "test": True,
+                        "feature": False}
 
 
 def test_paper_preset_uses_the_stage_defaults(tmp_path):
-    args = run_all.build_parser().parse_args(["--name", "c", "--preset", "paper", "--save_dir", str(tmp_path)])
+    args = run_all.build_parser().parse_args(["--name", "c", "--preset", "paper",
+                                              "--save_dir", str(tmp_path)])
     commands = dict(run_all.stage_commands(args, 1))
     assert "--epochs" not in commands["search1"] and "--num_cells" not in commands["augment"]
     assert commands["search1"][commands["search1"].index("--dataset") + 1] == "cifar10"
@@ -163,15 +168,16 @@ def test_method_both_runs_the_darts_baseline_beside_stacnas(tmp_path, capsys):
                          "--seeds", "1,2", "--optimization", "bilevel", "--train_ratio", "0.5",
                          "--alpha_efficiency", "--dry_run", *SMOKE]) == 0
     out = capsys.readouterr().out
-    lines = [l for l in out.splitlines() if l.startswith("[run_all] ")]
-    darts = [l for l in lines if "--stage darts" in l]
-    assert len(darts) == 2 and all("--optimization" not in l and "--train_ratio" not in l
-                                   for l in darts)  # DARTS keeps its own bilevel 50/50 scheme
+    lines = [line for line in out.splitlines() if line.startswith("[run_all] ")]
+    darts = [line for line in lines if "--stage darts" in line]
+    assert len(darts) == 2 and all("--optimization" not in line and "--train_ratio" not in line
+                                   for line in darts)  # DARTS keeps its own bilevel 50/50 scheme
     assert "--save_dir " + str(tmp_path / "m" / "darts") in darts[0]
-    assert "--genotype " + str(tmp_path / "m" / "darts" / "seed_1" / "darts" / "genotype.json") in out
-    stacnas_search = [l for l in lines if "--stage search1" in l]
+    assert ("--genotype " + str(tmp_path / "m" / "darts" / "seed_1" / "darts" / "genotype.json")
+            in out)
+    stacnas_search = [line for line in lines if "--stage search1" in line]
     assert len(stacnas_search) == 2 and "--optimization bilevel" in stacnas_search[0]
-    ae = [l for l in lines if "alpha_efficiency.py" in l]
+    ae = [line for line in lines if "alpha_efficiency.py" in line]
     assert len(ae) == 2 and ("--search_dir " + str(tmp_path / "m" / "seed_1" / "search2") + " "
                              + str(tmp_path / "m" / "darts" / "seed_1" / "darts")) in ae[0]
     assert "--labels stacnas,darts" in ae[0]
@@ -242,7 +248,8 @@ def test_summary_compares_the_methods(tmp_path):
     assert stacnas["agreement"]["ops"] == 1.0
     text = md.read_text()
     assert "## StacNAS against DARTS" in text and "| stacnas | 2 | 9.00 +- 1.41 |" in text
-    assert "| darts | 2 | 19.00 +- 1.41 | 100% | 100% | 4.0 +- 0.0 | 4.0 +- 0.0 |" in text and "### darts seed_1" in text
+    assert ("| darts | 2 | 19.00 +- 1.41 | 100% | 100% | 4.0 +- 0.0 | 4.0 +- 0.0 |" in text
+            and "### darts seed_1" in text)
     assert data["test_error_mean"] == stacnas["test_error_mean"]  # the first method at the top
     assert "| seed_1 | stacnas | 5 | 1.00 | 1.00 | 1.00 |" in text
     assert "| seed_1 | darts | 3 | 1.00 | 1.00 | 1.00 |" in text

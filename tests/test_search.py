@@ -91,7 +91,7 @@ def test_resume_gives_the_same_alphas(tmp_path):
     a = gf.load_alphas(tmp_path / "straight" / "search1" / "alphas.json")
     b = gf.load_alphas(run / "alphas.json")
     assert a == b
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     w_a = load_checkpoint(tmp_path / "straight" / "search1" / "checkpoint.pt")["model"]
     w_b = load_checkpoint(run / "checkpoint.pt")["model"]
@@ -160,8 +160,10 @@ def test_malformed_groups_file(tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_custom_groups(tmp_path):
-    groups = {"pool": {"representative": "avg_pool_3x3", "members": ["avg_pool_3x3", "max_pool_3x3"]},
-              "conv": {"representative": "sep_conv_5x5", "members": ["sep_conv_5x5", "dil_conv_5x5"]}}
+    groups = {"pool": {"representative": "avg_pool_3x3",
+                       "members": ["avg_pool_3x3", "max_pool_3x3"]},
+              "conv": {"representative": "sep_conv_5x5",
+                       "members": ["sep_conv_5x5", "dil_conv_5x5"]}}
     path = tmp_path / "groups.json"
     path.write_text(json.dumps(groups))
     assert _run(tmp_path, "search1", "--groups", str(path), epochs=1) == 0
@@ -196,7 +198,8 @@ def _scripted_held_out(monkeypatch, top1s):
 
 @pytest.mark.parametrize("extra, expected_epoch", [([], 2), (["--alphas_from", "last"], 3)])
 @pytest.mark.e2e
-def test_held_out_split_hands_on_the_best_epochs_alphas(tmp_path, monkeypatch, extra, expected_epoch):
+def test_held_out_split_hands_on_the_best_epochs_alphas(tmp_path, monkeypatch, extra,
+                                                        expected_epoch):
     """--train_ratio < 1: alphas.json and genotype.json take the alphas of the best held-out
     epoch (the authors' alphas_best; ties go to the earlier epoch), unless --alphas_from last."""
     _scripted_held_out(monkeypatch, [50.0, 80.0, 80.0])
@@ -218,7 +221,8 @@ def test_authors_search_options(tmp_path):
     assert _run(tmp_path, "search1", "--power_lr", "--learning_rate", "0.1",
                 "--learning_rate_min", "0.0", "--label_smooth", "0.1", "--cutout_length", "4",
                 epochs=2) == 0
-    records = [json.loads(l) for l in (tmp_path / "exp" / "search1" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in
+               (tmp_path / "exp" / "search1" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["lr"] == pytest.approx(0.1)
     assert records[1]["lr"] == pytest.approx(0.1 * (2 ** 0.5 - 1))  # power cosine at half-way
     saved = json.loads((tmp_path / "exp" / "search1" / "config.json").read_text())

@@ -134,8 +134,10 @@ def test_alphas_data_readout_and_genotype(tmp_path):
     assert gf.load_alphas(path) == data
     g = net.genotype()
     # node i keeps its two latest inputs, strongest (latest) first
-    assert g.normal == [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_3x3", 1),
-                        ("sep_conv_3x3", 3), ("sep_conv_3x3", 2), ("sep_conv_3x3", 4), ("sep_conv_3x3", 3)]
+    assert g.normal == [("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
+                        ("sep_conv_3x3", 2), ("sep_conv_3x3", 1),
+                        ("sep_conv_3x3", 3), ("sep_conv_3x3", 2),
+                        ("sep_conv_3x3", 4), ("sep_conv_3x3", 3)]
 
 
 def test_odd_input_sizes_and_grey_images():

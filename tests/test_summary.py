@@ -51,8 +51,9 @@ def test_supernet_golden_counts(capsys):
 def test_search2_from_alphas_file(capsys, tmp_path):
     # every edge activates the separable group: the heaviest stage-2 supernet
     cands = gt.uniform_candidates(gt.STAGE1_PRIMITIVES, ["normal", "reduce"])
-    alphas = {k: [[{"ops": ops, "alphas": [float(o == "sep_conv_3x3") for o in ops]} for ops in node]
-                  for node in nodes] for k, nodes in cands.items()}
+    alphas = {k: [[{"ops": ops, "alphas": [float(o == "sep_conv_3x3") for o in ops]}
+                   for ops in node] for node in nodes]
+              for k, nodes in cands.items()}
     path = tmp_path / "alphas.json"
     gf.save_alphas(alphas, path)
     out = _summary(capsys, "--stage", "search2", "--alphas", str(path))

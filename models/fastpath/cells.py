@@ -15,8 +15,8 @@ ones. What they save, all without changing outputs, gradients or BatchNorm stati
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import repeat
-from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -67,7 +67,8 @@ def _preprocess(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, inputs_relu
 class FastMixedOp(MixedOp):
     """MixedOp.forward with a per-state `cache` (the ReLU of x, weight-free ops' outputs)."""
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                cache: dict | None = None) -> torch.Tensor:
         cache = {} if cache is None else cache
         out = None
         # ops with weights first: each yields a fresh tensor that backward does not need, to
@@ -151,7 +152,8 @@ class FastFinalCell(FinalCell):
             node = None
             for k, (op, src) in enumerate(zip(ops, sources)):
                 h = op(states[src])
-                fresh = not isinstance(op, Identity)  # other ops end in a BN, Zero or FR: new tensors
+                # other ops end in a BN, Zero or FR: new tensors
+                fresh = not isinstance(op, Identity)
                 if fresh:
                     h = drop_path(h, drop_prob, self.training)
                 if self.gates is not None:

@@ -2,10 +2,11 @@
 backward built from operations the CPU libraries do fast.
 
 DepthwiseConv2d is an nn.Conv2d (same parameters, same state dict) whose forward, on a CPU
-tensor, goes through such a Function; on other devices it is plain nn.Conv2d. Measured on a 2-core Xeon with
-PyTorch 2.14 (bench/step_bench.py): the library's depthwise input gradient is 2-6x slower
-than a forward convolution for 5x5 and dilated kernels (20x at stride 2), and in bfloat16 its
-weight gradient is 25-50x slower for them and, when dilated, wrong (values near 1e34).
+tensor, goes through such a Function; on other devices it is plain nn.Conv2d. Measured on a
+2-core Xeon with PyTorch 2.14 (bench/step_bench.py): the library's depthwise input gradient is
+2-6x slower than a forward convolution for 5x5 and dilated kernels (20x at stride 2), and in
+bfloat16 its weight gradient is 25-50x slower for them and, when dilated, wrong (values near
+1e34).
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ class _ConcatChannels(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         fmt = (torch.channels_last if grad.dim() == 4 and not grad.is_contiguous()
-               and grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+               and grad.is_contiguous(memory_format=torch.channels_last)
+               else torch.contiguous_format)
         return tuple(g.contiguous(memory_format=fmt) for g in grad.split(ctx.sizes, dim=1))
 
 
@@ -139,7 +141,8 @@ def concat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
 
 def _dense_alike(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Both dense (NCHW or NHWC), non-overlapping and laid out identically."""
-    dense = a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last))
+    dense = a.is_contiguous() or (a.dim() == 4
+                                  and a.is_contiguous(memory_format=torch.channels_last))
     return dense and a.stride() == b.stride() and a.dtype == b.dtype
 
 
@@ -194,7 +197,8 @@ def scale_by(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) 
     return _ScaleFn.apply(x, w) if out is None else _AddScaledFn.apply(out, x, w)
 
 
-def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor,
+                      scale: torch.Tensor | None) -> torch.Tensor:
     """`scale * bn(x)` in one BatchNorm call: the scale joins BN's affine weight (and bias), so
     a supernet's alpha weight costs no separate multiply and no saved copy of the BN output.
     Running statistics are updated exactly as `bn(x)` would."""
@@ -209,4 +213,5 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor |
     weight = scale.expand(bn.num_features).contiguous() if bn.weight is None else bn.weight * scale
     bias = None if bn.bias is None else bn.bias * scale
     batch_stats = bn.training or bn.running_mean is None
-    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, batch_stats, momentum, bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, batch_stats, momentum,
+                        bn.eps)

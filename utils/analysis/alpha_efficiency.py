@@ -19,7 +19,6 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from genotypes import NUM_NODES, Genotype, GenotypeError, is_shared
 from utils.analysis.plots import softmax
@@ -123,7 +122,8 @@ def substitute(genotype: Genotype, cell: str, k: int, op: str) -> Genotype:
 def plan(alphas: dict, genotype: Genotype, edges: list[tuple[str, int]],
          source: str = "alphas") -> tuple[list[Candidate], dict[str, Genotype]]:
     """Candidates of the chosen edges, and the genotype of each run folder (unique)."""
-    candidates = [c for cell, k in edges for c in edge_candidates(alphas, genotype, cell, k, source)]
+    candidates = [c for cell, k in edges
+                  for c in edge_candidates(alphas, genotype, cell, k, source)]
     runs = {DERIVED: genotype} if any(c.derived for c in candidates) else {}
     for c in candidates:
         runs.setdefault(c.run, substitute(genotype, c.cell, c.edge, c.op))
@@ -131,7 +131,7 @@ def plan(alphas: dict, genotype: Genotype, edges: list[tuple[str, int]],
 
 
 # ----------------------------------------------------------------------------- statistics
-def _clean(value: float) -> Optional[float]:
+def _clean(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 6)
 
 
@@ -156,12 +156,12 @@ def correlations(x: list[float], y: list[float]) -> dict:
 
 
 # ----------------------------------------------------------------------------- table
-def _round(value: Optional[float]) -> Optional[float]:
+def _round(value: float | None) -> float | None:
     """A result rounded to 4 places; None for none, NaN or infinite (a diverged run)."""
     return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
-def mean(values: list[Optional[float]]) -> Optional[float]:
+def mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return round(sum(known) / len(known), 4) if known else None
 
@@ -175,7 +175,8 @@ def make_rows(label: str, candidates: list[Candidate], results: dict[tuple[str, 
         test = [_round(results[(c.run, s)].get("test_top1")) for s in seeds]
         rows.append({"label": label, **asdict(c), "edge_name": edge_name(c.cell, c.edge, c.input),
                      "alpha": round(c.alpha, 8), "softmax_alpha": round(c.softmax_alpha, 6),
-                     "valid_top1": dict(zip(map(str, seeds), valid)), "valid_top1_mean": mean(valid),
+                     "valid_top1": dict(zip(map(str, seeds), valid)),
+                     "valid_top1_mean": mean(valid),
                      "test_top1": dict(zip(map(str, seeds), test)), "test_top1_mean": mean(test),
                      "run": c.run})
     return rows
@@ -203,8 +204,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def panel(title: str, rows: list[dict], summary: dict) -> dict:
-    """One search's panel of utils.analysis.plots.plot_alpha_efficiency, the pooled rank correlations
-    in its title."""
+    """One search's panel of utils.analysis.plots.plot_alpha_efficiency, the pooled rank
+    correlations in its title."""
     pooled = summary["pooled"]["softmax_alpha"]
     coef = {test: "-" if pooled[test] is None else f"{pooled[test][key]:+.2f}"
             for test, key in (("spearman", "rho"), ("kendall", "tau"))}
@@ -229,7 +230,7 @@ def write_csv(rows: list[dict], seeds: list[int], path: str | Path) -> None:
                              r["valid_top1_mean"], r["test_top1_mean"], f"{r['label']}/{r['run']}"])
 
 
-def _fmt(value: Optional[float], spec: str = ".2f") -> str:
+def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
@@ -252,5 +253,6 @@ def format_correlation(name: str, stats: dict) -> str:
     parts = []
     for test, key in (("pearson", "r"), ("spearman", "rho"), ("kendall", "tau")):
         v = stats["softmax_alpha"][test]
-        parts.append(f"{test} -" if v is None else f"{test} {v[key]:+.3f} (p {_fmt(v['p'], '.3g')})")
+        parts.append(f"{test} -" if v is None
+                     else f"{test} {v[key]:+.3f} (p {_fmt(v['p'], '.3g')})")
     return f"{name}: n={stats['n']}, " + ", ".join(parts)

@@ -47,7 +47,8 @@ def read_search(path: Path, label: str) -> dict:
                                 "with --alpha_share (the default)")
         genotype = load_genotype(files["genotype"])
     except GenotypeError as err:
-        fix = FIX if "not found" in str(err) else "restore it, or rerun that search (search.py --force)"
+        fix = (FIX if "not found" in str(err)
+               else "restore it, or rerun that search (search.py --force)")
         raise GenotypeError(f"{err}; {fix}") from None
     if not files["config"].is_file():
         raise FileNotFoundError(f"{files['config']}: not found; {FIX}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional
 
 from genotypes import GenotypeError, derive_genotype
 from utils.analysis.plots import plot_genotype
@@ -18,7 +17,7 @@ from utils.io.genotype_checks import genotype_to_dict
 from utils.io.genotype_files import load_alphas, load_genotype
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.analysis.derive",
         description="Derive a genotype from alphas.json, or check a genotype file; prints it as "

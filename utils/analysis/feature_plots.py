@@ -97,7 +97,8 @@ def _labels(points: np.ndarray, ops: list[str]) -> list[tuple[np.ndarray, str]]:
 
 
 def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: list[str],
-                  path: str | Path, title: str = "ops by their |correlation| rows, PCA plane") -> None:
+                  path: str | Path,
+                  title: str = "ops by their |correlation| rows, PCA plane") -> None:
     """One scatter panel per k: the ops in a PCA plane, coloured by their KMeans cluster."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.4), squeeze=False)
@@ -125,7 +126,8 @@ def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], p
     ks = list(labels[edges[0]]) if edges else []
     n = len(ops)
     fig, axes = plt.subplots(1, max(len(ks), 1), squeeze=False,
-                             figsize=(0.6 + (1.1 + 0.42 * n) * max(len(ks), 1), 1.3 + 0.26 * len(edges)))
+                             figsize=(0.6 + (1.1 + 0.42 * n) * max(len(ks), 1),
+                                      1.3 + 0.26 * len(edges)))
     for ax, k in zip(axes.flat, ks):
         grid = np.array([labels[e][k] for e in edges])
         ax.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
@@ -133,11 +135,13 @@ def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], p
             for c in range(n):
                 ax.text(c, r, str(grid[r, c]), ha="center", va="center", fontsize=7, color="white")
         ax.set_xticks(range(n), [short(op) for op in ops], rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(edges)), edges if ax is axes.flat[0] else [""] * len(edges), fontsize=7)
+        ax.set_yticks(range(len(edges)), edges if ax is axes.flat[0] else [""] * len(edges),
+                      fontsize=7)
         ax.set_title(f"KMeans k={k}", fontsize=9)
-    shown = f"first {len(edges)} of {len(labels)} edges" if len(edges) < len(labels) else f"{len(edges)} edges"
-    fig.suptitle(f"{title + ': ' if title else ''}ops clustered by their mean feature maps, {shown}",
-                 fontsize=9)
+    shown = (f"first {len(edges)} of {len(labels)} edges" if len(edges) < len(labels)
+             else f"{len(edges)} edges")
+    fig.suptitle(f"{title + ': ' if title else ''}ops clustered by their mean feature maps, "
+                 f"{shown}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 

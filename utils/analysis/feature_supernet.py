@@ -21,7 +21,8 @@ STAGES = ("darts", "search1")  # the search stages whose supernets feature.py an
 
 
 class UsageError(Exception):
-    """A flag that only the checkpoint shows to be wrong: reported like argparse's errors (exit 2)."""
+    """A flag that only the checkpoint shows to be wrong: reported like argparse's errors
+    (exit 2)."""
 
 
 def load_supernet(path: Path, args: argparse.Namespace) -> dict:
@@ -131,7 +132,7 @@ def rebuild(state: dict, info, args: argparse.Namespace) -> torch.nn.Module:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise CheckpointError(f"{args.checkpoint}: weights do not fit a supernet for --dataset "
-                              f"{args.dataset} ({info.channels}x{info.size}x{info.size}, {info.classes} "
-                              f"classes); it was searched on {cfg.get('dataset')} "
+                              f"{args.dataset} ({info.channels}x{info.size}x{info.size}, "
+                              f"{info.classes} classes); it was searched on {cfg.get('dataset')} "
                               f"({str(err).splitlines()[0][:100]})") from None
     return model

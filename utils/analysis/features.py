@@ -22,8 +22,8 @@ searches over groups of them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -130,7 +130,8 @@ class PositionCovariance:
     def update(self, x: torch.Tensor) -> None:
         """Absorb `x` of shape (n, dim, ...): the `dim` ops' outputs for n images."""
         if x.dim() < 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected outputs of shape (n, {self.dim}, ...), got {tuple(x.shape)}")
+            raise ValueError(f"expected outputs of shape (n, {self.dim}, ...), "
+                             f"got {tuple(x.shape)}")
         n = x.shape[0]
         if n == 0:
             return
@@ -217,7 +218,7 @@ class OpFeatureRecorder:
         self.stats = {name: PositionCovariance(len(ops)) for name, ops in self.ops.items()}
         self._edges, self._handles = edges, []
 
-    def __enter__(self) -> "OpFeatureRecorder":
+    def __enter__(self) -> OpFeatureRecorder:
         self._handles = [mixed.register_forward_hook(self._measure(name))
                          for name, mixed in self._edges.items()]
         return self
@@ -325,7 +326,8 @@ def find_groups(corr: np.ndarray, ops: list[str], num_groups: int, with_none: bo
 def same_partition(groups: dict, reference: dict = gt.GROUPS) -> bool:
     """Do `groups` split the ops as `reference` does (`none` and group names ignored)?"""
     def partition(g: dict) -> set[frozenset]:
-        return {frozenset(m for m in v["members"] if m != "none") for v in g.values()} - {frozenset()}
+        return ({frozenset(m for m in v["members"] if m != "none") for v in g.values()}
+                - {frozenset()})
     return partition(groups) == partition(reference)
 
 
@@ -360,7 +362,8 @@ def pca_plane(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return points, pca.explained_variance_ratio_
 
 
-def kmeans_views(corr: np.ndarray, ks: Iterable[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+def kmeans_views(corr: np.ndarray, ks: Iterable[int],
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Our summary view of a correlation matrix (not the authors'): each op is described by its
     row of |corr| (how it correlates with every op); PCA projects the rows onto 2 components
     and KMeans clusters the projected points.

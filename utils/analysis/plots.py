@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Optional, Union
 
 from genotypes import AnyGenotype, cell_kinds
 from utils.io.files import BadFile, naming, read_json
@@ -199,8 +198,8 @@ def _skip_plot(path: str, why: str = "not found") -> None:
                   "(install the Debian/Ubuntu package 'graphviz' to get plots)", stacklevel=3)
 
 
-def plot_cell(ops: list, concat: list, path_without_ext: Union[str, Path],
-              caption: Optional[str] = None) -> Optional[str]:
+def plot_cell(ops: list, concat: list, path_without_ext: str | Path,
+              caption: str | None = None) -> str | None:
     """Draw one cell to ``<path>.png``; warn and return None (never raise) without ``dot``."""
     path = str(path_without_ext)
     try:
@@ -232,7 +231,7 @@ def plot_cell(ops: list, concat: list, path_without_ext: Union[str, Path],
     return None
 
 
-def plot_genotype(g: AnyGenotype, directory: Union[str, Path], prefix: str = "") -> list[str]:
+def plot_genotype(g: AnyGenotype, directory: str | Path, prefix: str = "") -> list[str]:
     """Plot every cell kind (normal/reduce, or every cell) into ``directory``; written paths."""
     if shutil.which("dot") is None:
         _skip_plot(os.path.join(str(directory), f"{prefix}*"))

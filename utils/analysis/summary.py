@@ -172,7 +172,8 @@ def alpha_entropy(alphas: dict) -> dict:
 
 def seed_summary(seed_dir: Path, method: str = "stacnas") -> dict:
     final = seed_dir / SEARCHES[method][-1]
-    genotype = load_genotype(final / "genotype.json") if (final / "genotype.json").is_file() else None
+    genotype = (load_genotype(final / "genotype.json") if (final / "genotype.json").is_file()
+                else None)
     alphas = load_alphas(final / "alphas.json") if (final / "alphas.json").is_file() else None
     augment = read_results(seed_dir / "augment" / "results.json")
     test = read_results(seed_dir / "test" / "results.json")
@@ -187,7 +188,8 @@ def seed_summary(seed_dir: Path, method: str = "stacnas") -> dict:
             "genotype_repr": format_genotype(genotype) if genotype else None,
             **(op_counts(genotype) if genotype else {"skips": None, "param_free": None}),
             "alpha_entropy": alpha_entropy(alphas) if alphas else None,
-            "cell_plots": plots, "curves": str(Path(curves).relative_to(seed_dir.parent)) if curves else None,
+            "cell_plots": plots,
+            "curves": str(Path(curves).relative_to(seed_dir.parent)) if curves else None,
             "held_out_top1": augment.get("best_valid_top1"),
             "test_top1": test.get("test_top1", augment.get("test_top1")),
             "test_top5": test.get("test_top5", augment.get("test_top5")),
@@ -267,7 +269,7 @@ def _alpha_efficiency_table(found: dict) -> list[str]:
              "|---|---|---|---|---|---|"]
     for seed, labels in found.items():
         for label, c in labels.items():
-            get = lambda k, v: (c.get(k) or {}).get(v)  # noqa: E731
+            get = lambda k, v, c=c: (c.get(k) or {}).get(v)  # noqa: E731
             lines.append(f"| {seed} | {label} | {c.get('n', '-')} | {_fmt(get('pearson', 'r'))} | "
                          f"{_fmt(get('spearman', 'rho'))} | {_fmt(get('kendall', 'tau'))} |")
     return lines + [""]
@@ -312,7 +314,8 @@ def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -
     <run_dir>/seed_<k>, DARTS's in <run_dir>/darts/seed_<k>)."""
     run_dir = Path(run_dir)
     names = [n if isinstance(n, str) else f"seed_{n}" for n in seed_names]
-    per_method = {m: method_summary([seed_summary((run_dir if m == "stacnas" else run_dir / m) / n, m)
+    per_method = {m: method_summary([seed_summary((run_dir if m == "stacnas"
+                                                   else run_dir / m) / n, m)
                                      for n in names]) for m in methods}
     first = per_method[methods[0]]
     data = {"title": TITLES[_key(methods)], "seeds": first["seeds"],

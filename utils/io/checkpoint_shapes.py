@@ -10,7 +10,8 @@ holds, whatever numbers the file claims. Errors are one line naming the file and
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

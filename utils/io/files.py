@@ -15,8 +15,8 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # The causes a user fixes by making room (or raising a quota / `ulimit -f`).
 NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}

@@ -5,7 +5,7 @@ from earlier nodes only, no ``none`` in a final cell, reduction cells where the 
 reduces). Every problem is one GenotypeError line that names the file and the entry."""
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from genotypes import (KNOWN_OPS, MAX_CELLS, MIN_CELLS, NUM_NODES, AnyGenotype, CellGenotype,
                        Genotype, GenotypeError, cell_kinds, reduction_cells, short_repr)
@@ -98,7 +98,7 @@ def _check_reductions(cells: list, source: str) -> None:
                                    f"network reduces at cells {sorted(expected)} only")
 
 
-def genotype_to_dict(g: AnyGenotype) -> Union[dict, list]:
+def genotype_to_dict(g: AnyGenotype) -> dict | list:
     """Plain data (as genotype.json and checkpoints hold it): a dict for a Genotype, a list of
     cell dicts for a per-cell genotype."""
     pairs = lambda ops: [[op, int(inp)] for op, inp in ops]  # noqa: E731

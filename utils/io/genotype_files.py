@@ -7,11 +7,12 @@ read, with ``ast`` and never ``eval``. Standard library only, like genotypes.py.
 
 alphas.json: the alphas of genotypes.py's docstring, ``{set: [node][edge] -> {"ops": [names],
 "alphas": [raw values]}}``: NUM_NODES nodes per set, a finite number per op, and on every
-node two edges or more with a real op (not only ``none``), as the derivation needs. groups.json: ``{name: {"representative": op, "members":
-[ops]}}``: the representative among the members, every group with a real op except the zero
-group (``none`` alone), and at least one group with a real representative (StacNAS sec. 3:
-stage 1 searches the representatives, stage 2 the members of the group that won an edge).
-Their command line (derive, check, draw) is ``python -m utils.analysis.derive``.
+node two edges or more with a real op (not only ``none``), as the derivation needs.
+groups.json: ``{name: {"representative": op, "members": [ops]}}``: the representative among
+the members, every group with a real op except the zero group (``none`` alone), and at least
+one group with a real representative (StacNAS sec. 3: stage 1 searches the representatives,
+stage 2 the members of the group that won an edge). Their command line (derive, check, draw)
+is ``python -m utils.analysis.derive``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from genotypes import (GROUPS, KNOWN_OPS, NUM_NODES, AnyGenotype, CellGenotype, Genotype,
                        GenotypeError, alpha_set_keys, duplicate_problem,
@@ -69,8 +70,8 @@ def _check_edge(edge: Any, source: str, where: str) -> None:
 
 def validate_alphas(alphas: Any, source: str = "alphas") -> dict:
     """Check the alphas.json structure (module docstring): the sets, NUM_NODES nodes each,
-    node i with i+2 edges (2 with a real op), every edge's ops and values; raise GenotypeError naming `source`
-    and the entry, else return the alphas unchanged."""
+    node i with i+2 edges (2 with a real op), every edge's ops and values; raise GenotypeError
+    naming `source` and the entry, else return the alphas unchanged."""
     keys = alpha_set_keys(alphas, source)
     for key in keys:
         nodes = alphas[key]
@@ -154,8 +155,8 @@ def _check_searchable(name: str, rep: str, members: list, source: str) -> None:
         raise GenotypeError.at(source, name, f"representative {rep!r} is not among the members")
 
 
-def check_stage1_alphas(alphas: dict, alphas_path: Union[str, Path],
-                        groups_path: Union[str, Path, None] = None) -> None:
+def check_stage1_alphas(alphas: dict, alphas_path: str | Path,
+                        groups_path: str | Path | None = None) -> None:
     """Stage 2 reads stage-1 alphas with the groups stage 1 searched (groups.json beside
     them, else the paper's GROUPS): every edge must search exactly the groups'
     representatives. A mismatch is one GenotypeError that blames the file at fault: the
@@ -199,7 +200,7 @@ def _dumps(obj: Any, indent: str = "") -> str:
     return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in obj) + "\n" + indent + "]"
 
 
-def _read_text(path: Union[str, Path]) -> str:
+def _read_text(path: str | Path) -> str:
     """The text of a regular file of at most MAX_FILE_BYTES, UTF-8 (a BOM is skipped)."""
     try:
         kind = os.stat(path).st_mode
@@ -238,7 +239,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _parse_json(text: str, path: Union[str, Path], hint: str = "") -> Any:
+def _parse_json(text: str, path: str | Path, hint: str = "") -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -255,12 +256,12 @@ def _parse_json(text: str, path: Union[str, Path], hint: str = "") -> Any:
 
 
 # ----------------------------------------------------------------------------- genotypes
-def save_genotype(g: AnyGenotype, path: Union[str, Path]) -> None:
+def save_genotype(g: AnyGenotype, path: str | Path) -> None:
     """Write a genotype as readable JSON, atomically."""
     write_text(path, _dumps(genotype_to_dict(g)) + "\n")
 
 
-def load_genotype(path: Union[str, Path], num_nodes: int = NUM_NODES) -> AnyGenotype:
+def load_genotype(path: str | Path, num_nodes: int = NUM_NODES) -> AnyGenotype:
     """Read a genotype from JSON or from a ``Genotype(...)`` repr (genotype.txt), validated."""
     text = _read_text(path)
     if re.match(r"\s*(Genotype\(|\[\s*CellGenotype\()", text):
@@ -327,7 +328,7 @@ def parse_genotype_repr(text: str, source: str = "genotype",
 
 
 # ----------------------------------------------------------------------------- alphas, groups
-def save_alphas(alphas: dict, path: Union[str, Path]) -> None:
+def save_alphas(alphas: dict, path: str | Path) -> None:
     """Validate and write alphas as readable JSON, atomically (values as plain floats)."""
     validate_alphas(alphas, str(path))
     plain = {k: [[{"ops": list(e["ops"]), "alphas": [float(a) for a in e["alphas"]]} for e in node]
@@ -335,17 +336,17 @@ def save_alphas(alphas: dict, path: Union[str, Path]) -> None:
     write_text(path, _dumps(plain) + "\n")
 
 
-def load_alphas(path: Union[str, Path]) -> dict:
+def load_alphas(path: str | Path) -> dict:
     """Read and validate an alphas.json (every field, see validate_alphas); errors name the
     file and the entry."""
     return validate_alphas(_parse_json(_read_text(path), path), str(path))
 
 
-def save_groups(groups: dict, path: Union[str, Path]) -> None:
+def save_groups(groups: dict, path: str | Path) -> None:
     """Validate and write groups as JSON (2-space indent), atomically."""
     write_text(path, json.dumps(validate_groups(groups, str(path)), indent=2) + "\n")
 
 
-def load_groups(path: Union[str, Path]) -> dict:
+def load_groups(path: str | Path) -> dict:
     """Read and validate a groups JSON file."""
     return validate_groups(_parse_json(_read_text(path), path), str(path))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -73,7 +74,7 @@ _RENAMES = {"_stem": "stem", "_cells": "cells", "_preproc0": "preproc0", "_prepr
             "_classifier": "classifier"}
 
 
-def _join(prefix: Optional[str], key: str) -> Optional[str]:
+def _join(prefix: str | None, key: str) -> str | None:
     return None if prefix is None else (f"{prefix}.{key}" if prefix else key)
 
 
@@ -87,8 +88,8 @@ def _is_wrapper(name: str, node: Pickled, source: str) -> bool:
     return True
 
 
-def _walk(node, a_name: str, o_name: Optional[str], source: str,
-          seen: set) -> Iterator[tuple[str, Optional[str], Pickled]]:
+def _walk(node, a_name: str, o_name: str | None, source: str,
+          seen: set) -> Iterator[tuple[str, str | None, Pickled]]:
     """(authors' name, our name or None, placeholder) for every module, pre-order."""
     if id(node) in seen:
         raise _fail(source, f"module {a_name} occurs twice")
@@ -212,7 +213,7 @@ def _structure(obj: Any, storages: dict, source: str) -> tuple[dict, list]:
     return info, entries
 
 
-def read_authors_checkpoint(path: Union[str, Path]) -> dict:
+def read_authors_checkpoint(path: str | Path) -> dict:
     """Plain data of an authors' checkpoint: the AugmentCNN's attributes (`input_size`,
     `channels_in`, `channels_init`, `num_cells`, `num_nodes`, `num_classes`, `stem_multiplier`,
     `auxiliary`, `aux_pos`, `genotypes`, `alpha_share`), `cells` (per cell: genotype,
@@ -356,7 +357,7 @@ def _weights_for(model: FinalNetwork, info: dict, entries: list, source: str) ->
     return theirs
 
 
-def load_authors_network(path: Union[str, Path]) -> tuple[FinalNetwork, dict]:
+def load_authors_network(path: str | Path) -> tuple[FinalNetwork, dict]:
     """(our FinalNetwork with the authors' weights, in eval mode, and its plain spec in the
     shape of `utils.io.network_spec.network_spec`, plus `stem_multiplier`). The network is first
     built on the meta device (nothing allocated) and checked against the file's modules and
@@ -384,6 +385,6 @@ def load_authors_network(path: Union[str, Path]) -> tuple[FinalNetwork, dict]:
     return model.eval(), spec
 
 
-def load_authors_checkpoint(path: Union[str, Path]) -> FinalNetwork:
+def load_authors_checkpoint(path: str | Path) -> FinalNetwork:
     """Our FinalNetwork, in eval mode, computing what the authors' pickled model computes."""
     return load_authors_network(path)[0]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pickle
 import reprlib
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 # An authors' CIFAR release (20 cells) expands to about 112,000 entries, 33 levels deep.
 MAX_EXPANDED = 1_000_000
@@ -73,7 +74,7 @@ class BoundedUnpickler(pickle._Unpickler):
     dispatch[pickle.FROZENSET[0]] = _load_frozenset
 
 
-def plain_members(value: Any) -> Optional[list]:
+def plain_members(value: Any) -> list | None:
     """What a dict, list, tuple or set holds (None for anything else)."""
     if isinstance(value, dict):
         return [v for item in value.items() for v in item]
@@ -82,7 +83,7 @@ def plain_members(value: Any) -> Optional[list]:
     return None
 
 
-def check_expansion(obj: Any, members: Callable[[Any], Optional[list]] = plain_members) -> None:
+def check_expansion(obj: Any, members: Callable[[Any], list | None] = plain_members) -> None:
     """Refuse an object graph whose tree expansion (a part shared N times counts N times) has
     more than MAX_EXPANDED entries or MAX_DEPTH levels, or that contains itself: whatever reads
     it afterwards, however naively, then costs bounded time and memory. `members(x)` lists

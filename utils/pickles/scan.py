@@ -10,7 +10,6 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Union
 
 from utils.pickles.unpickler import DAMAGE_ERRORS, LegacyCheckpointError, Pickled, members
 from utils.pickles.bounds import BoundedUnpickler, Refused, check_expansion, check_keys
@@ -65,7 +64,7 @@ class _ScanUnpickler(BoundedUnpickler):
         return None
 
 
-def scan_torch_zip(path: Union[str, Path]) -> None:
+def scan_torch_zip(path: str | Path) -> None:
     """Refuse a torch.save zip whose pickle would cost torch.load itself unbounded time or
     memory (weights_only does not help): dict keys or set items that are not scalars (a tuple
     holding the same tuple twice at each of 64 levels hashes forever), structures too large or

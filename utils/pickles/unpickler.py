@@ -11,8 +11,8 @@ an int64 little-endian element count and the raw bytes.
 A hostile file costs bounded memory and time: dict keys and set items must be scalars, what the
 pickle built is measured before anything reads it (utils.pickles.bounds: a list holding the
 same sub-list twice at each of 64 levels is 2^64 entries), archives may not inflate past a
-multiple of their size, the file's size is capped, and utils/pickles/authors.py copies no tensor with
-more elements than its storage (nor more elements in all than the storages hold).
+multiple of their size, the file's size is capped, and utils/pickles/authors.py copies no
+tensor with more elements than its storage (nor more elements in all than the storages hold).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 
@@ -181,15 +181,15 @@ class _RestrictedUnpickler(BoundedUnpickler):
     objects; anything outside ALLOWED_GLOBALS (or an unknown persistent id) is refused. Dict
     keys and set items must be scalars (utils.pickles.bounds)."""
 
-    def __init__(self, file, source: str, storages: Optional[dict] = None):
+    def __init__(self, file, source: str, storages: dict | None = None):
         super().__init__(file)
         self.source, self.storages, self.classes = source, storages, {}
 
     def _refuse(self, what: str) -> LegacyCheckpointError:
         return LegacyCheckpointError(f"{self.source}: refusing to load: the file asks for {what}, "
                                      "which is not one of the classes an authors' checkpoint may "
-                                     "contain (see utils/pickles/unpickler.py ALLOWED_GLOBALS); nothing "
-                                     "from it was run")
+                                     "contain (see utils/pickles/unpickler.py ALLOWED_GLOBALS); "
+                                     "nothing from it was run")
 
     def find_class(self, module, name):
         written = f"{module}.{name}"
@@ -238,7 +238,7 @@ DAMAGE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, Ov
                  UnicodeDecodeError, MemoryError, RecursionError, struct.error)
 
 
-def members(value: Any) -> Optional[list]:
+def members(value: Any) -> list | None:
     """What a placeholder or a plain container holds (None for anything else)."""
     if isinstance(value, Pickled):
         return [value.state, value.args]
@@ -328,7 +328,7 @@ def _read_zip(data: bytes, source: str) -> tuple[Any, dict]:
     return obj, tensors
 
 
-def read_objects(path: Union[str, Path]) -> tuple[Any, dict, str]:
+def read_objects(path: str | Path) -> tuple[Any, dict, str]:
     """(unpickled object of placeholders, {storage key: 1-D tensor}, source name)."""
     source = str(path)
     try:

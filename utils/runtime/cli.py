@@ -6,7 +6,7 @@ import argparse
 import random
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ def run_guarded(fn: Callable[[], int], debug: bool = False) -> int:
     """Call `fn`; a user-fixable error prints `error: <message>` (traceback with --debug), exit 1;
     a stop by SIGTERM / SIGINT / SIGHUP (utils.runtime.signals.StopNow) prints one line, exit 128 +
     signal. Either line is also appended to every log.txt this process opened
-    (utils.runtime.logging.note_in_logs), so that the log a failed stage leaves says why it ended."""
+    (utils.runtime.logging.note_in_logs), so that the log a failed stage leaves says why it
+    ended."""
     report_file_size_limit()
     logs_before = len(opened_logs())
     try:

@@ -24,7 +24,7 @@ class Runtime:
 
     @classmethod
     def for_stage(cls, args: argparse.Namespace, device: torch.device, network: str,
-                  dist: Dist | None = None, log=print) -> "Runtime":
+                  dist: Dist | None = None, log=print) -> Runtime:
         """The runtime of a stage from its flags (network: "search" or "final")."""
         plan = speed_options.plan(args, device, network, log)
         return cls(device, plan, speed_options.grad_scaler(plan, device), dist or Dist())

@@ -18,7 +18,8 @@ INSTALL_NOTE = ('install a PyTorch wheel built for a CUDA the driver supports (R
 
 def nvidia_gpu_present(dev_dir: str = "/dev") -> bool:
     """An NVIDIA device node (`/dev/nvidia0`, ...) or an `nvidia-smi` on PATH."""
-    return bool(glob.glob(os.path.join(dev_dir, "nvidia[0-9]*"))) or shutil.which("nvidia-smi") is not None
+    return (bool(glob.glob(os.path.join(dev_dir, "nvidia[0-9]*")))
+            or shutil.which("nvidia-smi") is not None)
 
 
 def driver_info() -> dict:

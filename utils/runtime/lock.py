@@ -43,7 +43,7 @@ class FolderLock:
         self._fd: int | None = None  # the lock's descriptor while held (filelock lends it)
         self._inherited: list[int] = []
 
-    def acquire(self, wait: str | None = None) -> "FolderLock":
+    def acquire(self, wait: str | None = None) -> FolderLock:
         """Take the lock, or raise FolderBusy naming the holder; with `wait`, print `wait`
         once instead and block until the holder ends. An OSError creating or writing the lock
         file is a WriteError naming it."""
@@ -59,10 +59,12 @@ class FolderLock:
                 lock.acquire()
             except filelock.Timeout:
                 if not self.path.exists():  # filelock's answer when the file cannot be created
-                    raise WriteError(self.path, FileNotFoundError(errno.ENOENT, "cannot create it")) from None
+                    raise WriteError(self.path,
+                                     FileNotFoundError(errno.ENOENT, "cannot create it")) from None
                 if wait is None:
                     raise FolderBusy(f"{self.folder} is in use by another run ({self.holder()}); "
-                                     "wait for it to end or stop it, or pass another --name") from None
+                                     "wait for it to end or stop it, or pass another "
+                                     "--name") from None
                 print(wait, flush=True)
                 lock.acquire(blocking=True)
         except WriteError:
@@ -109,7 +111,7 @@ class FolderLock:
             self._lock.release()
             self._lock, self._fd = None, None
 
-    def __enter__(self) -> "FolderLock":  # taken by acquire() / hold_folder()
+    def __enter__(self) -> FolderLock:  # taken by acquire() / hold_folder()
         return self
 
     def __exit__(self, *exc) -> None:

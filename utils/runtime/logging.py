@@ -142,7 +142,8 @@ class EventsFile:
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.record_writer import RecordWriter
         folder.mkdir(exist_ok=True)
-        self.path = _new_file(folder, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+        self.path = _new_file(folder,
+                              f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
         with naming(self.path):  # an absolute path, which tensorboardX never takes for s3:/gs:
             self._writer = RecordWriter(os.path.abspath(self.path))
         self._add(Event(wall_time=time.time(), file_version="brain.Event:2"))  # header first
@@ -189,7 +190,8 @@ def _new_file(folder: Path, name: str) -> Path:
             continue
         except OSError as err:
             raise WriteError(path, err) from None
-    raise WriteError(folder / name, FileExistsError(errno.EEXIST, "1000 event files of that name exist"))
+    raise WriteError(folder / name,
+                     FileExistsError(errno.EEXIST, "1000 event files of that name exist"))
 
 
 class MetricsWriter:
@@ -218,8 +220,9 @@ class MetricsWriter:
         records = read_jsonl(self.path, what="one metrics record (a JSON object) per line")
         for record in records:
             if not isinstance(record.get("epoch", 0), int) or isinstance(record.get("epoch"), bool):
-                raise BadFile(f"{self.path}: a record's \"epoch\" is {str(record['epoch'])[:40]!r}, "
-                              "expected an integer; repair or remove that line")
+                raise BadFile(f"{self.path}: a record's \"epoch\" is "
+                              f"{str(record['epoch'])[:40]!r}, expected an integer; repair or "
+                              "remove that line")
         kept = [json_text(r, indent=None)[0] for r in records if r.get("epoch", 0) <= epoch]
         write_text(self.path, "".join(kept))
 
@@ -275,7 +278,8 @@ def resolve_device(name: str) -> torch.device:
     if not torch.cuda.is_available():
         cause = unusable_gpu_cause()
         if cause:
-            raise RuntimeError(f"{flag}: an NVIDIA GPU is present but PyTorch cannot use it: {cause}")
+            raise RuntimeError(f"{flag}: an NVIDIA GPU is present but PyTorch cannot use it: "
+                               f"{cause}")
         raise RuntimeError(f"{flag}: no CUDA device is available; use --device cpu or auto"
                            + (" (and drop --gpu)" if device.index is not None else ""))
     count = torch.cuda.device_count()

@@ -1,8 +1,8 @@
 """Stopping on SIGTERM / SIGINT / SIGHUP (Slurm's preemption and time limit, `timeout`, Ctrl-C,
 a closed terminal or ssh session): a training loop saves a checkpoint at the next step boundary
-(GracefulStop); a script with nothing to save stops at once with one line (StopNow). DataLoader workers ignore these signals
-(utils.data.loaders.worker_init_fn), so that one sent to the whole process group acts through the main
-process alone."""
+(GracefulStop); a script with nothing to save stops at once with one line (StopNow). DataLoader
+workers ignore these signals (utils.data.loaders.worker_init_fn), so that one sent to the whole
+process group acts through the main process alone."""
 from __future__ import annotations
 
 import signal
@@ -24,7 +24,7 @@ class GracefulStop:
         self.signum: int | None = None
         self._previous: dict = {}
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -147,8 +147,8 @@ class Stopped(Exception):
 
 
 class StopNow(GracefulStop):
-    """While active, SIGTERM, SIGINT and SIGHUP raise Stopped at once: for scripts with nothing to save
-    mid-way (test.py, feature.py), which then exit 128 + signal number with one line saying
+    """While active, SIGTERM, SIGINT and SIGHUP raise Stopped at once: for scripts with nothing to
+    save mid-way (test.py, feature.py), which then exit 128 + signal number with one line saying
     `message` (run_guarded prints it)."""
 
     def __init__(self, message: str) -> None:
@@ -162,7 +162,7 @@ class StopNow(GracefulStop):
     def _early(self, signum: int) -> None:
         self.signum = signum
 
-    def __enter__(self) -> "StopNow":
+    def __enter__(self) -> StopNow:
         super().__enter__()
         if self.signum is not None:  # arrived while the script was starting: stop now
             self.__exit__()

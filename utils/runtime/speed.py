@@ -7,8 +7,8 @@ import argparse
 import contextlib
 import ctypes
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -25,11 +25,11 @@ def add_speed_args(p: argparse.ArgumentParser, training: bool = True) -> None:
                         "faster (CPUs: on; GPUs: off, see the README's GPU table); "
                         "--no-channels_last for NCHW")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
-                   help="autocast matmuls/convs to bf16 or fp16 (softmax of the alphas and the losses "
-                        "stay float32; fp16 uses a gradient scaler); bf16 about halves memory. On a "
-                        "CPU without native bf16 (e.g. AVX2 only) bf16 is ~10x slower: it is then "
-                        "refused with a warning (float32) unless --force_amp, as on GPUs older than "
-                        "Ampere (V100, T4)")
+                   help="autocast matmuls/convs to bf16 or fp16 (softmax of the alphas and the "
+                        "losses stay float32; fp16 uses a gradient scaler); bf16 about halves "
+                        "memory. On a CPU without native bf16 (e.g. AVX2 only) bf16 is ~10x "
+                        "slower: it is then refused with a warning (float32) unless --force_amp, "
+                        "as on GPUs older than Ampere (V100, T4)")
     g.add_argument("--force_amp", action="store_true",
                    help="use --amp even where the device has no native support for it")
     if training:
@@ -134,9 +134,9 @@ def plan(args: argparse.Namespace, device: torch.device, network: str, log=print
     amp = getattr(args, "amp", None) or "none"
     if amp == "bf16" and not getattr(args, "force_amp", False):
         if device.type == "cpu" and not cpu_has_native_bf16():
-            log(f"warning: --amp bf16 ignored: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
-                "has no native bf16 and would run ~10x slower; training in float32 (--force_amp "
-                "insists)")
+            log("warning: --amp bf16 ignored: this CPU "
+                f"({torch.backends.cpu.get_cpu_capability()}) has no native bf16 and would run "
+                "~10x slower; training in float32 (--force_amp insists)")
             amp = "none"
         elif device.type == "cuda" and not cuda_has_native_bf16(device):
             log(f"warning: --amp bf16 ignored: this GPU ({torch.cuda.get_device_name(device)}) has "
@@ -158,7 +158,8 @@ def memory_format(speed: SpeedPlan) -> torch.memory_format:
     return torch.channels_last if speed.channels_last else torch.contiguous_format
 
 
-def autocast(speed: SpeedPlan, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def autocast(speed: SpeedPlan,
+             device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts (a no-op without --amp)."""
     if speed.amp == "none":
         return contextlib.nullcontext
@@ -196,8 +197,9 @@ def prepare(model: nn.Module, speed: SpeedPlan, device: torch.device) -> nn.Modu
     if device.type == "cpu":
         if speed.keep_freed_memory:
             keep_freed_memory()
-        if speed.fast_path and not speed.compile:  # the compiler fuses on its own; the
-            fastpath.enable(model, speed.fast_path)  # fast path's autograd functions break its graph
+        # the compiler fuses on its own; the fast path's autograd functions break its graph
+        if speed.fast_path and not speed.compile:
+            fastpath.enable(model, speed.fast_path)
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     if speed.grad_checkpoint:

@@ -8,8 +8,8 @@ the Hessian-vector product by central differences (eq. 8).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,8 +57,8 @@ def optimizer_step(loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimize
 @contextlib.contextmanager
 def closing_on_error(loader) -> Iterator[None]:
     """Leaving the block by any exception shuts `loader`'s worker processes down first (its
-    `close()`, where it has one: utils.data.loaders.Loader), so that no worker is left for the exit to
-    wait on; a loading failure (a worker's exception, a worker killed by a signal, which torch
+    `close()`, where it has one: utils.data.loaders.Loader), so that no worker is left for the exit
+    to wait on; a loading failure (a worker's exception, a worker killed by a signal, which torch
     may raise at any point of a step) becomes its one-line DataError."""
     try:
         yield

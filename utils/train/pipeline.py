@@ -151,7 +151,8 @@ def stage_commands(args: argparse.Namespace, seed: int,
         *searches,
         ("augment", ["augment.py", *common,
                      "--genotype", str(seed_dir / final_search / "genotype.json"),
-                     *_opt("--subset", preset.get("augment_subset") if args.subset is None else subset),
+                     *_opt("--subset",
+                           preset.get("augment_subset") if args.subset is None else subset),
                      *_opt("--batch_size", pick["augment_batch_size"]),
                      *_opt("--num_cells", pick["augment_cells"]),
                      *_opt("--init_channels", pick["augment_channels"]),
@@ -190,8 +191,9 @@ def stage_done(seed_dir: Path, stage: str) -> bool:
     that an interrupted stage is never taken as done (it is rerun and resumes):
     search1/search2/darts and augment: checkpoint.pt marked finished, saved after every other
     output (genotype.json / results.json required too); test: results.json, its only output,
-    written atomically, of the training now in augment/ (its run id); feature: groups.json, written last (utils.analysis.features.is_finished);
-    alpha_efficiency: alpha_efficiency.json, written after its CSV and figure."""
+    written atomically, of the training now in augment/ (its run id); feature: groups.json,
+    written last (utils.analysis.features.is_finished); alpha_efficiency: alpha_efficiency.json,
+    written after its CSV and figure."""
     if stage in ("search1", "search2", "darts"):
         return is_finished(seed_dir / stage, "genotype.json")
     if stage == "augment":

@@ -9,8 +9,8 @@ import argparse
 import os
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from utils.runtime import distributed
 from utils.io.checkpoint import (CheckpointError, load_checkpoint, previous_path, rng_state,
@@ -72,7 +72,8 @@ def check_stage_finished(folder: str | Path, fix: str) -> None:
     check_bounded(state, path)
     if state.get("finished") is True:
         return
-    epochs = state.get("config", {}).get("epochs") if isinstance(state.get("config"), dict) else None
+    epochs = (state.get("config", {}).get("epochs") if isinstance(state.get("config"), dict)
+              else None)
     got = progress_text(state.get("epoch"), state.get("step", 0), epochs)
     raise ValueError(f"{folder} is not finished (its checkpoint was saved {got}: a run of it was "
                      f"stopped or is still going), so its outputs are not its result; {fix}")
@@ -246,7 +247,7 @@ class StageRun:
         print(f"{self.dir} is already finished ({self.output}); pass --force to run it again")
         return True
 
-    def __enter__(self) -> "StageRun":
+    def __enter__(self) -> StageRun:
         from utils.runtime.logging import get_logger, resolve_device
         self.ranks, self.device = distributed.setup(resolve_device(self.args.device))
         try:
@@ -315,7 +316,7 @@ class StageRun:
             from utils.io.checkpoint import save_checkpoint
             save_checkpoint(state, self.checkpoint, keep_previous=keep_previous)
 
-    def interrupted(self, job, stopped, stop: "GracefulStop", metrics) -> int:
+    def interrupted(self, job, stopped, stop: GracefulStop, metrics) -> int:
         """Save the mid-epoch state after a signal; the exit code to return."""
         self.save(job.state(stopped.epoch, step=stopped.steps))
         metrics.close()
