@@ -377,7 +377,9 @@ def hostile(files):
                d / "ra" / "augment" / "checkpoint.pt")
     supernet = torch.load(files / "run" / "search1" / "checkpoint.pt", weights_only=True)
     (d / "rs" / "search1").mkdir(parents=True)
-    torch.save({**supernet, "finished": False, "rng": {**supernet["rng"], "python": "seed"}},
+    torch.save({**supernet, "finished": False,  # as `resume` below runs it; its rank's states bad
+                "config": {**supernet["config"], "name": "rs", "epochs": 2},
+                "rng_ranks": [{**supernet["rng_ranks"][0], "python": "seed"}]},
                d / "rs" / "search1" / "checkpoint.pt")
     torch.save({**supernet, "candidates": {**supernet["candidates"], "normal": "all"}},
                d / "candidates.pt")
@@ -413,7 +415,8 @@ def _hostile_cases(d: Path):
         ("augment-resume-missing-key", resume("augment.py", "ra", "--arch", "DARTS_V2"), 1,
          "optimizer: missing", "checkpoint.pt"),
         ("search-resume-wrong-type", resume("search.py", "rs", "--stage", "search1"), 1,
-         "rng.python: is 'seed'", "checkpoint.pt"),
+         "rng_ranks[0]: not random-generator states this run can restore",
+         "checkpoint.pt"),
         ("feature-bad-candidates", ["feature.py", "--name", "run", "--save_dir", str(d),
                                     "--stage", "search1", *TINY, "--checkpoint",
                                     str(d / "candidates.pt")], 1, "candidates.normal",

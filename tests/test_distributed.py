@@ -257,6 +257,47 @@ def test_another_world_size_mid_epoch_names_file_sizes_and_the_way_out():
     assert "torchrun --nproc_per_node 4" in message and "end of an epoch" in message
 
 
+RNG_DAMAGE = [  # (change to rank 1's states, error type named in the line)
+    (lambda r: r.update(numpy=[]), "ValueError"),
+    (lambda r: r.pop("torch"), "KeyError"),
+    (lambda r: r.update(python="seed"), "ValueError"),
+    (lambda r: r.update(torch=torch.zeros(2, 2, dtype=torch.uint8)), "RuntimeError"),
+    (lambda r: r.update(numpy=["MT19937", [2 ** 40] * 624, 0, 0, 0.0]), "OverflowError"),
+]
+
+
+@pytest.mark.parametrize("change, error", RNG_DAMAGE, ids=[e for _, e in RNG_DAMAGE])
+def test_rng_states_that_cannot_be_restored_are_one_line_naming_the_field(change, error):
+    """The states are checked by Python, NumPy and PyTorch as they are restored (before any
+    training step): what they refuse is one line naming the file and the rank's entry."""
+    s0, s1 = rng_state(), rng_state()
+    change(s1)
+    state = {"epoch": 1, "step": 0, "world_size": 2, "rng": s0, "rng_ranks": [s0, s1]}
+    resume_rng(state, "c.pt", Dist(0, 2, enabled=True), torch.device("cpu"), print)  # rank 0: fine
+    with pytest.raises(CheckpointError) as err:
+        resume_rng(state, "c.pt", Dist(1, 2, enabled=True), torch.device("cpu"), print)
+    message = str(err.value)
+    assert message.startswith("c.pt: rng_ranks[1]: not random-generator states this run can "
+                              f"restore ({error}") and "\n" not in message
+    older = {"epoch": 1, "rng": s1}  # before per-rank states: "rng" alone
+    with pytest.raises(CheckpointError, match=r"^c\.pt: rng: not random-generator states"):
+        resume_rng(older, "c.pt", Dist(), torch.device("cpu"), print)
+
+
+def test_a_gpu_state_the_gpu_refuses_is_one_line(monkeypatch):
+    """On CUDA the GPU generator's state is restored too; PyTorch's refusal (e.g. a state of
+    another size) is one line naming the entry (CUDA calls stand-ins: no GPU here)."""
+    def refuse(state, device=None):
+        raise RuntimeError("Expected a CUDA generator state of size 16\nsecond line")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
+    state = {"epoch": 1, "world_size": 1, "rng": rng_state(),
+             "rng_ranks": [{**rng_state(), "cuda_device": torch.zeros(3, dtype=torch.uint8)}]}
+    with pytest.raises(CheckpointError) as err:
+        resume_rng(state, "c.pt", Dist(), torch.device("cuda", 0), print)
+    assert str(err.value) == ("c.pt: rng_ranks[0]: not random-generator states this run can "
+                              "restore (RuntimeError: Expected a CUDA generator state of size 16)")
+
+
 def test_cuda_states_only_on_cuda_paths(monkeypatch):
     """A CPU run makes no CUDA call; a CUDA run saves and restores its own GPU's generator; an
     older checkpoint's list of every GPU's state shorter than this device's index is skipped."""
@@ -297,12 +338,6 @@ MALFORMED = [
     (lambda s: s.update(world_size=0), "world_size: is 0, expected 1..100000"),
     (lambda s: s.pop("world_size"), "world_size: missing"),
     (lambda s: s["rng_ranks"].__setitem__(1, 5), "rng_ranks[1]: is 5, expected a dict"),
-    (lambda s: s["rng_ranks"][1].update(numpy=[]), "rng_ranks[1].numpy: expected ['MT19937'"),
-    (lambda s: s["rng_ranks"][1].pop("torch"), "rng_ranks[1].torch: missing"),
-    (lambda s: s["rng_ranks"][0].update(cuda_device=torch.zeros(3)),
-     "rng_ranks[0].cuda_device: expected generator states"),
-    (lambda s: s["rng"].update(cuda=[torch.zeros(2, 2, dtype=torch.uint8)]),
-     "rng.cuda: expected generator states"),
     (lambda s: s.update(scaler={"scale": -1.0}), "scaler.scale: is -1.0, expected a number > 0"),
     (lambda s: s.update(scaler=[]), "scaler: is [], expected a dict or null"),
 ]

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from utils.io.checkpoint import FINAL_FORMAT, SEARCH_FORMAT, CheckpointError
 from utils.io.checkpoint_shapes import GENOTYPE, check_network_spec, check_supernet, state_dict
-from utils.io.checkpoint_values import (BOOL, DICT, INT, LIST, NUMBER, STR, TENSOR, Kind,
+from utils.io.checkpoint_values import (BOOL, DICT, INT, LIST, NUMBER, STR, Kind,
                                         check_bounded, fail, need, need_int, show)
 
 _EPOCH_OR_NONE = Kind((int, type(None)), "an epoch or null")
@@ -100,8 +99,10 @@ def require_kind(state: dict, path: str | Path, fmt: str, stage: str | None = No
 # ----------------------------------------------------------------------------- training state
 def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None:
     """What a resume reads besides the weights: epoch, step, finished, config, the optimisers',
-    scheduler's and fp16 gradient scaler's state dicts, the number of processes and the RNG
-    states (rank 0's; newer checkpoints also every rank's)."""
+    scheduler's and fp16 gradient scaler's state dicts (what their load_state_dict accepts but
+    would fail on only at a later step), the number of processes and where the RNG states are
+    (rank 0's; newer checkpoints also every rank's). The RNG states themselves are checked by
+    Python, NumPy and PyTorch as utils.train.stage.resume_rng restores them, before training."""
     need_int(state, "epoch", 0, 10 ** 6, path)
     need_int(state, "step", 0, 10 ** 9, path, default=0)
     need(state, "finished", BOOL, path)
@@ -118,7 +119,7 @@ def check_training_state(state: dict, path, optimizers: tuple[str, ...]) -> None
         if not all(NUMBER.admits(v) for v in values):
             raise fail(path, f"scheduler.{key}", "expected a list of numbers")
     _check_scaler(state, path)
-    _check_rng(need(state, "rng", DICT, path), path, "rng")
+    need(state, "rng", DICT, path)  # its states are checked as they are restored (resume_rng)
     _check_rng_ranks(state, path)
 
 
@@ -139,12 +140,6 @@ def _check_optimizer(opt: dict, path, name: str) -> None:
         if not all(INT.admits(p) for p in need(group, "params", LIST, path, where)):
             raise fail(path, f"{where}.params", "expected a list of parameter indices")
         need(group, "lr", NUMBER, path, where)
-
-
-def _words(values, n: int) -> bool:
-    """`n` unsigned 32-bit integers (a Mersenne Twister's state)."""
-    return (isinstance(values, (list, tuple)) and len(values) == n
-            and all(INT.admits(v) and 0 <= v < 2 ** 32 for v in values))
 
 
 def _check_scaler(state: dict, path) -> None:
@@ -175,27 +170,3 @@ def _check_rng_ranks(state: dict, path) -> None:
     for i, rng in enumerate(ranks):
         if not isinstance(rng, dict):
             raise fail(path, f"rng_ranks[{i}]", f"is {show(rng)}, expected a dict")
-        _check_rng(rng, path, f"rng_ranks[{i}]")
-
-
-def _check_rng(rng: dict, path, where: str) -> None:
-    """The states utils.io.checkpoint.rng_state writes: Python's, NumPy's, torch's (and CUDA's:
-    "cuda_device", this rank's GPU, or in older checkpoints "cuda", every GPU's)."""
-    py = need(rng, "python", LIST, path, where)
-    if not (len(py) == 3 and INT.admits(py[0]) and _words(py[1], 625) and py[1][-1] <= 624
-            and _NUMBER_OR_NONE.admits(py[2])):
-        raise fail(path, f"{where}.python", "expected [version, 625 state words, gauss] as "
-                                            "random.getstate() gives")
-    np_state = need(rng, "numpy", LIST, path, where)
-    if not (len(np_state) == 5 and np_state[0] == "MT19937" and _words(np_state[1], 624)
-            and INT.admits(np_state[2]) and 0 <= np_state[2] <= 624
-            and INT.admits(np_state[3]) and NUMBER.admits(np_state[4])):
-        raise fail(path, f"{where}.numpy", "expected ['MT19937', 624 state words, position, "
-                                           "has_gauss, gauss] as numpy.random.get_state() gives")
-    gpu = need(rng, "cuda_device", TENSOR, path, where, default=None)
-    for key, states in (("torch", [need(rng, "torch", TENSOR, path, where)]),
-                        ("cuda_device", [] if gpu is None else [gpu]),
-                        ("cuda", need(rng, "cuda", LIST, path, where, default=[]))):
-        if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
-                   for t in states):
-            raise fail(path, f"{where}.{key}", "expected generator states (1-D uint8 tensors)")

@@ -160,8 +160,16 @@ def resume_rng(state: dict, path: str | Path, ranks: distributed.Dist, device, l
         log(f"{path} was written by {_processes(saved)}, this run has {_processes(now)}: its "
             "random draws and data order differ from an uninterrupted run from here on")
     states = state.get("rng_ranks") or [state["rng"]]
-    if ranks.rank < len(states):
+    if ranks.rank >= len(states):
+        return
+    field = f"rng_ranks[{ranks.rank}]" if state.get("rng_ranks") else "rng"
+    try:  # Python, NumPy and PyTorch check their own states as they take them
         set_rng_state(states[ranks.rank], device)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, OverflowError,
+            RuntimeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: {field}: not random-generator states this run can "
+                              f"restore ({type(err).__name__}: {reason})") from None
 
 
 def _processes(n: int) -> str:
