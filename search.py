@@ -162,8 +162,7 @@ class Search:
                                        self.runtime.speed),
                                    runtime=self.runtime)
         if args.stage == "search1" and ranks.is_main:
-            with naming(self.dir / "groups.json"):
-                save_groups(groups, self.dir / "groups.json")
+            save_groups(groups, self.dir / "groups.json")  # atomic; an error names the file
         log(f"{args.stage}: {len(self.train_idx)} training / {len(self.valid_idx)} held-out "
             "images, "
             f"{args.num_cells} cells, {sum(p.numel() for p in self.model.weights())} weights, "
@@ -275,9 +274,9 @@ class Search:
             return
         alphas = self.model.alphas_data()
         path = self.dir / "alphas" / f"epoch_{epoch + 1:03d}.json"
-        with naming(path):
+        with naming(path.parent):
             path.parent.mkdir(exist_ok=True)
-            save_alphas(alphas, path)
+        save_alphas(alphas, path)
         genotype = self.model.genotype()
         record = {"epoch": epoch + 1, "lr": lr, **stats,
                   "alpha_entropy": alpha_entropy(alphas),
@@ -317,10 +316,8 @@ class Search:
                  f"{selection['alphas_epoch']} of {selection['last_epoch']} ({selection['rule']}"
                  + (f", held-out top1 {selection['valid_top1']:.2f}%)" if "valid_top1" in selection
                     else ")"))
-        with naming(self.dir / "alphas.json"):
-            save_alphas(alphas, self.dir / "alphas.json")
-        with naming(self.dir / "genotype.json"):
-            save_genotype(genotype, self.dir / "genotype.json")
+        save_alphas(alphas, self.dir / "alphas.json")
+        save_genotype(genotype, self.dir / "genotype.json")
         write_text(self.dir / "genotype.txt", format_genotype(genotype) + "\n")
         plots = self.dir / "plots"
         with naming(plots):  # the figures' writers do not name their files

@@ -27,6 +27,31 @@ ADVICE = ("this test {what} but is not marked e2e: mark it @pytest.mark.e2e (or 
 VIOLATIONS = pytest.StashKey[list]()
 
 
+@pytest.fixture
+def download_isolated(tmp_path, monkeypatch):
+    """For the download tests: no real system copy, no home cache, no internet
+    (tests/download_server.isolate)."""
+    from tests.download_server import isolate
+    isolate(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server serving nothing yet (tests/download_server.Server)."""
+    from tests.download_server import Server
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def bad_input_run(tmp_path_factory):
+    """A finished tiny run with hand-made bad files beside it (tests/bad_input_files.py),
+    built once for tests/test_bad_input.py and tests/test_hostile_files.py."""
+    from tests.bad_input_files import build_finished_run
+    return build_finished_run(tmp_path_factory.mktemp("bad"))
+
+
 class NotMarkedE2E(BaseException):
     """Raised where an unmarked test starts a process or a server. A BaseException, so that a
     script's `except Exception` (utils.runtime.cli.run_guarded's error line) cannot swallow it; the

@@ -2,7 +2,8 @@
 flags (item 12), each given to the script that reads it, run as its own process under a time
 limit: one `error:` line naming the file and the field (or the flag), exit 1 (2 for a flag),
 no traceback, nothing created or overwritten. The readers' finer cases run in-process below
-(tests/test_bad_input.py holds the catalogue of bad-input cases)."""
+(tests/test_bad_input.py and tests/test_hostile_files.py hold the catalogue of bad-input
+cases)."""
 import json
 import os
 import subprocess
