@@ -43,13 +43,13 @@ import config
 import genotypes as gt
 from utils.data.info import DATASETS
 from utils.runtime import flags, gpus
-from utils.train import pipeline
+from utils.pipeline import plan
 from utils.runtime.cli import run_guarded
 from utils.io.files import write_text
 from utils.runtime.signals import ForwardToChild
-from utils.train.pipeline_report import (Interrupted, exit_status, failure_text, how_it_ended,
+from utils.pipeline.report import (Interrupted, exit_status, failure_text, how_it_ended,
                                          read_timings)
-from utils.train.pipeline import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
+from utils.pipeline.plan import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.analysis.summary import summarised_seeds, summary_stem, write_summary
 
 ROOT = Path(__file__).resolve().parent
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "is 50); default: the stages' own (50)")
     p.add_argument("--seeds", type=flags.seed_list, default=[2],
                    help=f"comma-separated seeds, one pipeline each; each {flags.SEED_HELP}")
-    p.add_argument("--method", choices=[*pipeline.METHODS, "both"], default="stacnas",
+    p.add_argument("--method", choices=[*plan.METHODS, "both"], default="stacnas",
                    help="stacnas: search1 -> search2 -> augment -> test; darts: the DARTS "
                         "baseline (darts -> augment -> test, in <name>/darts/); both: the two on "
                         "the same seeds and data, compared in the summary (test error, genotype "
@@ -143,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("size of one stage")
     for key in OVERRIDES:
         o.add_argument(f"--{key}", type=flags.size_type(key), default=None,
-                       help=f"{key.replace('_', ' ')}; default: --{pipeline.common_key(key)} "
+                       help=f"{key.replace('_', ' ')}; default: --{plan.common_key(key)} "
                             "when given, else the preset's")
     a = p.add_argument_group("scale of the alpha-efficiency trainings (--alpha_efficiency)")
-    for key, setting in pipeline.AE_OVERRIDES.items():
+    for key, setting in plan.AE_OVERRIDES.items():
         kind = {"subset": flags.positive_int, "edges": edges_text}.get(setting) \
             or flags.size_type(key)
-        fallback = pipeline.common_key(key)
+        fallback = plan.common_key(key)
         a.add_argument(f"--{key}", type=kind, default=None,
                        help=f"alpha_efficiency.py's --{setting} of each candidate's training"
                             + (f"; default: --{fallback} when given, else the preset's"
@@ -167,7 +167,7 @@ def edges_text(text: str) -> str:
 
 def check_speed_flags(args: argparse.Namespace) -> None:
     """--amp fp16 (a gradient scaler) needs one-level search: refused before any stage runs."""
-    methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
+    methods = list(plan.METHODS) if args.method == "both" else [args.method]
     if args.amp == "fp16" and ("darts" in methods or args.optimization == "bilevel"):
         raise ValueError("--amp fp16 works with one-level search only; the DARTS baseline and "
                          "--optimization bilevel are bilevel: use --amp bf16")
@@ -192,9 +192,9 @@ def effective_batch_note(args: argparse.Namespace) -> str | None:
     if args.gpus <= 1:
         return None
     preset = PRESETS[args.preset]
-    search = (pipeline.stage_value(args, "search_batch_size", preset["search_batch_size"])
+    search = (plan.stage_value(args, "search_batch_size", preset["search_batch_size"])
               or config.SEARCH_DEFAULTS["search1"]["batch_size"])
-    augment = (pipeline.stage_value(args, "augment_batch_size", preset["augment_batch_size"])
+    augment = (plan.stage_value(args, "augment_batch_size", preset["augment_batch_size"])
                or config.AUGMENT_DEFAULTS["cifar"]["batch_size"])
     return (f"--gpus {args.gpus}: each of the {args.gpus} processes of a stage takes a batch of "
             f"{search} (search) / {augment} (augment), so the effective batch is "
@@ -266,7 +266,7 @@ def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str,
     print(f"[run_all] {label} {stage}: {shlex.join(cmd)}", flush=True)
     if args.dry_run:
         return 0
-    if pipeline.stage_done(seed_dir, stage):
+    if plan.stage_done(seed_dir, stage):
         print(f"[run_all] {label} {stage}: finished earlier, skipped", flush=True)
         return 0
     forwarder.check(before)  # finding out took a while (checkpoints read)
@@ -295,10 +295,10 @@ def record_time(forwarder: Forwarder, seed_dir: Path, timings: dict, stage: str,
 
 
 def run_seed(args: argparse.Namespace, forwarder: Forwarder, seed: int, method: str) -> int:
-    seed_dir = pipeline.method_dir(args, method, seed)
+    seed_dir = plan.method_dir(args, method, seed)
     timings = read_timings(seed_dir / "timings.json")
     label = f"seed {seed}" if args.method == "stacnas" else f"{method} seed {seed}"
-    for stage, argv in pipeline.stage_commands(args, seed, method):
+    for stage, argv in plan.stage_commands(args, seed, method):
         code = run_stage(args, forwarder, seed_dir, seed, stage, argv, label, timings)
         if code != 0:
             return code
@@ -317,10 +317,10 @@ def run(args: argparse.Namespace, forwarder: Forwarder) -> int:
 
 def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
     if args.name is None:
-        args.name = f"stacnas_{args.dataset or pipeline.PRESETS[args.preset]['dataset']}"
+        args.name = f"stacnas_{args.dataset or plan.PRESETS[args.preset]['dataset']}"
     # the stages run in the project folder: relative paths mean the caller's folder
     args.save_dir, args.data_dir = (str(Path(d).resolve()) for d in (args.save_dir, args.data_dir))
-    methods = list(pipeline.METHODS) if args.method == "both" else [args.method]
+    methods = list(plan.METHODS) if args.method == "both" else [args.method]
     check_speed_flags(args)
     if not args.dry_run:
         gpus.check_gpu_usable(args)  # one line here rather than a failed stage
@@ -336,9 +336,9 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
             if code != 0:
                 return code
         if args.alpha_efficiency:
-            code = run_stage(args, forwarder, pipeline.alpha_efficiency_dir(args, seed), seed,
+            code = run_stage(args, forwarder, plan.alpha_efficiency_dir(args, seed), seed,
                              "alpha_efficiency",
-                             pipeline.alpha_efficiency_command(args, seed, methods),
+                             plan.alpha_efficiency_command(args, seed, methods),
                              f"seed {seed}", {})
             if code != 0:
                 return code

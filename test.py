@@ -11,7 +11,7 @@ section on the authors' code links them).
 
 Our checkpoints (augment.py's checkpoint.pt / best.pt, or an --export) rebuild their network
 from their own contents. The authors' released .pth.tar files (whole pickled modules) are read
-by utils.pickles.authors without their code and without running anything from the file.
+by utils.io.authors without their code and without running anything from the file.
 Prints top-1, top-5, loss, parameters (millions, and the authors' unit: parameters / 2^20)
 and images/s; writes <save_dir>/<name>/test/results.json.
 
@@ -94,7 +94,7 @@ def read_network(path: str | Path) -> tuple[nn.Module, dict, str, dict | None]:
         if state is not None:
             model, spec = load_ours(path, state)
             return model.eval(), spec, "ours", state
-    from utils.pickles import authors  # only needed for the authors' files
+    from utils.io import authors  # only needed for the authors' files
     model, spec = authors.load_authors_network(path)
     return model.eval(), spec, "authors", None
 

@@ -24,7 +24,7 @@ import run_all
 import search
 from utils.analysis import features as ft
 from utils.io import genotype_files as gf
-from utils.train import pipeline
+from utils.pipeline import plan
 from utils.runtime.signals import ForwardToChild
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
@@ -173,7 +173,7 @@ def test_a_signal_while_a_finished_stage_is_recorded_starts_no_further_stage(tmp
     seed = tmp_path / "record" / "seed_2"
     assert not (seed / "search2").exists()
     assert json.loads((seed / "timings.json").read_text()).keys() == {"search1"}
-    assert pipeline.stage_done(seed, "search1")  # a rerun skips it
+    assert plan.stage_done(seed, "search1")  # a rerun skips it
     # search's done marker (the checkpoint marked finished) is the last output it wrote
     search1 = seed / "search1"
     marker = (search1 / "checkpoint.pt").stat().st_mtime_ns
@@ -281,12 +281,12 @@ def test_feature_failing_after_its_groups_is_not_taken_as_finished(supernet, tmp
     code, _, err = _finish(_start(_feature_argv(supernet), tmp_path, "fail"))
     assert code == 1 and err.count("\n") == 1 and "summary.json" in err, err
     assert not (out / ft.DONE_FILE).exists()
-    assert not pipeline.stage_done(supernet / "seed_2", "feature")
+    assert not plan.stage_done(supernet / "seed_2", "feature")
     (out / "summary.json").rmdir()
     assert feature.main(_feature_argv(supernet)[1:]) == 0
     written = _outputs(out)
     assert written[ft.DONE_FILE] == max(written.values())  # the marker is the last file
-    assert pipeline.stage_done(supernet / "seed_2", "feature")
+    assert plan.stage_done(supernet / "seed_2", "feature")
     # a folder as the old feature.py left it when stopped after groups.json: not finished
     for name in ft.WRITTEN_BEFORE_DONE:
         half = tmp_path / f"half_{name}"

@@ -1,4 +1,4 @@
-"""utils.pickles.authors reading the authors' pickled checkpoints without their code and
+"""utils.io.authors reading the authors' pickled checkpoints without their code and
 without running anything from the file: the attributes, classes and weights their files hold,
 the legacy format's details (storage views, GPU storages, strides), and the files it refuses:
 booby-trapped pickles, unknown classes and persistent ids, truncated, random or missing files.
@@ -20,8 +20,9 @@ import torch.nn as nn
 
 from tests import authors_format as af
 from tests.legacy_checkpoints import authors_file, authors_model, stacnas_c10
-from utils.pickles import authors, unpickler
-from utils.pickles.authors import (LegacyCheckpointError, load_authors_checkpoint,
+from utils.io import authors
+from utils.pickles import unpickler
+from utils.io.authors import (LegacyCheckpointError, load_authors_checkpoint,
                                    read_authors_checkpoint)
 
 # The classes an authors' checkpoint pickles, counted (8 cells, 16 channels, aux, StacNAS C10)

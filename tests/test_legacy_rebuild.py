@@ -1,4 +1,4 @@
-"""The authors' checkpoints rebuilt as our FinalNetwork by utils.pickles.authors: the same
+"""The authors' checkpoints rebuilt as our FinalNetwork by utils.io.authors: the same
 logits as the authors' network (StacNAS C10, DARTS V2 in other shapes, per-cell genotypes, in
 training mode with the aux head, resaved in the zip format, through a network spec), files
 whose structure contradicts itself refused with one line naming the field, and the rebuild in a
@@ -18,8 +18,8 @@ import genotypes as gt
 from tests import authors_format as af
 from tests.legacy_checkpoints import authors_file, authors_model, stacnas_c10
 from utils.io import genotype_checks as gchecks
-from utils.pickles import authors
-from utils.pickles.authors import (LegacyCheckpointError, load_authors_checkpoint,
+from utils.io import authors
+from utils.io.authors import (LegacyCheckpointError, load_authors_checkpoint,
                                    read_authors_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def no_load(*args, **kwargs):
 torch.load = no_load
 names = ("augment_cnn", "cells", "operators")
 assert all(importlib.util.find_spec(n) is None for n in names)
-from utils.pickles.authors import load_authors_checkpoint
+from utils.io.authors import load_authors_checkpoint
 net = load_authors_checkpoint({str(path)!r})
 with torch.no_grad():
     got = net(expected["x"])

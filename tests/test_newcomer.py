@@ -210,7 +210,7 @@ def finished_run(tmp_path, monkeypatch):
     for seed in (1, 2):
         _finished_seed(tmp_path / "n" / f"seed_{seed}", "search2", 90.0)
         _finished_seed(tmp_path / "n" / "darts" / f"seed_{seed}", "darts", 80.0)
-    monkeypatch.setattr(run_all.pipeline, "stage_done", lambda seed_dir, stage: True)
+    monkeypatch.setattr(run_all.plan, "stage_done", lambda seed_dir, stage: True)
     return tmp_path
 
 
@@ -287,7 +287,7 @@ def test_a_failed_stage_leaves_its_error_in_the_log_run_all_names(tmp_path, capf
     seed = tmp_path / "f" / "seed_2"
     (seed / "search2").mkdir(parents=True)
     (seed / "search2" / "genotype.json").write_text('{"normal": [["sep_conv_3x3", 0]')
-    monkeypatch.setattr(run_all.pipeline, "stage_done",
+    monkeypatch.setattr(run_all.plan, "stage_done",
                         lambda seed_dir, stage: stage in ("search1", "search2"))
     assert run_all.main(["--name", "f", "--save_dir", str(tmp_path), *SMOKE]) == 1
     err = capfd.readouterr().err  # the stage's own line comes from its process

@@ -256,7 +256,7 @@ def test_summary_compares_the_methods(tmp_path):
 
 
 def test_summary_without_results_is_an_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(run_all.pipeline, "stage_done", lambda seed_dir, stage: True)
+    monkeypatch.setattr(run_all.plan, "stage_done", lambda seed_dir, stage: True)
     assert run_all.main(["--name", "empty", "--save_dir", str(tmp_path), *SMOKE]) == 1
     err = capsys.readouterr().err
     assert "error: the summary found no genotype or test result for stacnas seed_2" in err

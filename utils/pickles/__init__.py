@@ -1,2 +1,3 @@
-"""Reading untrusted PyTorch pickles without running them: the authors' released checkpoints, and
-the scan of our own before torch.load."""
+"""Reading untrusted PyTorch pickles without running them: the restricted reader of the
+authors' released checkpoints (mapped to our networks by utils/io/authors.py) and the bounded
+scan of our own before torch.load."""

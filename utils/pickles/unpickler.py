@@ -1,7 +1,7 @@
 """A restricted reader for PyTorch pickles (legacy and zip formats) that never runs anything
 from the file: every global it meets must be in ALLOWED_GLOBALS and becomes an inert
 placeholder, a safe function or a dtype marker; tensors are rebuilt from the raw storage bytes.
-utils/pickles/authors.py turns what it reads into our network.
+utils/io/authors.py turns what it reads into our network.
 
 Legacy layout: pickle(magic number), pickle(protocol version), pickle(sys info), the main
 pickle (persistent ids `('storage', type, key, location, numel[, view])` and `('module', cls,
@@ -11,7 +11,7 @@ an int64 little-endian element count and the raw bytes.
 A hostile file costs bounded memory and time: dict keys and set items must be scalars, what the
 pickle built is measured before anything reads it (utils.pickles.bounds: a list holding the
 same sub-list twice at each of 64 levels is 2^64 entries), archives may not inflate past a
-multiple of their size, the file's size is capped, and utils/pickles/authors.py copies no
+multiple of their size, the file's size is capped, and utils/io/authors.py copies no
 tensor with more elements than its storage (nor more elements in all than the storages hold).
 """
 from __future__ import annotations

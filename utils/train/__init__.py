@@ -1,2 +1,2 @@
-"""Training: the architect (alpha step), the engine (train_epoch, evaluate), LR schedules, a
-stage's loop and run_all's plan of stages."""
+"""Training: the architect (alpha step), the engine (train_epoch, evaluate), LR schedules,
+stage 2's identity group and a stage's loop (resume, finished stages)."""
