@@ -1,5 +1,4 @@
 """augment.py and test.py on tiny data: CIFAR on-disk format, resume, reload, mismatches."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,11 +13,10 @@ from tests.fakes import make_cifar10
 from utils.io import genotype_files as gf
 from utils.io.checkpoint import load_checkpoint, previous_path
 from utils.io import genotype_checks as gchecks
+from tests.scripts import load_test_py
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stacnas_test_script", ROOT / "test.py")
-test_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_script)
+test_script = load_test_py()
 
 SMALL = ["--num_cells", "3", "--init_channels", "4", "--batch_size", "8", "--num_workers", "0",
          "--device", "cpu", "--print_freq", "2"]

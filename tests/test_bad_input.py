@@ -6,7 +6,6 @@ another shape or stage, pickles carrying code, a dataset that cannot be download
 without CUDA) call each script's main in this process, beside the finished run of
 tests/bad_input_files.py. Hostile and damaged files, each read by a script run as its own
 process under memory and time limits, are in tests/test_hostile_files.py."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,12 @@ import search
 import summary
 from tests.bad_input_files import (GENOTYPE_FILE_CASES, HOSTILE, NET, READER_CASES, TINY)
 from utils.analysis import derive
+from tests.scripts import load_test_py
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stacnas_test_script_bad", ROOT / "test.py")
-test_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_script)
+test_script = load_test_py()
 
 SCRIPTS = {"search": search.main, "augment": augment.main, "test": test_script.main,
            "feature": feature.main, "run_all": run_all.main, "summary": summary.main,

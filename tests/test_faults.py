@@ -3,7 +3,6 @@ the uninterrupted result), SIGTERM / SIGINT (checkpoint at the next step, resume
 the whole process group (DataLoader workers included), a second run on a busy folder, names
 that are paths, a file size limit (a full disk), a name the C locale cannot print, a changed
 option on a finished stage, a damaged checkpoint, a loss that turns NaN."""
-import importlib.util
 import json
 import os
 import resource
@@ -25,13 +24,12 @@ from tests.processes import group_gone
 from utils.io import genotype_files as gf
 from utils.io.checkpoint import load_checkpoint, previous_path
 from utils.runtime.lock import FolderLock, hold_folder
+from tests.scripts import load_test_py
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stacnas_test_script_faults", ROOT / "test.py")
-TEST_SCRIPT = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(TEST_SCRIPT)
+TEST_SCRIPT = load_test_py()
 DATA = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "256",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu",
         "--print_freq", "1", "--deterministic"]

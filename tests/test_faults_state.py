@@ -3,7 +3,6 @@ real process: a metrics append cut by a file size limit or a kill, a kill betwee
 renames of checkpoint rotation, a forced rerun's stale outputs and unfinished stages, a
 checkpoint of another kind passed to --resume, a stop signal while a stage finishes or
 (SIGHUP) mid-epoch, and a network whose weights are NaN."""
-import importlib.util
 import json
 import os
 import resource
@@ -22,13 +21,12 @@ import search
 from utils.io.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from utils.io.files import read_jsonl
 from utils.runtime.logging import MetricsWriter
+from tests.scripts import load_test_py
 
 pytestmark = pytest.mark.e2e  # real processes throughout (pytest.ini: the two tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stacnas_test_script_state", ROOT / "test.py")
-TEST_SCRIPT = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(TEST_SCRIPT)
+TEST_SCRIPT = load_test_py()
 DATA = ["--dataset", "synthetic", "--synthetic_shape", "3,8,8", "--synthetic_samples", "32",
         "--synthetic_classes", "4", "--batch_size", "16", "--num_workers", "0", "--device", "cpu"]
 NET = ["--num_cells", "3", "--init_channels", "4"]

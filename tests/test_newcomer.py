@@ -5,7 +5,6 @@ never overwritten by another), no ignored flag, --synthetic_shape's help and err
 summary titled by its method, a failed stage's error in the log run_all points to, --sync_bn on
 the CPU under torchrun, one epoch numbering, one parameter-count format, one demo time, and
 examples pointing at folders a command makes."""
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from utils.runtime import flags
 from utils.runtime.logging import params_text
 from utils.train.stage import progress_text
 from utils.analysis.summary import write_summary
+from tests.scripts import load_test_py
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -47,9 +47,7 @@ def _run(argv: list, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
 
 
 # ----------------------------------------------------------------------------- usage errors
-_spec = importlib.util.spec_from_file_location("stacnas_test_script_newcomer", ROOT / "test.py")
-TEST_SCRIPT = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(TEST_SCRIPT)
+TEST_SCRIPT = load_test_py()
 
 
 def _test_main(argv):
