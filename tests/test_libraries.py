@@ -84,12 +84,16 @@ HAND_OVER_THEN_DIE = """
 import os, signal, subprocess, sys
 from utils.analysis import alpha_runs as ae
 from pathlib import Path
+# the training run: PR_SET_PDEATHSIG sends it SIGTERM when we die, and it saves first; here
+# it ignores SIGTERM, says so, and runs until the test creates <folder>/release
+RUN = ("import signal, sys, time, pathlib; signal.signal(signal.SIGTERM, lambda *a: None); "
+       "print('ready', flush=True); release = pathlib.Path(sys.argv[1]) / 'release'; "
+       "[time.sleep(0.05) for _ in range(1200) if not release.exists()]")
 with ae.out_lock(Path(sys.argv[1])) as fd:
-    # the training run: PR_SET_PDEATHSIG sends it SIGTERM when we die, and it saves first
-    run = subprocess.Popen([sys.executable, "-c", "import signal, time; "
-                            "signal.signal(signal.SIGTERM, lambda *a: None); time.sleep(4)"],
-                           pass_fds=(fd,), preexec_fn=ae._stop_with_parent(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen([sys.executable, "-c", RUN, sys.argv[1]], pass_fds=(fd,),
+                           preexec_fn=ae._stop_with_parent(), stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    assert run.stdout.readline() == "ready\\n"   # its SIGTERM handler is in place
     print(run.pid, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -115,10 +119,15 @@ def test_alpha_efficiency_hands_its_lock_to_the_training_run_which_outlives_a_ki
         with pytest.raises(FolderBusy, match=f"pid {first.pid} on "):
             FolderLock(tmp_path).acquire()
         rerun = _python(WAIT_FOR_IT, tmp_path)
+        waiting = rerun.stdout.readline()
+        assert waiting == (f"waiting for another alpha_efficiency.py (or a training run it "
+                           f"left) to release {tmp_path}\n")
+        time.sleep(0.5)
+        assert rerun.poll() is None and _alive(run)  # the rerun waits while the run lives
+        (tmp_path / "release").touch()
         out, err = rerun.communicate(timeout=60)
         assert rerun.returncode == 0, err
-        assert out == (f"waiting for another alpha_efficiency.py (or a training run it left) to "
-                       f"release {tmp_path}\ngot it\n")
+        assert out == "got it\n"
         assert not _alive(run)  # the rerun got the lock only once the run had ended
     finally:
         _reap(run)
