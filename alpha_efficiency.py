@@ -160,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: run(args), args.debug)
 
 
-# ----------------------------------------------------------------------------- inputs
 # ----------------------------------------------------------------------------- the analysis
 def run(args: argparse.Namespace) -> int:
     gpus.check_gpu_usable(args)  # one line here rather than a failed training run

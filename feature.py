@@ -48,7 +48,8 @@ from utils.analysis.feature_supernet import (STAGES, Choice, UsageError, pick_mo
 from utils.runtime.cli import run_guarded, seed_everything
 from utils.data.datasets import get_dataset
 from utils.data.loaders import loader_options, make_loader
-from utils.io.files import BadFile, read_json, write_text
+from utils.data.splits import subset_size
+from utils.io.files import read_json, write_text
 from utils.runtime.lock import hold_folder
 from utils.runtime.logging import close_logger, get_logger, resolve_device
 from utils.io.runconfig import config_dict, config_differences, save_config
@@ -153,10 +154,8 @@ def already_done(args: argparse.Namespace) -> bool:
     out = Path(args.feature_dir)
     if args.force or not ft.is_finished(out):
         return False
-    try:
-        saved = read_json(out / "config.json", dict, what="the options feature.py ran with")
-    except BadFile as err:
-        raise BadFile(f"{err}; pass --force to measure again") from None
+    saved = read_json(out / "config.json", dict, what="the options feature.py ran with",
+                      fix="pass --force to measure again")
     return not config_differences(saved, config_dict(args))
 
 
@@ -203,7 +202,7 @@ def measure(args: argparse.Namespace, choice: Choice, ops: list[str]) -> None:
                                  synthetic=config.synthetic_spec(args), log=log.info,
                                  download=not args.no_download)
         model = rebuild(state, info, args).to(device)
-        n = len(data) if args.subset is None else min(args.subset, len(data))
+        n = subset_size(len(data), args.subset)
         indices = ft.sample_indices(n, args.num_samples, args.samples, args.seed)
         loader = make_loader(data, indices, args.batch_size, shuffle=False, seed=args.seed,
                              **loader_options(device, args.num_workers))

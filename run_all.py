@@ -46,9 +46,8 @@ from utils.runtime import flags, gpus
 from utils.pipeline import plan
 from utils.runtime.cli import run_guarded
 from utils.io.files import write_text
-from utils.runtime.signals import ForwardToChild
-from utils.pipeline.report import (Interrupted, exit_status, failure_text, how_it_ended,
-                                         read_timings)
+from utils.runtime.signals import ForwardToChild, exit_status
+from utils.pipeline.report import Interrupted, failure_text, how_it_ended, read_timings
 from utils.pipeline.plan import OVERRIDES, PRESETS, stage_commands  # noqa: F401 (public names)
 from utils.analysis.summary import summarised_seeds, summary_stem, write_summary
 
@@ -165,9 +164,14 @@ def edges_text(text: str) -> str:
     return text
 
 
+def chosen_methods(args: argparse.Namespace) -> list[str]:
+    """The methods --method runs: stacnas, darts, or both (plan.METHODS)."""
+    return list(plan.METHODS) if args.method == "both" else [args.method]
+
+
 def check_speed_flags(args: argparse.Namespace) -> None:
     """--amp fp16 (a gradient scaler) needs one-level search: refused before any stage runs."""
-    methods = list(plan.METHODS) if args.method == "both" else [args.method]
+    methods = chosen_methods(args)
     if args.amp == "fp16" and ("darts" in methods or args.optimization == "bilevel"):
         raise ValueError("--amp fp16 works with one-level search only; the DARTS baseline and "
                          "--optimization bilevel are bilevel: use --amp bf16")
@@ -254,7 +258,7 @@ class Forwarder(ForwardToChild):
             self.proc = None
 
 
-def run_stage(args, forwarder: Forwarder, seed_dir: Path, seed: int, stage: str, argv: list[str],
+def run_stage(args, forwarder: Forwarder, seed_dir: Path, stage: str, argv: list[str],
               label: str, timings: dict) -> int:
     """Run one stage unless finished; its exit code (0 when skipped). Once a stop signal has
     arrived no stage is started, and a stage that a signal stopped raises Interrupted."""
@@ -299,7 +303,7 @@ def run_seed(args: argparse.Namespace, forwarder: Forwarder, seed: int, method: 
     timings = read_timings(seed_dir / "timings.json")
     label = f"seed {seed}" if args.method == "stacnas" else f"{method} seed {seed}"
     for stage, argv in plan.stage_commands(args, seed, method):
-        code = run_stage(args, forwarder, seed_dir, seed, stage, argv, label, timings)
+        code = run_stage(args, forwarder, seed_dir, stage, argv, label, timings)
         if code != 0:
             return code
     return 0
@@ -320,7 +324,7 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
         args.name = f"stacnas_{args.dataset or plan.PRESETS[args.preset]['dataset']}"
     # the stages run in the project folder: relative paths mean the caller's folder
     args.save_dir, args.data_dir = (str(Path(d).resolve()) for d in (args.save_dir, args.data_dir))
-    methods = list(plan.METHODS) if args.method == "both" else [args.method]
+    methods = chosen_methods(args)
     check_speed_flags(args)
     if not args.dry_run:
         gpus.check_gpu_usable(args)  # one line here rather than a failed stage
@@ -336,7 +340,7 @@ def run_pipeline(args: argparse.Namespace, forwarder: Forwarder) -> int:
             if code != 0:
                 return code
         if args.alpha_efficiency:
-            code = run_stage(args, forwarder, plan.alpha_efficiency_dir(args, seed), seed,
+            code = run_stage(args, forwarder, plan.alpha_efficiency_dir(args, seed),
                              "alpha_efficiency",
                              plan.alpha_efficiency_command(args, seed, methods),
                              f"seed {seed}", {})

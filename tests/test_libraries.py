@@ -112,7 +112,9 @@ def test_alpha_efficiency_hands_its_lock_to_the_training_run_which_outlives_a_ki
     training run holds the analysis' lock, so a rerun after kill -9 waits until that run has
     stopped."""
     first = _python(HAND_OVER_THEN_DIE, tmp_path)
-    run = int(first.stdout.readline())
+    line = first.stdout.readline()
+    assert line.strip().isdigit(), first.communicate(timeout=60)[1]  # the run's pid, or why not
+    run = int(line)
     try:
         first.communicate(timeout=60)  # the run does not hold our pipes
         assert first.returncode == -signal.SIGKILL and _alive(run)

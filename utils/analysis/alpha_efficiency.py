@@ -22,6 +22,7 @@ from pathlib import Path
 
 from genotypes import NUM_NODES, Genotype, GenotypeError, is_shared
 from utils.analysis.plots import softmax
+from utils.analysis.summary import fmt
 
 CELLS = ("normal", "reduce")
 NUM_KEPT = 2 * NUM_NODES  # kept edges per cell: two per intermediate node
@@ -230,10 +231,6 @@ def write_csv(rows: list[dict], seeds: list[int], path: str | Path) -> None:
                              r["valid_top1_mean"], r["test_top1_mean"], f"{r['label']}/{r['run']}"])
 
 
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def format_table(rows: list[dict]) -> list[str]:
     """Text lines: one per row (edge, op, alphas, held-out and test top-1)."""
     lines = [f"{'search':10} {'edge':16} {'op':14} {'alpha':>9} {'softmax':>8} "
@@ -241,8 +238,8 @@ def format_table(rows: list[dict]) -> list[str]:
     for r in rows:
         op = r["op"] + ("*" if r["derived"] else "")
         lines.append(f"{r['label']:10} {r['edge_name']:16} {op:14} {r['alpha']:9.4f} "
-                     f"{r['softmax_alpha']:8.4f} {_fmt(r['valid_top1_mean']):>8} "
-                     f"{_fmt(r['test_top1_mean']):>7}")
+                     f"{r['softmax_alpha']:8.4f} {fmt(r['valid_top1_mean']):>8} "
+                     f"{fmt(r['test_top1_mean']):>7}")
     return lines
 
 
@@ -254,5 +251,5 @@ def format_correlation(name: str, stats: dict) -> str:
     for test, key in (("pearson", "r"), ("spearman", "rho"), ("kendall", "tau")):
         v = stats["softmax_alpha"][test]
         parts.append(f"{test} -" if v is None
-                     else f"{test} {v[key]:+.3f} (p {_fmt(v['p'], '.3g')})")
+                     else f"{test} {v[key]:+.3f} (p {fmt(v['p'], '.3g')})")
     return f"{name}: n={stats['n']}, " + ", ".join(parts)

@@ -47,8 +47,7 @@ def read_search(path: Path, label: str) -> dict:
                                 "with --alpha_share (the default)")
         genotype = load_genotype(files["genotype"])
     except GenotypeError as err:
-        fix = (FIX if "not found" in str(err)
-               else "restore it, or rerun that search (search.py --force)")
+        fix = FIX if "not found" in str(err) else CONFIG_FIX
         raise GenotypeError(f"{err}; {fix}") from None
     if not files["config"].is_file():
         raise FileNotFoundError(f"{files['config']}: not found; {FIX}")
@@ -88,7 +87,7 @@ def read_search_config(path: Path) -> dict:
     """A search's config.json: an object whose options the analysis reads (CONFIG_READ) are
     absent, null or what the search's parser accepts; BadFile naming the file and the option
     otherwise."""
-    cfg = read_object(path, "the search's options (config.json)", CONFIG_FIX)
+    cfg = read_json(path, what="the search's options (config.json)", fix=CONFIG_FIX)
     for key in CONFIG_READ:
         problem = None if cfg.get(key) is None else config_problem(key, cfg[key])
         if problem:
@@ -97,16 +96,8 @@ def read_search_config(path: Path) -> dict:
     return cfg
 
 
-def read_object(path: Path, what: str, fix: str) -> dict:
-    """The JSON object in `path` (utils.io.files.read_json); its BadFile line ends with `fix`."""
-    try:
-        return read_json(path, dict, what)
-    except BadFile as err:
-        raise BadFile(f"{err}; {fix}") from None
-
-
 def read_results(path: Path) -> dict:
     """A finished run's results.json: an object whose numbers (RESULT_FIELDS) are numbers or
     null; BadFile naming the file and the field otherwise."""
-    return check_numbers(read_object(path, "augment.py's results (results.json)", RUN_FIX),
+    return check_numbers(read_json(path, what="augment.py's results (results.json)", fix=RUN_FIX),
                          (*RESULT_FIELDS, "wall_seconds"), str(path), fix=RUN_FIX)

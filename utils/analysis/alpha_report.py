@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 
 from utils.analysis import alpha_efficiency as ae
-from utils.analysis.alpha_inputs import read_object
 from utils.analysis.alpha_runs import training_options
 from utils.analysis.plots import plot_alpha_efficiency
-from utils.io.files import write_text
+from utils.io.files import read_json, write_text
 
 
 def search_record(args: argparse.Namespace, search: dict, candidates: list, runs: dict) -> dict:
@@ -35,8 +34,8 @@ def check_out(args: argparse.Namespace, plans) -> None:
     path = args.out / "alpha_efficiency.json"
     if not path.is_file():
         return
-    saved = read_object(path, "a finished alpha-efficiency analysis",
-                        "pass another --out, or delete that folder to analyse again")
+    saved = read_json(path, what="a finished alpha-efficiency analysis",
+                      fix="pass another --out, or delete that folder to analyse again")
     searches = [search_record(args, s, c, r) for s, c, r in plans]
     differs = []
     if _comparable(saved.get("searches")) != _comparable(searches):

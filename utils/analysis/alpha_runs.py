@@ -16,11 +16,12 @@ from pathlib import Path
 
 from genotypes import Genotype
 from utils.analysis import alpha_efficiency as ae
-from utils.analysis.alpha_inputs import RUN_FIX, read_object, read_results
+from utils.analysis.alpha_inputs import RUN_FIX, read_results
 from utils.io.genotype_checks import genotype_to_dict
+from utils.io.files import read_json
 from utils.io.genotype_files import load_genotype, save_genotype
 from utils.runtime.lock import FolderLock
-from utils.runtime.signals import ForwardToChild
+from utils.runtime.signals import ForwardToChild, exit_status
 from utils.runtime.gpus import first_gpu
 from utils.train.stage import is_finished
 
@@ -116,14 +117,15 @@ class Child(ForwardToChild):
                 code = self.proc.wait()
             finally:
                 self.proc = None
-        return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+        return exit_status(code)
 
 
 # ----------------------------------------------------------------------------- runs
 def checked_results(stage_dir: Path, genotype: Genotype, opts: dict) -> dict:
     """results.json of a finished run, refused when it trained another genotype or options."""
     results = read_results(stage_dir / "results.json")
-    saved = read_object(stage_dir / "config.json", "augment.py's options (config.json)", RUN_FIX)
+    saved = read_json(stage_dir / "config.json", what="augment.py's options (config.json)",
+                      fix=RUN_FIX)
     diffs = [f"--{k}: {saved.get(k)!r} -> {v!r}" for k, v in opts.items() if saved.get(k) != v]
     if results.get("genotype") != genotype_to_dict(genotype):
         diffs.insert(0, "another genotype")

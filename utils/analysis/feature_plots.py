@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.analysis.features import linkage
-from utils.io.files import naming, write_text
+from utils.analysis.plots import pyplot, save_figure
+from utils.io.files import write_text
 
 # Short op names for tables and scatter labels.
 SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip",
@@ -44,29 +45,13 @@ def write_csv(corr: np.ndarray, ops: list[str], path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------ figures
-def save_figure(fig, path: str | Path) -> None:
-    """Write `fig` to `path` and close it; a failed write is one WriteError naming the file."""
-    try:
-        with naming(path):
-            fig.savefig(path, dpi=100)
-    finally:
-        _pyplot().close(fig)
-
-
 def read_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
     rows = [line.split(",") for line in Path(path).read_text(encoding="utf-8").splitlines()]
     return rows[0][1:], np.array([[float(v) for v in row[1:]] for row in rows[1:]])
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_heatmap(corr: np.ndarray, ops: list[str], title: str, path: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(ops)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.6 + 0.7 * n))
     im = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -100,7 +85,7 @@ def plot_clusters(points: np.ndarray, explained: np.ndarray, labels: dict, ops: 
                   path: str | Path,
                   title: str = "ops by their |correlation| rows, PCA plane") -> None:
     """One scatter panel per k: the ops in a PCA plane, coloured by their KMeans cluster."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.4), squeeze=False)
     pcs = [f"PC{i + 1} ({100 * v:.0f}%)" for i, v in enumerate(list(explained) + [0.0])][:2]
     for ax, (k, lab) in zip(axes.flat, labels.items()):
@@ -121,7 +106,7 @@ def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], p
     """The authors' KMeans view, one panel per k: a row per edge (the first `max_edges`), a
     column per op, coloured and numbered by the op's cluster on that edge (canonical labels:
     the first op's cluster is 0, so equal colours in a row are one cluster)."""
-    plt = _pyplot()
+    plt = pyplot()
     edges = list(labels)[:max_edges]
     ks = list(labels[edges[0]]) if edges else []
     n = len(ops)
@@ -149,7 +134,7 @@ def plot_kmeans_edges(labels: dict[str, dict[int, list[int]]], ops: list[str], p
 def plot_dendrogram(corr: np.ndarray, ops: list[str], num_groups: int, path: str | Path) -> None:
     """Average-linkage dendrogram on 1 - |corr|, with the cut that gives `num_groups` groups."""
     from scipy.cluster.hierarchy import dendrogram
-    plt = _pyplot()
+    plt = pyplot()
     z = linkage(corr)
     n = len(ops)
     heights = z[:, 2]

@@ -15,11 +15,21 @@ from genotypes import AnyGenotype, cell_kinds
 from utils.io.files import BadFile, naming, read_json
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, headless (the Agg backend)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """Write `fig` to `path` and close it; a failed write is one WriteError naming the file."""
+    try:
+        with naming(path):
+            fig.savefig(path, dpi=dpi)
+    finally:
+        pyplot().close(fig)
 
 
 def softmax(values: list[float]) -> list[float]:
@@ -94,7 +104,7 @@ def plot_alpha_history(alpha_files: list[str | Path], out_dir: str | Path) -> li
     history = read_alpha_history(alpha_files)
     if not history:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     for set_name, nodes in history[0].items():
         edges = [(i, j) for i, node in enumerate(nodes) for j in range(len(node))]
@@ -115,9 +125,7 @@ def plot_alpha_history(alpha_files: list[str | Path], out_dir: str | Path) -> li
         fig.suptitle(f"softmax(alpha), {set_name} cells, per epoch")
         fig.tight_layout()
         path = Path(out_dir) / f"alphas_{set_name}.png"
-        with naming(path):  # a full disk: one line naming the figure
-            fig.savefig(path, dpi=80)
-        plt.close(fig)
+        save_figure(fig, path, dpi=80)
         written.append(str(path))
     return written
 
@@ -128,7 +136,7 @@ def plot_curves(stage_metrics: dict[str, list[dict]], path: str | Path) -> str |
     stages = [(name, records) for name, records in stage_metrics.items() if records]
     if not stages:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3), squeeze=False)
     for ax, (name, records) in zip(axes[0], stages):
         epochs = [r["epoch"] for r in records]
@@ -141,9 +149,7 @@ def plot_curves(stage_metrics: dict[str, list[dict]], path: str | Path) -> str |
         ax.set_ylabel("top-1 (%)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with naming(path):  # a full disk: one line naming the figure
-        fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
     return str(path)
 
 
@@ -156,7 +162,7 @@ def plot_alpha_efficiency(panels: list[dict], path: str | Path) -> str:
     """Alpha against stand-alone accuracy, one panel per search side by side. `panels`:
     ``[{"title": str, "points": [{"x": softmax(alpha), "y": held-out top-1, "edge": name,
     "op": op, "derived": bool}]}]``; colour = edge, marker = op, red rim = the search's choice."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     ops_seen: dict[str, str] = {}
     for ax, panel in zip(axes[0], panels):
@@ -186,9 +192,7 @@ def plot_alpha_efficiency(panels: list[dict], path: str | Path) -> str:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4 * len(panels)),
                    fontsize=7)
     fig.tight_layout(rect=(0, 0.14 if handles else 0, 1, 1))
-    with naming(path):  # a full disk: one line naming the figure
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return str(path)
 
 

@@ -16,12 +16,20 @@ from utils.io import files
 from utils.io.files import BadFile, write_text
 from utils.io.genotype_files import format_genotype, load_alphas, load_genotype
 from utils.runtime.logging import params_text
-from utils.analysis.plots import plot_curves
+from utils.analysis.plots import plot_curves, softmax
 
 STAGES = {"stacnas": ("search1", "search2", "augment", "test", "feature"),
           "darts": ("darts", "augment", "test")}
+# The search stages of each method; the last one writes the genotype augment trains.
 SEARCHES = {"stacnas": ("search1", "search2"), "darts": ("darts",)}
 PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none")
+
+
+def seed_folder(run_dir: Path, kind: str, name: str) -> Path:
+    """Where seed folder `name` (`seed_2`) of `run_dir` lies: <run_dir>/<name> for StacNAS,
+    <run_dir>/<kind>/<name> for the DARTS baseline (kind darts) and the alpha-efficiency
+    analysis (kind alpha_efficiency)."""
+    return (run_dir if kind == "stacnas" else run_dir / kind) / name
 
 
 # The numbers the summary takes from a stage's results.json (each a number or null).
@@ -65,10 +73,7 @@ def read_json(path: Path, what: str = "a JSON object", fix: str = RESULTS_FIX) -
     object: BadFile naming the file, then `fix`."""
     if not path.is_file():
         return None
-    try:
-        return files.read_json(path, dict, what)
-    except BadFile as err:
-        raise BadFile(f"{err}; {fix}") from None
+    return files.read_json(path, dict, what, fix=fix)
 
 
 def finite_or_none(record: dict, fields: tuple) -> dict:
@@ -100,10 +105,7 @@ def read_jsonl(path: Path) -> list[dict]:
     skipped; anything else is BadFile naming the file and the record."""
     if not path.is_file():
         return []
-    try:
-        records = files.read_jsonl(path, "one JSON object per epoch")
-    except BadFile as err:
-        raise BadFile(f"{err}; {METRICS_FIX}") from None
+    records = files.read_jsonl(path, "one JSON object per epoch", fix=METRICS_FIX)
     for number, record in enumerate(records, 1):
         where = f"{path}: record {number}"
         epoch = record.get("epoch")
@@ -161,9 +163,7 @@ def alpha_entropy(alphas: dict) -> dict:
     for key in normal:
         for edges in alphas[key]:
             for edge in edges:
-                top = max(edge["alphas"])
-                exps = [math.exp(v - top) for v in edge["alphas"]]
-                probs = [e / sum(exps) for e in exps]
+                probs = softmax(edge["alphas"])
                 h = -sum(p * math.log(p) for p in probs if p > 0)
                 nats.append(h)
                 scaled.append(h / math.log(len(probs)) if len(probs) > 1 else 0.0)
@@ -225,7 +225,7 @@ def _alpha_efficiency(run_dir: Path, seed_names: list[str]) -> dict:
     --alpha_efficiency): {seed: {label: {n, pearson, spearman, kendall}}}."""
     found = {}
     for name in seed_names:
-        path = run_dir / "alpha_efficiency" / name / "alpha_efficiency.json"
+        path = seed_folder(run_dir, "alpha_efficiency", name) / "alpha_efficiency.json"
         data = read_json(path, "alpha_efficiency.py's results", AE_FIX)
         if data is not None:
             found[name] = _pooled_correlations(data, path)
@@ -270,8 +270,8 @@ def _alpha_efficiency_table(found: dict) -> list[str]:
     for seed, labels in found.items():
         for label, c in labels.items():
             get = lambda k, v, c=c: (c.get(k) or {}).get(v)  # noqa: E731
-            lines.append(f"| {seed} | {label} | {c.get('n', '-')} | {_fmt(get('pearson', 'r'))} | "
-                         f"{_fmt(get('spearman', 'rho'))} | {_fmt(get('kendall', 'tau'))} |")
+            lines.append(f"| {seed} | {label} | {c.get('n', '-')} | {fmt(get('pearson', 'r'))} | "
+                         f"{fmt(get('spearman', 'rho'))} | {fmt(get('kendall', 'tau'))} |")
     return lines + [""]
 
 
@@ -314,9 +314,8 @@ def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -
     <run_dir>/seed_<k>, DARTS's in <run_dir>/darts/seed_<k>)."""
     run_dir = Path(run_dir)
     names = [n if isinstance(n, str) else f"seed_{n}" for n in seed_names]
-    per_method = {m: method_summary([seed_summary((run_dir if m == "stacnas"
-                                                   else run_dir / m) / n, m)
-                                     for n in names]) for m in methods}
+    per_method = {m: method_summary([seed_summary(seed_folder(run_dir, m, n), m) for n in names])
+                  for m in methods}
     first = per_method[methods[0]]
     data = {"title": TITLES[_key(methods)], "seeds": first["seeds"],
             "test_error_mean": first["test_error_mean"],
@@ -330,7 +329,8 @@ def write_summary(run_dir: str | Path, seed_names: list, methods=("stacnas",)) -
     return path, data
 
 
-def _fmt(value, spec: str = ".2f") -> str:
+def fmt(value, spec: str = ".2f") -> str:
+    """`value` formatted by `spec`; "-" for None (not measured)."""
     return "-" if value is None else format(value, spec)
 
 
@@ -340,7 +340,7 @@ def _params(millions) -> str:
 
 
 def _pm(m: dict, key: str, spec: str = ".2f") -> str:
-    return f"{_fmt(m[key + '_mean'], spec)} +- {_fmt(m[key + '_std'], spec)}"
+    return f"{fmt(m[key + '_mean'], spec)} +- {fmt(m[key + '_std'], spec)}"
 
 
 def _agreement_text(agree: dict) -> str:
@@ -359,7 +359,7 @@ def _comparison(methods: dict) -> list[str]:
     for name, m in methods.items():
         agree = m["agreement"]
         lines.append(f"| {name} | {m['num_results']} | {_pm(m, 'test_error')} | "
-                     f"{_fmt(agree['edges'], '.0%')} | {_fmt(agree['ops'], '.0%')} | "
+                     f"{fmt(agree['edges'], '.0%')} | {fmt(agree['ops'], '.0%')} | "
                      f"{_pm(m, 'skips', '.1f')} | {_pm(m, 'param_free', '.1f')} | "
                      f"{_pm(m, 'alpha_entropy', '.3f')} | {_pm(m, 'search_seconds', '.0f')} |")
     return lines + [""]
@@ -372,9 +372,9 @@ def _method_section(name: str, m: dict, title: bool) -> list[str]:
               + " | ".join(f"{s} (s)" for s in stages) + " |", "|---" * (6 + len(stages)) + "|"]
     for s in m["seeds"]:
         err = None if s["test_top1"] is None else 100 - s["test_top1"]
-        lines.append(f"| {s['seed']} | {_fmt(s['held_out_top1'])} | {_fmt(s['test_top1'])} | "
-                     f"{_fmt(err)} | {_params(s['params_millions'])} | {_fmt(s['skips'], '.0f')} | "
-                     + " | ".join(_fmt(s["seconds"].get(st), ".0f") for st in stages) + " |")
+        lines.append(f"| {s['seed']} | {fmt(s['held_out_top1'])} | {fmt(s['test_top1'])} | "
+                     f"{fmt(err)} | {_params(s['params_millions'])} | {fmt(s['skips'], '.0f')} | "
+                     + " | ".join(fmt(s["seconds"].get(st), ".0f") for st in stages) + " |")
     lines += ["", f"Test error over {m['num_results']} seed(s): {_pm(m, 'test_error')} %.", "",
               f"Stability across seeds: {_agreement_text(m['agreement'])}."]
     prefix = "" if name == "stacnas" else f"{name}/"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from utils.data.download import Log, download_cifar, download_off, fetch_dataset
+from utils.data.download import Log, cifar_files, download_cifar, download_off, fetch_dataset
 from utils.data.info import DataError, reason
 
 # torchvision is imported inside the functions that build datasets, not here: importing it
@@ -175,8 +175,7 @@ def load_cifar(name: str, data_dir: str, train: bool, transform: Callable, downl
     class_name, title, listed = CIFAR_FILES[name]
     cls = _local_cifar(class_name)
     folder = Path(data_dir) / cls.base_folder
-    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    if not all((folder / f).is_file() for f in files):
+    if not all((folder / f).is_file() for f in cifar_files(cls)):
         if not download:
             raise DataError(f"{name} not found: looked for {folder}/{listed}; {download_off(cls.url)}"
                             f" — or put the python version of {title} ({_CIFAR_PAGE}) there")

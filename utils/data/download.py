@@ -182,6 +182,11 @@ def move_into(source: Path, target: Path) -> None:
         os.replace(item, target / item.name)
 
 
+def cifar_files(cls: type[datasets.CIFAR10]) -> list[str]:
+    """The file names a CIFAR ``cls`` needs in its ``base_folder``: its batches and meta."""
+    return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+
 def download_cifar(cls: type[datasets.CIFAR10], data_dir: str | Path, log: Log = log_to_stderr) -> Path:
     """Download ``cls.url`` (torchvision's CIFAR10 or CIFAR100, or a subclass), check it against
     ``cls.tgz_md5``, extract it and move ``cls.base_folder`` to ``<data_dir>/<cls.base_folder>``,
@@ -194,8 +199,7 @@ def download_cifar(cls: type[datasets.CIFAR10], data_dir: str | Path, log: Log =
         archive = fetch(cls.url, cls.tgz_md5, tmp, cls.filename)
         _extract(archive, tmp / "extracted", cls.url)
         folder = tmp / "extracted" / cls.base_folder
-        expected = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        missing = [name for name in expected if not (folder / name).is_file()]
+        missing = [name for name in cifar_files(cls) if not (folder / name).is_file()]
         if missing:
             raise DownloadError([(cls.url, f"the archive lacks {cls.base_folder}/{', '.join(missing)}")])
         move_into(folder, target)

@@ -10,6 +10,7 @@ called on these files. The zip format (a re-saved file) is read with the same un
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -123,22 +124,15 @@ def _tensors(node: Pickled, source: str, name: str) -> Iterator[tuple[str, Tenso
             yield key, ref
 
 
-def _numel(size: tuple) -> int:
-    n = 1
-    for d in size:
-        n *= d
-    return n
-
-
 def _check_ref(ref: TensorRef, source: str, name: str) -> None:
     """The tensor lies inside its storage and has no more elements than it (a stride-0 view
     would be copied at its full size)."""
     s = ref.storage
     if 0 in ref.size:
         return
-    if _numel(ref.size) > s.numel:
+    if math.prod(ref.size) > s.numel:
         raise LegacyCheckpointError(f"{source}: refusing to load: tensor {name} has "
-                                    f"{_numel(ref.size):,} elements but its storage only "
+                                    f"{math.prod(ref.size):,} elements but its storage only "
                                     f"{s.numel:,}")
     if ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride)) >= s.numel:
         raise LegacyCheckpointError(f"{source}: corrupt file: tensor {name} reaches past its "
@@ -202,7 +196,7 @@ def _structure(obj: Any, storages: dict, source: str) -> tuple[dict, list]:
     for name, ref in refs.items():
         _check_ref(ref, source, name)
     # tensors sharing a storage would each be copied: at most what the storages hold in all
-    wanted = sum(_numel(r.size) for r in refs.values())
+    wanted = sum(math.prod(r.size) for r in refs.values())
     held = sum(t.numel() for t in storages.values())
     if wanted > held:
         raise LegacyCheckpointError(f"{source}: refusing to load: its tensors would take "

@@ -9,9 +9,10 @@ a network built at whatever size the file claims.
 
 A checkpoint of another format is only checked to be bounded data with a string "format"; the
 caller says what it is (e.g. "a stacnas-search-1 checkpoint, not a trained final network"), or
-calls require_kind, which names what the file is and what was expected, on one line:
+calls require_kind first, which names what the file is and what was expected, on one line,
+and then the field checks:
 
-    state = require_kind(check_search_checkpoint(state, path), path, SEARCH_FORMAT, "search2")
+    state = check_search_checkpoint(require_kind(state, path, SEARCH_FORMAT, "search2"), path)
 """
 from __future__ import annotations
 

@@ -36,7 +36,6 @@ BOOL = Kind((bool,), "true or false")
 STR = Kind((str,), "a string")
 DICT = Kind((dict,), "a dict")
 LIST = Kind((list, tuple), "a list")
-TENSOR = Kind((torch.Tensor,), "a tensor")
 _MISSING = object()
 
 

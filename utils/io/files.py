@@ -187,11 +187,27 @@ class BadFile(ValueError):
     """A file a script reads is not what it should be; the message names it, on one line."""
 
 
-def read_json(path: str | Path, kind: type | tuple = dict, what: str = "JSON") -> object:
+@contextlib.contextmanager
+def _ending_with(fix: str | None) -> Iterator[None]:
+    """A BadFile raised inside the block gets "; `fix`" at the end of its line (when `fix`)."""
+    try:
+        yield
+    except BadFile as err:
+        if fix is None:
+            raise
+        raise BadFile(f"{err}; {fix}") from None
+
+
+def read_json(path: str | Path, kind: type | tuple = dict, what: str = "JSON",
+              fix: str | None = None) -> object:
     """The JSON value in `path`, checked to be of `kind` (dict by default). Not UTF-8, not
     JSON, a number too large to convert, too deeply nested or of another kind: BadFile naming
-    `path` and `what` it should hold (the file is left as it is)."""
-    path = Path(path)
+    `path` and `what` it should hold, then "; `fix`" when given (the file is left as it is)."""
+    with _ending_with(fix):
+        return _read_json(Path(path), kind, what)
+
+
+def _read_json(path: Path, kind: type | tuple, what: str) -> object:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -203,11 +219,16 @@ def read_json(path: str | Path, kind: type | tuple = dict, what: str = "JSON") -
     return value
 
 
-def read_jsonl(path: str | Path, what: str = "one JSON object per line") -> list[dict]:
+def read_jsonl(path: str | Path, what: str = "one JSON object per line",
+               fix: str | None = None) -> list[dict]:
     """The JSON objects in `path`, one per line. A last line without its newline is what an
     interrupted append leaves (a full disk, a kill): it is skipped, so that a rerun can go on.
-    Any other bad line: BadFile naming `path` and the line number."""
-    path = Path(path)
+    Any other bad line: BadFile naming `path` and the line number, then "; `fix`" when given."""
+    with _ending_with(fix):
+        return _read_jsonl(Path(path), what)
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict]:
     complete = path.read_bytes().split(b"\n")[:-1]  # after the last newline: "" or partial
     records = []
     for number, raw in enumerate(complete, 1):

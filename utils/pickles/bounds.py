@@ -6,7 +6,8 @@ each of 64 levels is 2^64 entries to whatever walks it, and a dict key that is s
 tower is never done hashing. `BoundedUnpickler` refuses dict keys and set items that are not
 scalars before hashing them; `check_expansion` measures what was built (each container once,
 memoised) and refuses it past MAX_EXPANDED entries as a tree, MAX_DEPTH levels, or a cycle.
-Both raise `Refused`, whose message the reader prefixes with the file's name.
+Both raise `Refused`, whose message the reader prefixes with the file's name. A zip archive's
+members may inflate to `inflation_limit` bytes at most.
 """
 from __future__ import annotations
 
@@ -74,6 +75,13 @@ class BoundedUnpickler(pickle._Unpickler):
     dispatch[pickle.FROZENSET[0]] = _load_frozenset
 
 
+def inflation_limit(file_bytes: int) -> int:
+    """The most bytes a zip member (or a torch.save zip's members together) may inflate to,
+    from a `file_bytes`-byte archive: torch.save stores its members uncompressed, so more is
+    a zip bomb."""
+    return 4 * file_bytes + 2 ** 20
+
+
 def plain_members(value: Any) -> list | None:
     """What a dict, list, tuple or set holds (None for anything else)."""
     if isinstance(value, dict):
@@ -83,7 +91,7 @@ def plain_members(value: Any) -> list | None:
     return None
 
 
-def check_expansion(obj: Any, members: Callable[[Any], list | None] = plain_members) -> None:
+def check_expansion(obj: Any, members: Callable[[Any], list | None]) -> None:
     """Refuse an object graph whose tree expansion (a part shared N times counts N times) has
     more than MAX_EXPANDED entries or MAX_DEPTH levels, or that contains itself: whatever reads
     it afterwards, however naively, then costs bounded time and memory. `members(x)` lists

@@ -12,7 +12,8 @@ import zipfile
 from pathlib import Path
 
 from utils.pickles.unpickler import DAMAGE_ERRORS, LegacyCheckpointError, Pickled, members
-from utils.pickles.bounds import BoundedUnpickler, Refused, check_expansion, check_keys
+from utils.pickles.bounds import (BoundedUnpickler, Refused, check_expansion, check_keys,
+                                  inflation_limit)
 
 
 class _Anything(Pickled):
@@ -76,7 +77,7 @@ def scan_torch_zip(path: str | Path) -> None:
             infos = [i for i in archive.infolist() if i.filename.endswith("data.pkl")]
             if len(infos) != 1:
                 return  # not torch.save's layout: torch.load says what is wrong
-            if infos[0].file_size > 4 * Path(path).stat().st_size + 2 ** 20:
+            if infos[0].file_size > inflation_limit(Path(path).stat().st_size):
                 raise LegacyCheckpointError(f"{source}: refusing to load: its data.pkl "
                                             f"inflates to {infos[0].file_size:,} bytes")
             data = archive.read(infos[0])

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from utils.pickles.bounds import (BoundedUnpickler, Refused, check_expansion, check_keys,
-                                  plain_members, short_repr)
+                                  inflation_limit, plain_members, short_repr)
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -297,7 +297,7 @@ def _read_legacy(data: bytes, source: str) -> tuple[Any, dict]:
 def _read_zip(data: bytes, source: str) -> tuple[Any, dict]:
     # torch.save stores its members uncompressed: refuse members that would inflate far past
     # the archive's own size (a zip bomb) before inflating them
-    limit = 4 * len(data) + 2 ** 20
+    limit = inflation_limit(len(data))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         sizes = {info.filename: info.file_size for info in archive.infolist()}
         pkl = [n for n in sizes if n == "data.pkl" or n.endswith("/data.pkl")]

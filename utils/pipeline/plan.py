@@ -12,13 +12,12 @@ import argparse
 from pathlib import Path
 
 from utils.analysis import features
+from utils.analysis.summary import SEARCHES, seed_folder
 from utils.io.files import read_json
 from utils.runtime.gpus import first_gpu
 from utils.train.stage import is_finished
 
 METHODS = ("stacnas", "darts")
-# The search stages of each method; the last one writes the genotype augment trains.
-SEARCHES = {"stacnas": ("search1", "search2"), "darts": ("darts",)}
 
 # Settings per preset; None = the stage script's own default (the paper's settings, config.py).
 # search_extra: flags of every search stage (StacNAS's and DARTS's alike).
@@ -88,8 +87,7 @@ def stage_value(args: argparse.Namespace, flag: str, preset_value=None):
 
 
 def method_dir(args: argparse.Namespace, method: str, seed: int) -> Path:
-    base = Path(args.save_dir) / args.name
-    return base / f"seed_{seed}" if method == "stacnas" else base / method / f"seed_{seed}"
+    return seed_folder(Path(args.save_dir) / args.name, method, f"seed_{seed}")
 
 
 def _opt(flag: str, value) -> list[str]:
@@ -167,7 +165,7 @@ def stage_commands(args: argparse.Namespace, seed: int,
 
 
 def alpha_efficiency_dir(args: argparse.Namespace, seed: int) -> Path:
-    return Path(args.save_dir) / args.name / "alpha_efficiency" / f"seed_{seed}"
+    return seed_folder(Path(args.save_dir) / args.name, "alpha_efficiency", f"seed_{seed}")
 
 
 def alpha_efficiency_command(args: argparse.Namespace, seed: int, methods: list[str]) -> list[str]:

@@ -24,11 +24,6 @@ class Interrupted(Exception):
         return f"[run_all] stopped by {signal.Signals(self.signum).name} {self.where}"
 
 
-def exit_status(code: int) -> int:
-    """A child's exit code as a shell reports it: killed by signal N is 128 + N."""
-    return 128 - code if code < 0 else code
-
-
 def how_it_ended(code: int) -> str:
     if code < 0:
         try:
@@ -62,14 +57,11 @@ def read_timings(path: Path) -> dict:
     non-negative finite numbers is a BadFile naming the file."""
     if not path.is_file():
         return {}
-    fix = "; remove it (it holds only the stage times the summary shows) and rerun"
-    try:
-        timings = read_json(path, dict, what="run_all's stage times")
-    except BadFile as err:
-        raise BadFile(f"{err}{fix}") from None
+    fix = "remove it (it holds only the stage times the summary shows) and rerun"
+    timings = read_json(path, dict, what="run_all's stage times", fix=fix)
     for stage, seconds in timings.items():
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                 or not math.isfinite(seconds) or seconds < 0):
             raise BadFile(f"{path}: {stage!r} is {str(seconds)[:40]!r}, not a number of "
-                          f"seconds{fix}")
+                          f"seconds; {fix}")
     return timings

@@ -14,6 +14,11 @@ import threading
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def exit_status(code: int) -> int:
+    """A child's exit code as a shell reports it: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code
+
+
 class GracefulStop:
     """While active, SIGTERM, SIGINT and SIGHUP only set `signum`; the training loop then saves a
     checkpoint at the next step boundary and exits (exit code 128 + signal number)."""

@@ -164,8 +164,7 @@ class Architect:
         else:
             loss, _ = self._loss(x_valid, y_valid)
             grads = _grads(loss, alphas)
-        if self.runtime.distributed:  # alphas alike on every rank
-            average_(grads, self.runtime.dist)
+        average_(grads, self.runtime.dist)  # alphas alike on every rank (a no-op alone)
         self.a_optimizer.zero_grad()
         for a, g in zip(alphas, grads):
             a.grad = g.detach().clone()

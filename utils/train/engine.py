@@ -120,8 +120,7 @@ def format_seconds(seconds: float) -> str:
 
 def _averages(sums: dict, runtime: Runtime) -> dict:
     """Averages of `DeviceTotals.read()` sums, summed over ranks first when distributed."""
-    if runtime.distributed:
-        sums = reduce_sums(sums, runtime.dist, runtime.device)
+    sums = reduce_sums(sums, runtime.dist, runtime.device)
     n = max(sums["n"], 1)
     return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
             "n": int(sums["n"])}
@@ -140,8 +139,7 @@ def _nonfinite(loss_sum: float, epoch: int, first: int, last: int,
 
 def train_epoch(loader, step: Step, *, runtime: Runtime, epoch: int, epochs: int,
                 log: Callable[[str], None] = print, print_freq: int = 50,
-                check_finite: bool = True, should_stop: Callable[[], bool] | None = None,
-                first_step: int = 0) -> dict:
+                should_stop: Callable[[], bool] | None = None, first_step: int = 0) -> dict:
     """One pass over `loader`; `step(x, y)` updates the model and returns (loss, logits).
 
     Loss and accuracy are summed on the device and read back only every `print_freq` steps,
@@ -160,7 +158,7 @@ def train_epoch(loader, step: Step, *, runtime: Runtime, epoch: int, epochs: int
     def read() -> dict:
         nonlocal checked
         sums = totals.read()
-        if check_finite and not math.isfinite(sums["loss"]):
+        if not math.isfinite(sums["loss"]):
             raise _nonfinite(sums["loss"], epoch, checked + 1, done, n_steps)
         checked = done
         return sums
@@ -194,8 +192,7 @@ def evaluate(model: nn.Module, loader, criterion: nn.Module, runtime: Runtime) -
     """Loss, top-1, top-5 and images/s of `model` in eval mode over `loader` (each rank
     evaluating its shard when `runtime` is distributed; totals summed over ranks). Sums
     stay on the device until the end."""
-    if runtime.distributed:
-        sync_buffers(model, runtime.dist)
+    sync_buffers(model, runtime.dist)  # a no-op unless distributed
     was_training = model.training
     model.eval()
     totals = DeviceTotals(runtime.device)
