@@ -41,7 +41,7 @@ from utils.train.engine import Interrupted, evaluate, loss_and_logits, optimizer
 from utils.io.files import write_json
 from utils.io.genotype_files import format_genotype, load_genotype
 from utils.io.network_spec import build_from_spec, network_spec
-from utils.runtime.logging import params_text, run_info
+from utils.runtime.logging import describe_device, params_text
 from utils.io.runconfig import config_dict
 from utils.train.schedules import lr_schedule
 from utils.runtime.signals import GracefulStop, StopNow
@@ -85,8 +85,6 @@ class Augment:
             self.train_set, info = get_dataset(args.dataset, args.data_dir, train=True,
                                                transform="train", cutout=args.cutout,
                                                auto_aug=args.auto_aug, **spec_kwargs)
-        self.eval_train_set, _ = get_dataset(args.dataset, args.data_dir, train=True,
-                                             transform="eval", **spec_kwargs)
         self.test_set, _ = get_dataset(args.dataset, args.data_dir, train=False, transform="eval",
                                        **spec_kwargs)
         n = subset_size(len(self.train_set), args.subset)
@@ -103,8 +101,10 @@ class Augment:
                                         shuffle=True, seed=args.seed,
                                         replicas=(ranks.rank, ranks.world_size), **loading)
         evaluated = {"test": (self.test_set, list(range(len(self.test_set))))}
-        if self.valid_idx:
-            evaluated["valid"] = (self.eval_train_set, self.valid_idx)
+        if self.valid_idx:  # the held-out training images, without augmentation
+            eval_train_set, _ = get_dataset(args.dataset, args.data_dir, train=True,
+                                            transform="eval", **spec_kwargs)
+            evaluated["valid"] = (eval_train_set, self.valid_idx)
         self.eval_loaders = {split: make_loader(data, distributed.shard(indices, ranks),
                                                 args.batch_size, shuffle=False, **loading)
                              for split, (data, indices) in evaluated.items()}
@@ -202,14 +202,18 @@ class Augment:
             record.update({f"valid_{k}": v for k, v in valid.items() if k != "images_per_s"})
             if self.best["valid_top1"] is None or valid["top1"] > self.best["valid_top1"]:
                 self.best = {"valid_top1": valid["top1"], "epoch": epoch + 1}
-                state = self.state(epoch + 1)  # on every rank: it gathers their RNG states
-                if self.ranks.is_main:
-                    save_checkpoint(state, self.dir / "best.pt", keep_previous=False)
         if (epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs:
             self.last_test = (epoch + 1, self.evaluate("test"))
             record.update({f"test_{k}": v for k, v in self.last_test[1].items()
                            if k != "images_per_s"})
         return record
+
+    def save_best(self, state: dict) -> None:
+        """best.pt: the end-of-epoch `state` when that epoch's held-out score is the best so far
+        (rank 0 writes; before checkpoint.pt, whose "best" entry then never names a best.pt
+        that is not there yet)."""
+        if self.best["epoch"] == state["epoch"] and self.ranks.is_main:
+            save_checkpoint(state, self.dir / "best.pt", keep_previous=False)
 
     def results(self, test: dict) -> dict:
         return {"best_valid_top1": self.best["valid_top1"], "best_epoch": self.best["epoch"],
@@ -217,7 +221,7 @@ class Augment:
                 "params_millions": round(count_params_without_aux(self.model) / 1e6, 6),
                 "macs": count_macs(self.model, self.spec["in_channels"], self.spec["input_size"]),
                 "epochs": self.args.epochs,
-                "wall_seconds": round(self.elapsed, 1), "device": run_info(self.device)["device"],
+                "wall_seconds": round(self.elapsed, 1), "device": describe_device(self.device),
                 "genotype": self.spec["genotype"], "dataset": self.args.dataset,
                 "run": self.run_id, "finished": True}
 
@@ -255,7 +259,9 @@ def run_stage(args: argparse.Namespace) -> int:
                                  if "valid_top1" in stats else "")
                               + (f", test top1 {stats['test_top1']:.2f}% (monitoring)"
                                  if "test_top1" in stats else ""))
-                    stage.save(job.state(epoch + 1))
+                    state = job.state(epoch + 1)  # on every rank: it gathers their RNG states
+                    job.save_best(state)
+                    stage.save(state)
             except Interrupted as stopped:
                 return stage.interrupted(job, stopped, stop, metrics)
             return stage.finish(stop, metrics, lambda: finish(job, stage))
@@ -269,9 +275,8 @@ def finish(job: Augment, stage: StageRun) -> None:
         test = job.last_test[1]
     else:
         test = job.evaluate("test")
-    results = job.results(test)
     if stage.ranks.is_main:
-        nulls = write_json(stage.dir / "results.json", results)
+        nulls = write_json(stage.dir / "results.json", job.results(test))
         if nulls:
             stage.log(f"warning: {', '.join(nulls)} not a number (NaN or infinite: the network "
                       f"diverged?); written as null in {stage.dir / 'results.json'}")

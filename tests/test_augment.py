@@ -52,6 +52,11 @@ def test_one_epoch_on_cifar_format_then_test_py(tmp_path, cifar):
     assert results["best_valid_top1"] == record["valid_top1"] and results["best_epoch"] == 1
     assert results["epochs"] == 1 and results["macs"] > 0 and results["device"].startswith("cpu")
     assert results["genotype"] == gchecks.genotype_to_dict(gt.DARTS_V2)
+    # best.pt is the state after its epoch, like checkpoint.pt: a resume from it goes on at the
+    # next epoch's learning rate
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "checkpoint.pt")
+    assert best["epoch"] == last["epoch"] == 1 and best["best"] == last["best"]
+    assert best["scheduler"] == last["scheduler"] and best["elapsed"] == last["elapsed"] > 0
     cfg = json.loads((out / "config.json").read_text())
     assert ((cfg["cutout"], cfg["aux_weight"], cfg["drop_path"], cfg["grad_clip"])
             == (16, 0.4, 0.2, 5.0))

@@ -13,7 +13,8 @@ import torch
 import augment
 import config
 import search
-from utils.io.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
+from utils.io.checkpoint import (SEARCH_FORMAT, CheckpointError, rng_state, save_checkpoint,
+                                 set_rng_state)
 from utils.runtime.distributed import Dist
 from utils.train.stage import resume_rng, rng_entries
 
@@ -196,3 +197,24 @@ def test_an_old_format_checkpoint_still_resumes(tmp_path):
     again = _job("search", tmp_path)
     assert again.resume(tmp_path / "old.pt") == (1, 0)
     assert _draws() == expected
+
+
+# -- which checkpoint to resume from ------------------------------------------------------------
+def test_only_the_main_rank_moves_a_damaged_checkpoint_aside_under_resume(tmp_path):
+    """With --resume FILE, every torchrun rank picks FILE, and only rank 0 (the one that saves)
+    moves the unreadable checkpoint.pt aside: a second rank doing it too would find the file
+    gone (FileNotFoundError) or move rank 0's fresh one."""
+    from argparse import Namespace
+
+    from utils.train.stage import resume_path
+    chosen, checkpoint = tmp_path / "checkpoint.prev.pt", tmp_path / "checkpoint.pt"
+    save_checkpoint({"format": SEARCH_FORMAT, "epoch": 1}, chosen)
+    checkpoint.write_bytes(b"PK\x03\x04 truncated")
+    args, lines = Namespace(resume=str(chosen)), []
+    assert resume_path(args, checkpoint, lines.append, main=False) == chosen
+    assert checkpoint.is_file() and lines == []  # another rank: the folder left alone
+    assert resume_path(args, checkpoint, lines.append, main=True) == chosen
+    aside = tmp_path / "checkpoint.corrupt.pt"
+    assert not checkpoint.exists() and aside.read_bytes() == b"PK\x03\x04 truncated"
+    assert lines == [f"{checkpoint} is unreadable; moved to {aside}"]
+    assert resume_path(args, checkpoint, lines.append, main=False) == chosen  # nothing to move

@@ -195,16 +195,18 @@ def silent(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def resume_path(args: argparse.Namespace, checkpoint: Path, log) -> Path | None:
+def resume_path(args: argparse.Namespace, checkpoint: Path, log,
+                main: bool = True) -> Path | None:
     """The checkpoint to resume from: --resume FILE, else <stage>/checkpoint.pt if present,
     else checkpoint.prev.pt if present (with a log line: checkpoint.pt can only be missing if
     something removed it, or an older version was killed while rotating them), else None.
-    With --resume, an unreadable checkpoint.pt is moved aside (checkpoint.corrupt.pt) so that
-    rotating checkpoints never replaces the good previous one with it."""
+    With --resume, the main process (`main`; rank 0, the one that saves) moves an unreadable
+    checkpoint.pt aside (checkpoint.corrupt.pt) so that rotating checkpoints never replaces
+    the good previous one with it; the other ranks leave the folder alone."""
     if getattr(args, "resume", None):
         chosen = Path(args.resume)
         load_checkpoint(chosen)  # a clear error if this one is bad too
-        if checkpoint.is_file() and checkpoint.resolve() != chosen.resolve():
+        if main and checkpoint.is_file() and checkpoint.resolve() != chosen.resolve():
             try:
                 load_checkpoint(checkpoint)
             except CheckpointError:
@@ -307,7 +309,8 @@ class StageRun:
     def begin(self, job) -> tuple[int, int, object]:
         """Resume `job` if there is a checkpoint; (first epoch, first step, metrics writer)."""
         from utils.runtime.logging import MetricsWriter, run_info
-        source = None if self.restart else resume_path(self.args, self.checkpoint, self.log)
+        source = None if self.restart else resume_path(self.args, self.checkpoint, self.log,
+                                                          self.ranks.is_main)
         start, first_step = job.resume(source) if source is not None else (0, 0)
         if source is not None:
             self.log(f"resuming from {source} {progress_text(start, first_step, self.args.epochs)}")
